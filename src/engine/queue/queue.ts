@@ -1,0 +1,46 @@
+import type { JobContext } from '../engine.ts';
+import type { JobPayload, JobProgress, JobResult } from '../jobs.ts';
+
+/**
+ * One job-queue interface, two implementations: BullMQ on Redis (distributed) and an in-process queue
+ * (embedded). Both run the same contract test suite. The store's jobs table is the record of truth for
+ * idempotency and delivery; the queue moves work and progress between processes.
+ */
+
+export interface QueuedJob {
+  /** The store's job id; also the queue's job id, so a duplicate add is a no-op. */
+  id: string;
+  payload: JobPayload;
+}
+
+export type QueueEvent =
+  | { type: 'progress'; jobId: string; progress: JobProgress }
+  | { type: 'completed'; jobId: string; result: JobResult }
+  | { type: 'failed'; jobId: string; error: { message: string; userFacing: boolean } };
+
+export type JobProcessor = (job: QueuedJob, ctx: JobContext) => Promise<JobResult>;
+
+export interface WorkerOptions {
+  /** Jobs at a time in this process. The engine worker uses 1. */
+  concurrency?: number;
+}
+
+export interface WorkerHandle {
+  /** Stops taking jobs, lets the running one finish (or be recovered by another worker), then resolves. */
+  close(): Promise<void>;
+}
+
+export interface JobQueue {
+  readonly kind: 'bullmq' | 'memory';
+  /** Adds the job; adding an id that is already queued, running or finished changes nothing. */
+  add(job: QueuedJob): Promise<void>;
+  /** Jobs waiting ahead of this one (0 = next), or null when it is no longer waiting. */
+  position(jobId: string): Promise<number | null>;
+  /** Cancels a waiting job, or aborts a running one through its AbortSignal. */
+  cancel(jobId: string): Promise<boolean>;
+  /** Progress and outcome events of all jobs, from any worker. Returns an unsubscribe function. */
+  subscribe(listener: (event: QueueEvent) => void): () => void;
+  /** Starts consuming jobs in this process. */
+  process(processor: JobProcessor, options?: WorkerOptions): WorkerHandle;
+  close(): Promise<void>;
+}

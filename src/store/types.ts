@@ -1,0 +1,136 @@
+import type { CommunityRef, JobKind, JobPayload, JobResult, ReplyTarget } from '../engine/jobs.ts';
+
+/**
+ * The store's interface. One implementation (src/store/store.ts) serves both Postgres (`pg`, with
+ * pgvector) and the embedded PGlite: only the SQL connection differs.
+ */
+
+export interface Community {
+  id: string;
+  platform: CommunityRef['platform'];
+  externalId: string;
+}
+
+/** Per-community settings, changed only by admins. */
+export interface CommunityConfig {
+  generationEnabled: boolean;
+  retrievalEnabled: boolean;
+  /** Added to the decision head's retrieve logit: > 0 favours retrieving, < 0 generating. */
+  retrieveBias: number;
+  /** Messages of thread context kept (oldest dropped first, with a note). */
+  contextMessages: number;
+  /** Jobs per user per minute, and concurrent jobs per user and per community. */
+  userJobsPerMinute: number;
+  userConcurrentJobs: number;
+  communityConcurrentJobs: number;
+  /** Channels where posted images are indexed for retrieval. */
+  indexedChannels: string[];
+}
+
+export const DEFAULT_COMMUNITY_CONFIG: CommunityConfig = {
+  generationEnabled: true,
+  retrievalEnabled: true,
+  retrieveBias: 0,
+  contextMessages: 25,
+  userJobsPerMinute: 6,
+  userConcurrentJobs: 2,
+  communityConcurrentJobs: 6,
+  indexedChannels: [],
+};
+
+export interface ImageSource {
+  channelId: string | null;
+  messageId: string | null;
+  authorId: string | null;
+  permalink: string | null;
+  /** A human name for the image (file name, emoji name). */
+  title: string | null;
+}
+
+export interface ImageRecord extends ImageSource {
+  id: string;
+  communityId: string;
+  hash: string;
+  mime: string;
+  width: number;
+  height: number;
+  hasEmbedding: boolean;
+  createdAt: Date;
+}
+
+export interface ScoredImage extends ImageRecord {
+  /** Cosine similarity with the query. */
+  score: number;
+}
+
+export type JobStatus = 'queued' | 'running' | 'completed' | 'failed' | 'cancelled';
+
+export interface JobRecord {
+  id: string;
+  idempotencyKey: string;
+  communityId: string | null;
+  kind: JobKind;
+  payload: JobPayload;
+  replyTarget: ReplyTarget;
+  status: JobStatus;
+  result: JobResult | null;
+  /** For failed jobs: the message for the user, and whether it was their input's fault. */
+  error: { message: string; userFacing: boolean } | null;
+  attempts: number;
+  createdAt: Date;
+  updatedAt: Date;
+  deliveredAt: Date | null;
+}
+
+export interface Store {
+  readonly kind: 'postgres' | 'pglite';
+  communities: {
+    ensure(ref: CommunityRef): Promise<Community>;
+    getConfig(communityId: string): Promise<CommunityConfig>;
+    updateConfig(communityId: string, patch: Partial<CommunityConfig>): Promise<CommunityConfig>;
+  };
+  blobs: {
+    /** Stores bytes under their sha256; returns the hash. Idempotent. */
+    put(bytes: Uint8Array, mime: string): Promise<string>;
+    get(hash: string): Promise<{ bytes: Uint8Array; mime: string } | null>;
+  };
+  images: {
+    /** Inserts or returns the existing row for (community, hash, message). */
+    add(communityId: string, hash: string, meta: { mime: string; width: number; height: number } & ImageSource): Promise<ImageRecord>;
+    get(id: string): Promise<ImageRecord | null>;
+    setEmbedding(id: string, embedding: Float32Array): Promise<void>;
+    /** k nearest by cosine within one community, excluding ids; returns k rows when k exist. */
+    search(communityId: string, embedding: Float32Array, k: number, excludeIds?: string[]): Promise<ScoredImage[]>;
+    count(communityId: string): Promise<number>;
+    /** Soft-deletes; returns how many rows were removed from the index. */
+    deleteByMessage(communityId: string, channelId: string, messageId: string): Promise<number>;
+    deleteByAuthor(communityId: string, authorId: string): Promise<number>;
+  };
+  jobs: {
+    /** Creates the job, or returns the existing one with the same idempotency key. */
+    createOrGet(input: {
+      idempotencyKey: string;
+      communityId: string | null;
+      payload: JobPayload;
+      replyTarget: ReplyTarget;
+    }): Promise<{ job: JobRecord; created: boolean }>;
+    get(id: string): Promise<JobRecord | null>;
+    markRunning(id: string): Promise<void>;
+    complete(id: string, result: JobResult): Promise<void>;
+    fail(id: string, error: { message: string; userFacing: boolean }): Promise<void>;
+    cancel(id: string): Promise<void>;
+    /** Updates the adapter's reply-target data (e.g. the id of the progress message). */
+    updateReplyTarget(id: string, data: Record<string, unknown>): Promise<void>;
+    /**
+     * Claims the right to deliver a finished job's reply. Returns false if it was delivered or another
+     * process holds an unexpired claim. A claim expires after leaseMs, so a crashed deliverer is replaced.
+     */
+    claimDelivery(id: string, owner: string, leaseMs: number): Promise<boolean>;
+    markDelivered(id: string, owner: string, receipt: Record<string, unknown>): Promise<void>;
+    /** Finished (completed or failed) jobs not yet delivered, oldest first. */
+    listUndelivered(platform: ReplyTarget['platform'], limit: number): Promise<JobRecord[]>;
+    /** Unfinished jobs of a user or community, for concurrency caps. */
+    countActive(filter: { communityId: string; authorKey?: string }): Promise<number>;
+  };
+  close(): Promise<void>;
+}
