@@ -26,6 +26,9 @@ const REDACT = [
   '*.SLACK_APP_TOKEN',
 ];
 
-export function createLogger(level = process.env.GILL_LOG_LEVEL ?? 'info', destination?: pino.DestinationStream): Logger {
+export function createLogger(
+  level = process.env.GILL_LOG_LEVEL ?? 'info',
+  destination?: pino.DestinationStream,
+): Logger {
   return pino({ level, redact: { paths: REDACT, censor: '[redacted]' }, base: { app: 'gill' } }, destination);
 }

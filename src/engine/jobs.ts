@@ -38,7 +38,11 @@ export type ContextItem = z.infer<typeof contextItemSchema>;
 export const imageModeSchema = z.enum(['auto', 'retrieve', 'generate']);
 export type ImageMode = z.infer<typeof imageModeSchema>;
 
-const seed = z.number().int().min(0).max(2 ** 31 - 1);
+const seed = z
+  .number()
+  .int()
+  .min(0)
+  .max(2 ** 31 - 1);
 const steps = z.number().int().min(1).max(150);
 const guidance = z.number().min(0).max(30);
 
@@ -59,7 +63,11 @@ export const chatPayloadSchema = z.object({
 export const imaginePayloadSchema = z.object({
   kind: z.literal('imagine'),
   community: communitySchema,
-  prompt: z.string().trim().min(1, 'the prompt is empty').max(MAX_PROMPT_CHARS, `the prompt is over ${MAX_PROMPT_CHARS} characters`),
+  prompt: z
+    .string()
+    .trim()
+    .min(1, 'the prompt is empty')
+    .max(MAX_PROMPT_CHARS, `the prompt is over ${MAX_PROMPT_CHARS} characters`),
   seed: seed.optional(),
   steps: steps.optional(),
   guidance: guidance.optional(),
@@ -68,7 +76,11 @@ export const imaginePayloadSchema = z.object({
 export const findPayloadSchema = z.object({
   kind: z.literal('find'),
   community: communitySchema,
-  query: z.string().trim().min(1, 'the query is empty').max(MAX_PROMPT_CHARS, `the query is over ${MAX_PROMPT_CHARS} characters`),
+  query: z
+    .string()
+    .trim()
+    .min(1, 'the query is empty')
+    .max(MAX_PROMPT_CHARS, `the query is over ${MAX_PROMPT_CHARS} characters`),
   k: z.number().int().min(1).max(20).default(4),
   excludeImageIds: z.array(z.string().max(64)).max(1000).default([]),
 });
@@ -148,7 +160,10 @@ export type JobProgress =
 
 /** An error whose message is meant for the person who caused it. Never retried. */
 export class UserInputError extends Error {
-  constructor(message: string, readonly code = 'bad_input') {
+  constructor(
+    message: string,
+    readonly code = 'bad_input',
+  ) {
     super(message);
     this.name = 'UserInputError';
   }

@@ -96,11 +96,20 @@ export interface Store {
   };
   images: {
     /** Inserts or returns the existing row for (community, hash, message). */
-    add(communityId: string, hash: string, meta: { mime: string; width: number; height: number } & ImageSource): Promise<ImageRecord>;
+    add(
+      communityId: string,
+      hash: string,
+      meta: { mime: string; width: number; height: number } & ImageSource,
+    ): Promise<ImageRecord>;
     get(id: string): Promise<ImageRecord | null>;
     setEmbedding(id: string, embedding: Float32Array): Promise<void>;
     /** k nearest by cosine within one community, excluding ids; returns k rows when k exist. */
-    search(communityId: string, embedding: Float32Array, k: number, excludeIds?: string[]): Promise<ScoredImage[]>;
+    search(
+      communityId: string,
+      embedding: Float32Array,
+      k: number,
+      excludeIds?: string[],
+    ): Promise<ScoredImage[]>;
     count(communityId: string): Promise<number>;
     /** Soft-deletes; returns how many rows were removed from the index. */
     deleteByMessage(communityId: string, channelId: string, messageId: string): Promise<number>;
