@@ -138,6 +138,8 @@ export interface Store {
     markDelivered(id: string, owner: string, receipt: Record<string, unknown>): Promise<void>;
     /** Finished (completed or failed) jobs not yet delivered, oldest first. */
     listUndelivered(platform: ReplyTarget['platform'], limit: number): Promise<JobRecord[]>;
+    /** Queued or running jobs, oldest first: re-enqueued at start after an embedded process restarts. */
+    listUnfinished(limit: number): Promise<JobRecord[]>;
     /** Unfinished jobs of a user or community, for concurrency caps. */
     countActive(filter: { communityId: string; authorKey?: string }): Promise<number>;
   };
