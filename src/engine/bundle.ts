@@ -304,7 +304,7 @@ async function readTokenizerJson(dir: string, rel: string, field: string): Promi
 function sessionOptions(options: LoadBundleOptions): ort.InferenceSession.SessionOptions {
   return {
     executionProviders: options.executionProvider === 'cuda' ? ['cuda', 'cpu'] : ['cpu'],
-    intraOpNumThreads: options.threads,
+    ...(options.threads ? { intraOpNumThreads: options.threads } : {}),
     interOpNumThreads: 1,
     graphOptimizationLevel: 'all',
   };
