@@ -120,6 +120,8 @@ export interface Store {
     createOrGet(input: {
       idempotencyKey: string;
       communityId: string | null;
+      /** Who asked (e.g. `discord:<user id>`), counted by countActive for per-user caps. */
+      authorKey?: string;
       payload: JobPayload;
       replyTarget: ReplyTarget;
     }): Promise<{ job: JobRecord; created: boolean }>;
