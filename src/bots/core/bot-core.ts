@@ -1,0 +1,322 @@
+import { randomInt } from 'node:crypto';
+import {
+  type CommunityRef,
+  type JobPayload,
+  type JobPayloadInput,
+  parsePayload,
+  type ReplyTarget,
+  UserInputError,
+} from '../../engine/jobs.ts';
+import type { JobQueue } from '../../engine/queue/queue.ts';
+import type { Logger } from '../../log.ts';
+import type { Community, CommunityConfig, Store } from '../../store/types.ts';
+import { payloadForButton } from './buttons.ts';
+import { configPatch, describeConfig, gillHelp, validateConfigChange } from './commands.ts';
+import { buildContext, type ContextBudget, DEFAULT_CONTEXT_BUDGET } from './context.ts';
+import { FetchRefusedError } from './fetch-guard.ts';
+import { type ImageIngest, looksLikeImage } from './images.ts';
+import { checkLimits, RateLimiter } from './limits.ts';
+import { authorKey, type InboundTurn, type PostedImages } from './turn.ts';
+
+/**
+ * The platform-neutral bot: a Turn in, a job (or an immediate answer, or a refusal with its reason) out.
+ * Adapters call submit() for every mention, thread message, command and button, and indexImages() /
+ * removeMessage() for posted and deleted messages; replies come back through the delivery loop.
+ */
+
+export type RefusalReason = 'bad_input' | 'not_admin' | 'disabled' | 'limited' | 'not_found';
+
+export type SubmitOutcome =
+  /** A job was started for the turn; `position` is the number of jobs ahead (null when not waiting). */
+  | { status: 'accepted'; jobId: string; position: number | null }
+  /**
+   * The event was seen before (a platform retry or redelivery) and was answered or is being answered:
+   * the adapter must not answer it again. jobId is null when the first one was refused.
+   */
+  | { status: 'duplicate'; jobId: string | null }
+  /** Done at once (configuration, forget); the text is the answer. */
+  | { status: 'answered'; text: string }
+  /** Nothing was started; the message says why, for the user. */
+  | { status: 'refused'; reason: RefusalReason; message: string };
+
+export interface IndexOutcome {
+  /** Ids of the image rows added (or found) for the message; each gets an index job. */
+  imageIds: string[];
+  /** Messages for attachments that were not taken (not an image, too large, corrupt, foreign host). */
+  refused: string[];
+}
+
+export interface BotCore {
+  submit(turn: InboundTurn): Promise<SubmitOutcome>;
+  /** Indexes the images of a posted message if its channel has indexing on; null when it has not. */
+  indexImages(post: PostedImages): Promise<IndexOutcome | null>;
+  /** Removes a deleted message's images from the index; returns how many. */
+  removeMessage(community: CommunityRef, channelId: string, messageId: string): Promise<number>;
+  /** Whether posted images in the channel are indexed (lets adapters skip work for other channels). */
+  isIndexedChannel(community: CommunityRef, channelId: string): Promise<boolean>;
+}
+
+export interface BotCoreOptions {
+  store: Store;
+  queue: JobQueue;
+  logger: Logger;
+  images: ImageIngest;
+  /** Token and image budget of a chat context; the message count comes from the community config. */
+  contextBudget?: Partial<Omit<ContextBudget, 'maxMessages'>>;
+  limiter?: RateLimiter;
+  /** How a channel id is written in the platform's markup, for configuration answers. */
+  channelMention?: (channelId: string) => string;
+}
+
+/** Refusal keys remembered so a duplicate of a refused event is not answered twice. */
+const REMEMBERED_REFUSALS = 5000;
+
+export function createBotCore(options: BotCoreOptions): BotCore {
+  const { store, queue, logger } = options;
+  const limiter = options.limiter ?? new RateLimiter();
+  const budget = { ...DEFAULT_CONTEXT_BUDGET, ...options.contextBudget };
+  const channelMention = options.channelMention ?? ((id: string) => `#${id}`);
+  const refusedKeys = new Set<string>();
+
+  function remember(key: string) {
+    refusedKeys.add(key);
+    if (refusedKeys.size > REMEMBERED_REFUSALS)
+      refusedKeys.delete(refusedKeys.values().next().value as string);
+  }
+
+  async function payloadFor(
+    turn: InboundTurn,
+    community: Community,
+    config: CommunityConfig,
+    notes: string[],
+  ): Promise<JobPayloadInput> {
+    const ref = turn.community;
+    const command = turn.command;
+    switch (command.kind) {
+      case 'chat': {
+        const built = await buildContext(turn.messages, {
+          images: options.images,
+          budget: { ...budget, maxMessages: config.contextMessages },
+          onRefused: (error, message) =>
+            logger.info(
+              { reason: error.reason, messageId: message.id, channelId: turn.channelId, community: ref },
+              'attachment refused',
+            ),
+        });
+        notes.push(...built.notes);
+        return {
+          kind: 'chat',
+          community: ref,
+          context: built.items,
+          retrieveBias: config.retrieveBias,
+          allowGeneration: config.generationEnabled,
+          allowRetrieval: config.retrievalEnabled,
+        };
+      }
+      case 'imagine':
+        return {
+          kind: 'imagine',
+          community: ref,
+          prompt: command.prompt,
+          seed: command.seed,
+          steps: command.steps,
+        };
+      case 'find':
+        return { kind: 'find', community: ref, query: command.query, k: command.k };
+      case 'button': {
+        const original = await store.jobs.get(command.jobId);
+        if (!original || original.communityId !== community.id) {
+          throw new UserInputError(
+            'That reply is no longer known, so its buttons no longer work.',
+            'not_found',
+          );
+        }
+        return payloadForButton(original, command.action, randomInt(2 ** 31 - 1));
+      }
+      default:
+        throw new Error(`not a job command: ${command.kind}`);
+    }
+  }
+
+  function disabledReason(payload: JobPayload, config: CommunityConfig): string | null {
+    const wantsGeneration =
+      payload.kind === 'imagine' || (payload.kind === 'chat' && payload.imageMode === 'generate');
+    const wantsRetrieval =
+      payload.kind === 'find' || (payload.kind === 'chat' && payload.imageMode === 'retrieve');
+    if (wantsGeneration && !config.generationEnabled)
+      return 'Image generation is turned off in this community.';
+    if (wantsRetrieval && !config.retrievalEnabled) return 'Image retrieval is turned off in this community.';
+    return null;
+  }
+
+  async function startJob(
+    turn: InboundTurn,
+    community: Community,
+    config: CommunityConfig,
+  ): Promise<SubmitOutcome> {
+    const log = logger.child({ key: turn.idempotencyKey, platform: turn.platform, user: turn.user.id });
+    if (refusedKeys.has(turn.idempotencyKey)) {
+      return { status: 'duplicate', jobId: null };
+    }
+    const refuse = (reason: RefusalReason, message: string): SubmitOutcome => {
+      remember(turn.idempotencyKey);
+      log.info({ reason, message }, 'request refused');
+      return { status: 'refused', reason, message };
+    };
+    const notes: string[] = [];
+    let payload: JobPayload;
+    try {
+      payload = parsePayload(await payloadFor(turn, community, config, notes));
+    } catch (error) {
+      if (error instanceof UserInputError) {
+        return refuse(error.code === 'not_found' ? 'not_found' : 'bad_input', error.message);
+      }
+      throw error;
+    }
+    const disabled = disabledReason(payload, config);
+    if (disabled) return refuse('disabled', disabled);
+
+    const key = authorKey(turn.platform, turn.user.id);
+    const replyTarget: ReplyTarget = { ...turn.replyTarget, data: { ...turn.replyTarget.data, notes } };
+    const { job, created } = await store.jobs.createOrGet({
+      idempotencyKey: turn.idempotencyKey,
+      communityId: community.id,
+      authorKey: key,
+      payload,
+      replyTarget,
+    });
+    if (!created) {
+      log.info({ jobId: job.id, status: job.status }, 'duplicate event; job already exists');
+      // An add that failed the first time (queue down) is retried; one already queued is left as it is.
+      if (job.status === 'queued') await queue.add({ id: job.id, payload: job.payload });
+      return { status: 'duplicate', jobId: job.id };
+    }
+    // The new job counts itself, so the caps compare against the jobs before it; a refused job is cancelled,
+    // which keeps a later duplicate of the same event from being answered again.
+    const limited = await checkLimits({
+      store,
+      limiter,
+      communityId: community.id,
+      authorKey: key,
+      config: {
+        ...config,
+        userConcurrentJobs: config.userConcurrentJobs + 1,
+        communityConcurrentJobs: config.communityConcurrentJobs + 1,
+      },
+    });
+    if (limited) {
+      await store.jobs.cancel(job.id);
+      return refuse('limited', limited);
+    }
+    await queue.add({ id: job.id, payload });
+    const position = await queue.position(job.id);
+    log.info({ jobId: job.id, kind: payload.kind, position }, 'job accepted');
+    return { status: 'accepted', jobId: job.id, position };
+  }
+
+  return {
+    async submit(turn) {
+      const community = await store.communities.ensure(turn.community);
+      const config = await store.communities.getConfig(community.id);
+      const command = turn.command;
+      if (command.kind === 'forget') {
+        const removed = await store.images.deleteByAuthor(community.id, turn.user.id);
+        logger.info({ community: turn.community, user: turn.user.id, removed }, 'forget');
+        return {
+          status: 'answered',
+          text: removed
+            ? `Removed ${removed} of your image${removed === 1 ? '' : 's'} from this community's index.`
+            : 'None of your images are in this community’s index.',
+        };
+      }
+      if (command.kind === 'config') {
+        if (!turn.user.isAdmin) {
+          logger.info(
+            { community: turn.community, user: turn.user.id, change: command.change },
+            'config refused: not admin',
+          );
+          return {
+            status: 'refused',
+            reason: 'not_admin',
+            message: 'Only admins of this community can change GILL’s settings.',
+          };
+        }
+        if (command.change.setting === 'show') {
+          return { status: 'answered', text: `${describeConfig(config, channelMention)}\n\n${gillHelp()}` };
+        }
+        try {
+          validateConfigChange(command.change);
+        } catch (error) {
+          if (error instanceof UserInputError)
+            return { status: 'refused', reason: 'bad_input', message: error.message };
+          throw error;
+        }
+        const updated = await store.communities.updateConfig(
+          community.id,
+          configPatch(config, command.change),
+        );
+        logger.info(
+          { community: turn.community, user: turn.user.id, change: command.change },
+          'config changed',
+        );
+        return { status: 'answered', text: `Settings updated.\n${describeConfig(updated, channelMention)}` };
+      }
+      return startJob(turn, community, config);
+    },
+
+    async indexImages(post) {
+      const community = await store.communities.ensure(post.community);
+      const config = await store.communities.getConfig(community.id);
+      if (!config.indexedChannels.includes(post.channelId)) return null;
+      const outcome: IndexOutcome = { imageIds: [], refused: [] };
+      for (const attachment of post.attachments.filter(looksLikeImage)) {
+        try {
+          const stored = await options.images.ingest(attachment);
+          const image = await store.images.add(community.id, stored.hash, {
+            mime: stored.mime,
+            width: stored.width,
+            height: stored.height,
+            channelId: post.channelId,
+            messageId: post.messageId,
+            authorId: post.authorId,
+            permalink: post.permalink,
+            title: attachment.name,
+          });
+          const payload = parsePayload({ kind: 'index', community: post.community, imageId: image.id });
+          const { job } = await store.jobs.createOrGet({
+            idempotencyKey: `index:${image.id}`,
+            communityId: community.id,
+            payload,
+            replyTarget: { platform: post.community.platform, channelId: post.channelId, data: {} },
+          });
+          await queue.add({ id: job.id, payload });
+          outcome.imageIds.push(image.id);
+        } catch (error) {
+          if (!(error instanceof FetchRefusedError)) throw error;
+          logger.info(
+            { reason: error.reason, messageId: post.messageId, channelId: post.channelId },
+            'image not indexed',
+          );
+          outcome.refused.push(error.message);
+        }
+      }
+      return outcome;
+    },
+
+    async removeMessage(ref, channelId, messageId) {
+      const community = await store.communities.ensure(ref);
+      const removed = await store.images.deleteByMessage(community.id, channelId, messageId);
+      if (removed)
+        logger.info(
+          { community: ref, channelId, messageId, removed },
+          'deleted message removed from the index',
+        );
+      return removed;
+    },
+
+    async isIndexedChannel(ref, channelId) {
+      const community = await store.communities.ensure(ref);
+      return (await store.communities.getConfig(community.id)).indexedChannels.includes(channelId);
+    },
+  };
+}

@@ -1,0 +1,297 @@
+import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
+import http from 'node:http';
+import https from 'node:https';
+import { BlockList, isIP, type LookupFunction } from 'node:net';
+import sharp, { type Metadata } from 'sharp';
+import { UserInputError } from '../../engine/jobs.ts';
+
+/**
+ * Fetches user-posted images from the platform's own file hosts only (no SSRF): the URL's origin must be
+ * one of the configured origins exactly, redirects are followed only within them, configured host names
+ * must resolve to public addresses, and the body is capped in bytes while streaming and in pixels before
+ * decoding. Tests configure the fake platform's loopback origin, so the same guard runs everywhere.
+ */
+
+export interface AllowedOrigin {
+  /** e.g. "https://cdn.discordapp.com"; scheme, host and port must match exactly. */
+  origin: string;
+  /** Headers sent to this origin only (Slack's files need `Authorization: Bearer <bot token>`). */
+  headers?: Record<string, string>;
+}
+
+export interface FetchGuardOptions {
+  allowed: Array<AllowedOrigin | string>;
+  /** Largest body accepted, in bytes. */
+  maxBytes?: number;
+  /** Largest image accepted, in width × height. */
+  maxPixels?: number;
+  timeoutMs?: number;
+  maxRedirects?: number;
+}
+
+export interface FetchedImage {
+  bytes: Uint8Array;
+  mime: string;
+  width: number;
+  height: number;
+}
+
+export type FetchRefusal =
+  | 'bad_url'
+  | 'foreign_host'
+  | 'private_address'
+  | 'too_large'
+  | 'too_many_pixels'
+  | 'not_image'
+  | 'corrupt'
+  | 'unavailable';
+
+/** Why an image was not taken; the message names the file and is meant for the person who posted it. */
+export class FetchRefusedError extends UserInputError {
+  constructor(
+    message: string,
+    readonly reason: FetchRefusal,
+  ) {
+    super(message, reason);
+    this.name = 'FetchRefusedError';
+  }
+}
+
+export interface FetchGuard {
+  /** Maximum body size in bytes, so callers can refuse a file whose declared size is already over it. */
+  readonly maxBytes: number;
+  /** True when the URL's origin is one of the configured ones (nothing is fetched). */
+  allows(url: string): boolean;
+  /** Downloads and validates one image; throws FetchRefusedError with a message for the user. */
+  fetchImage(url: string, name?: string): Promise<FetchedImage>;
+}
+
+export const DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024;
+export const DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096;
+
+const FORMATS: Record<string, string> = {
+  jpeg: 'image/jpeg',
+  png: 'image/png',
+  webp: 'image/webp',
+  gif: 'image/gif',
+};
+
+// Addresses a public file host never resolves to: loopback, private, link-local, CGNAT, multicast, reserved.
+const NON_PUBLIC = new BlockList();
+for (const [net, prefix] of [
+  ['0.0.0.0', 8],
+  ['10.0.0.0', 8],
+  ['100.64.0.0', 10],
+  ['127.0.0.0', 8],
+  ['169.254.0.0', 16],
+  ['172.16.0.0', 12],
+  ['192.0.0.0', 24],
+  ['192.168.0.0', 16],
+  ['198.18.0.0', 15],
+  ['224.0.0.0', 4],
+  ['240.0.0.0', 4],
+] as const) {
+  NON_PUBLIC.addSubnet(net, prefix, 'ipv4');
+}
+for (const [net, prefix] of [
+  ['::', 128],
+  ['::1', 128],
+  ['::ffff:0:0', 96],
+  ['64:ff9b::', 96],
+  ['fc00::', 7],
+  ['fe80::', 10],
+  ['ff00::', 8],
+] as const) {
+  NON_PUBLIC.addSubnet(net, prefix, 'ipv6');
+}
+
+export function isPublicAddress(address: string): boolean {
+  const family = isIP(address);
+  if (family === 0) return false;
+  return !NON_PUBLIC.check(address, family === 4 ? 'ipv4' : 'ipv6');
+}
+
+function originOf(raw: string): string | null {
+  try {
+    const url = new URL(raw);
+    return url.protocol === 'http:' || url.protocol === 'https:' ? url.origin : null;
+  } catch {
+    return null;
+  }
+}
+
+/** A DNS lookup that fails unless every address of the name is public, so a connection can't be steered inward. */
+const publicOnlyLookup: LookupFunction = (hostname, options, callback) => {
+  dnsLookup(hostname, { ...options, all: true }, (error, addresses) => {
+    if (error) return callback(error, '', 0);
+    const list = addresses as unknown as LookupAddress[];
+    const bad = list.find((a) => !isPublicAddress(a.address));
+    if (bad || list.length === 0) {
+      const refusal = Object.assign(new Error(`${hostname} resolves to a non-public address`), {
+        code: 'GILL_PRIVATE_ADDRESS',
+      });
+      return callback(refusal, '', 0);
+    }
+    if (options.all) return (callback as (e: null, a: LookupAddress[]) => void)(null, list);
+    const first = list[0]!;
+    callback(null, first.address, first.family);
+  });
+};
+
+export function createFetchGuard(options: FetchGuardOptions): FetchGuard {
+  const maxBytes = options.maxBytes ?? DEFAULT_MAX_IMAGE_BYTES;
+  const maxPixels = options.maxPixels ?? DEFAULT_MAX_IMAGE_PIXELS;
+  const timeoutMs = options.timeoutMs ?? 15_000;
+  const maxRedirects = options.maxRedirects ?? 3;
+  const allowed = new Map<string, Record<string, string>>();
+  for (const entry of options.allowed) {
+    const spec = typeof entry === 'string' ? { origin: entry } : entry;
+    const origin = originOf(spec.origin);
+    if (!origin) throw new Error(`fetch guard: "${spec.origin}" is not an http(s) origin`);
+    allowed.set(origin, spec.headers ?? {});
+  }
+
+  function download(
+    url: URL,
+    label: string,
+  ): Promise<{ status: number; location?: string; type: string; body: Buffer }> {
+    const headers = allowed.get(url.origin) ?? {};
+    // A configured IP literal is the operator's explicit choice (the fake platform in tests); names must resolve publicly.
+    const lookup = isIP(url.hostname.replace(/^\[|\]$/g, '')) ? undefined : publicOnlyLookup;
+    const client = url.protocol === 'https:' ? https : http;
+    return new Promise((resolve, reject) => {
+      const request = client.get(url, { headers, lookup, timeout: timeoutMs }, (response) => {
+        const status = response.statusCode ?? 0;
+        const type = String(response.headers['content-type'] ?? '');
+        if (status >= 300 && status < 400) {
+          response.resume();
+          return resolve({ status, location: response.headers.location, type, body: Buffer.alloc(0) });
+        }
+        const declared = Number(response.headers['content-length']);
+        if (Number.isFinite(declared) && declared > maxBytes) {
+          response.destroy();
+          return reject(tooLarge(label, maxBytes));
+        }
+        const chunks: Buffer[] = [];
+        let received = 0;
+        response.on('data', (chunk: Buffer) => {
+          received += chunk.length;
+          if (received > maxBytes) {
+            response.destroy();
+            reject(tooLarge(label, maxBytes));
+            return;
+          }
+          chunks.push(chunk);
+        });
+        response.on('end', () => resolve({ status, type, body: Buffer.concat(chunks) }));
+        response.on('error', reject);
+      });
+      request.on('timeout', () => request.destroy(new Error(`no answer within ${timeoutMs} ms`)));
+      request.on('error', (error: NodeJS.ErrnoException) => {
+        if (error.code === 'GILL_PRIVATE_ADDRESS') {
+          reject(
+            new FetchRefusedError(
+              `${label}: its host resolves to a private address, so it was not fetched`,
+              'private_address',
+            ),
+          );
+        } else {
+          reject(
+            new FetchRefusedError(`${label}: could not be downloaded (${error.message})`, 'unavailable'),
+          );
+        }
+      });
+    });
+  }
+
+  async function decode(body: Buffer, label: string): Promise<FetchedImage> {
+    let meta: Metadata;
+    try {
+      meta = await sharp(body).metadata();
+    } catch {
+      throw new FetchRefusedError(`${label} is not an image (PNG, JPEG, WebP or GIF)`, 'not_image');
+    }
+    const mime = meta.format ? FORMATS[meta.format] : undefined;
+    if (!mime) {
+      throw new FetchRefusedError(
+        `${label} is a ${meta.format ?? 'unknown'} file, not a PNG, JPEG, WebP or GIF image`,
+        'not_image',
+      );
+    }
+    const width = meta.width ?? 0;
+    const height = meta.height ?? 0;
+    if (width * height > maxPixels) {
+      throw new FetchRefusedError(
+        `${label} is ${width}×${height} pixels; the limit is ${maxPixels.toLocaleString('en-US')} pixels`,
+        'too_many_pixels',
+      );
+    }
+    try {
+      // Decoding the whole image is the only way to find truncated or corrupt data before the engine does.
+      await sharp(body, { limitInputPixels: maxPixels, failOn: 'warning' }).raw().toBuffer();
+    } catch {
+      throw new FetchRefusedError(
+        `${label} looks like a ${meta.format} image but is damaged or truncated`,
+        'corrupt',
+      );
+    }
+    return { bytes: new Uint8Array(body), mime, width, height };
+  }
+
+  return {
+    maxBytes,
+    allows: (url) => {
+      const origin = originOf(url);
+      return origin !== null && allowed.has(origin);
+    },
+    async fetchImage(raw, name) {
+      const label = name ? `"${name}"` : 'The image';
+      let url: URL;
+      try {
+        url = new URL(raw);
+      } catch {
+        throw new FetchRefusedError(`${label}: "${raw.slice(0, 200)}" is not a URL`, 'bad_url');
+      }
+      for (let hop = 0; ; hop++) {
+        if (!allowed.has(url.origin)) {
+          throw new FetchRefusedError(
+            `${label}: images are only taken from this platform's own file hosts, not from ${url.host || url.protocol}`,
+            'foreign_host',
+          );
+        }
+        const answer = await download(url, label);
+        if (answer.status >= 300 && answer.status < 400) {
+          if (!answer.location || hop >= maxRedirects) {
+            throw new FetchRefusedError(`${label}: too many redirects`, 'unavailable');
+          }
+          url = new URL(answer.location, url);
+          continue;
+        }
+        if (answer.status !== 200) {
+          throw new FetchRefusedError(
+            `${label} could not be downloaded (HTTP ${answer.status}); it may have been deleted or expired`,
+            'unavailable',
+          );
+        }
+        if (answer.type.startsWith('text/html')) {
+          // Slack answers 200 with a sign-in page when the bot token lacks files:read.
+          throw new FetchRefusedError(
+            `${label}: the file host answered with a web page, not an image (missing permission?)`,
+            'not_image',
+          );
+        }
+        return decode(answer.body, label);
+      }
+    },
+  };
+}
+
+function tooLarge(label: string, maxBytes: number): FetchRefusedError {
+  return new FetchRefusedError(`${label} is larger than ${formatBytes(maxBytes)}`, 'too_large');
+}
+
+export function formatBytes(bytes: number): string {
+  if (bytes >= 1024 * 1024) return `${(bytes / (1024 * 1024)).toFixed(bytes % (1024 * 1024) ? 1 : 0)} MiB`;
+  if (bytes >= 1024) return `${Math.round(bytes / 1024)} KiB`;
+  return `${bytes} bytes`;
+}

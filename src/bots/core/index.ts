@@ -1,0 +1,43 @@
+/** The platform-neutral bot core, as the adapters use it. */
+export type { DeliveryReceipt, PlatformAdapter, ProgressThrottle } from './adapter.ts';
+export { throttleProgress } from './adapter.ts';
+export type { BotCore, BotCoreOptions, IndexOutcome, RefusalReason, SubmitOutcome } from './bot-core.ts';
+export { createBotCore } from './bot-core.ts';
+export { BUTTON_LABELS, buttonId, buttonsFor, parseButtonId, payloadForButton } from './buttons.ts';
+export {
+  CONFIG_RANGES,
+  configPatch,
+  describeConfig,
+  GILL_SUBCOMMANDS,
+  gillHelp,
+  parseGillText,
+  validateConfigChange,
+} from './commands.ts';
+export type { BuiltContext, ContextBudget } from './context.ts';
+export { buildContext, DEFAULT_CONTEXT_BUDGET, estimateTokens } from './context.ts';
+export { startAdapterDelivery } from './delivery.ts';
+export type {
+  AllowedOrigin,
+  FetchedImage,
+  FetchGuard,
+  FetchGuardOptions,
+  FetchRefusal,
+} from './fetch-guard.ts';
+export { createFetchGuard, FetchRefusedError, isPublicAddress } from './fetch-guard.ts';
+export type { ImageIngest, StoredImage } from './images.ts';
+export { createImageIngest, looksLikeImage } from './images.ts';
+export { checkLimits, RateLimiter } from './limits.ts';
+export type { RenderedImage, RenderedReply, RenderStyle } from './render.ts';
+export { DISCORD_MAX_CHARS, renderProgress, renderReply, SLACK_MAX_CHARS, splitMessage } from './render.ts';
+export type {
+  Attachment,
+  ButtonAction,
+  Command,
+  ConfigChange,
+  InboundTurn,
+  Platform,
+  PostedImages,
+  ThreadMessage,
+  TurnUser,
+} from './turn.ts';
+export { authorKey } from './turn.ts';
