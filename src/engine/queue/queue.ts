@@ -18,11 +18,20 @@ export type QueueEvent =
   | { type: 'completed'; jobId: string; result: JobResult }
   | { type: 'failed'; jobId: string; error: { message: string; userFacing: boolean } };
 
-export type JobProcessor = (job: QueuedJob, ctx: JobContext) => Promise<JobResult>;
+/** A job as its processor sees it: which attempt this is, so a failure on the last one is recorded as final. */
+export interface ActiveJob extends QueuedJob {
+  /** 1 on the first run. */
+  attempt: number;
+  maxAttempts: number;
+}
+
+export type JobProcessor = (job: ActiveJob, ctx: JobContext) => Promise<JobResult>;
 
 export interface WorkerOptions {
   /** Jobs at a time in this process. The engine worker uses 1. */
   concurrency?: number;
+  /** How long close() lets running jobs finish before aborting them and putting them back in the queue. */
+  shutdownGraceMs?: number;
 }
 
 export interface WorkerHandle {

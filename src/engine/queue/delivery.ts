@@ -1,0 +1,132 @@
+import type { Logger } from '../../log.ts';
+import type { JobRecord, Store } from '../../store/types.ts';
+import type { JobProgress, ReplyTarget } from '../jobs.ts';
+import type { JobQueue } from './queue.ts';
+
+/**
+ * Delivers each finished job's reply once, from whichever bot process gets to it first. Triggers are the
+ * queue's completed/failed events (fast path) and a periodic sweep of the store's undelivered jobs, which
+ * covers events missed while a bot was down or a deliverer that crashed mid-delivery (its claim expires).
+ * The store is the record of truth: the worker writes the outcome before the queue announces it, and a
+ * delivery counts only once markDelivered has recorded it under this process's claim.
+ */
+
+export interface DeliveryOptions {
+  store: Store;
+  queue: JobQueue;
+  platform: ReplyTarget['platform'];
+  /** This process's name in delivery claims (host:pid or similar, unique per process). */
+  owner: string;
+  /** Posts the reply; returns what the platform gave back (message ids...). */
+  deliver(job: JobRecord): Promise<Record<string, unknown>>;
+  onProgress?(job: JobRecord, progress: JobProgress): void | Promise<void>;
+  /** How long a claim holds before another process may take over. */
+  leaseMs?: number;
+  sweepIntervalMs?: number;
+  logger?: Logger;
+}
+
+export interface DeliveryHandle {
+  /** One sweep now; resolves when the undelivered jobs found have been tried. */
+  sweep(): Promise<void>;
+  close(): Promise<void>;
+}
+
+const SWEEP_BATCH = 50;
+const PROGRESS_CACHE = 1000;
+
+export function startDelivery(options: DeliveryOptions): DeliveryHandle {
+  const { store, queue, platform, owner, logger } = options;
+  const leaseMs = options.leaseMs ?? 60_000;
+  const inFlight = new Map<string, Promise<void>>();
+  /** Records of jobs with progress under way, so progress events do not each read the store. */
+  const progressRecords = new Map<string, Promise<JobRecord | null>>();
+  let closed = false;
+
+  const attempt = (jobId: string, known?: JobRecord): Promise<void> => {
+    const running = inFlight.get(jobId);
+    if (running) return running;
+    const delivery = deliverOnce(jobId, known).finally(() => inFlight.delete(jobId));
+    inFlight.set(jobId, delivery);
+    return delivery;
+  };
+
+  const deliverOnce = async (jobId: string, known?: JobRecord): Promise<void> => {
+    try {
+      const job = known ?? (await store.jobs.get(jobId));
+      if (!job || job.replyTarget.platform !== platform || job.deliveredAt) return;
+      if (job.status !== 'completed' && job.status !== 'failed') return;
+      if (!(await store.jobs.claimDelivery(jobId, owner, leaseMs))) return;
+      const receipt = await options.deliver(job);
+      await store.jobs.markDelivered(jobId, owner, receipt);
+    } catch (error) {
+      // The claim lapses after leaseMs and a later sweep tries again.
+      logger?.error({ err: error, jobId }, 'delivery failed; will retry');
+    }
+  };
+
+  const progress = async (jobId: string, update: JobProgress): Promise<void> => {
+    const onProgress = options.onProgress;
+    if (!onProgress) return;
+    let record = progressRecords.get(jobId);
+    if (!record) {
+      record = store.jobs.get(jobId);
+      progressRecords.set(jobId, record);
+      // Bounded even when a job's final event was missed.
+      if (progressRecords.size > PROGRESS_CACHE) progressRecords.delete(progressRecords.keys().next().value!);
+    }
+    const job = await record;
+    if (job && job.replyTarget.platform === platform) await onProgress(job, update);
+  };
+
+  const unsubscribe = queue.subscribe((event) => {
+    if (closed) return;
+    if (event.type === 'progress') {
+      progress(event.jobId, event.progress).catch((error) => {
+        logger?.warn({ err: error, jobId: event.jobId }, 'progress update failed');
+      });
+      return;
+    }
+    progressRecords.delete(event.jobId);
+    void attempt(event.jobId);
+  });
+
+  const runSweep = async (): Promise<void> => {
+    try {
+      const jobs = await store.jobs.listUndelivered(platform, SWEEP_BATCH);
+      for (const job of jobs) {
+        if (closed) break;
+        await attempt(job.id, job);
+      }
+    } catch (error) {
+      logger?.warn({ err: error }, 'delivery sweep failed');
+    }
+  };
+  // Sweeps run one after another, so a sweep asked for now also sees what finished during the last one.
+  let sweeps = Promise.resolve();
+  let sweepsQueued = 0;
+  const sweep = (): Promise<void> => {
+    sweepsQueued += 1;
+    sweeps = sweeps.then(runSweep).finally(() => {
+      sweepsQueued -= 1;
+    });
+    return sweeps;
+  };
+
+  const timer = setInterval(() => {
+    if (sweepsQueued === 0) void sweep();
+  }, options.sweepIntervalMs ?? 5000);
+  timer.unref();
+  void sweep();
+
+  return {
+    sweep,
+    close: async () => {
+      closed = true;
+      clearInterval(timer);
+      unsubscribe();
+      await sweeps;
+      await Promise.all(inFlight.values());
+    },
+  };
+}

@@ -1,0 +1,199 @@
+import { type MessagePort, parentPort, Worker, workerData } from 'node:worker_threads';
+import type { Engine } from '../engine.ts';
+import { type JobPayload, type JobProgress, type JobResult, UserInputError } from '../jobs.ts';
+import { JobCancelledError, WorkerShutdownError } from './errors.ts';
+
+/**
+ * Runs an engine in a worker thread behind the Engine interface. onnxruntime-node runs inference
+ * synchronously on the calling thread; in a thread of its own it cannot starve the worker's event loop,
+ * which must keep renewing the queue lock, hear cancellations and answer SIGTERM while a job runs.
+ *
+ * The thread imports `module` and awaits `module[exportName](options)` for its Engine; options cross by
+ * structured clone, so they are plain data (the config), and the factory opens its own connections.
+ */
+
+export interface EngineThreadSpec {
+  /** File URL or path of the module with the engine factory. */
+  module: string;
+  exportName: string;
+  options: unknown;
+}
+
+type ToThread =
+  | { type: 'run'; id: number; payload: JobPayload }
+  | { type: 'abort'; id: number; reason: 'cancelled' | 'shutdown' }
+  | { type: 'close' };
+
+interface WireError {
+  name: string;
+  message: string;
+  code?: string;
+}
+
+type FromThread =
+  | { type: 'ready' }
+  | { type: 'startFailed'; error: WireError }
+  | { type: 'progress'; id: number; progress: JobProgress }
+  | { type: 'result'; id: number; result: JobResult }
+  | { type: 'error'; id: number; error: WireError }
+  | { type: 'closed' };
+
+const THREAD_MAIN = new URL('./engine-thread-main.mjs', import.meta.url);
+
+function toWire(error: unknown): WireError {
+  if (error instanceof Error) {
+    return {
+      name: error.name,
+      message: error.message,
+      code: error instanceof UserInputError ? error.code : undefined,
+    };
+  }
+  return { name: 'Error', message: String(error) };
+}
+
+function fromWire(wire: WireError): Error {
+  if (wire.name === 'UserInputError') return new UserInputError(wire.message, wire.code);
+  const error = new Error(wire.message);
+  error.name = wire.name;
+  return error;
+}
+
+interface Pending {
+  resolve(result: JobResult): void;
+  reject(error: Error): void;
+  progress(update: JobProgress): void;
+}
+
+/** Starts the thread and resolves once its engine is loaded. onExit hears of a thread that died. */
+export function startEngineThread(spec: EngineThreadSpec, onExit?: (error: Error) => void): Promise<Engine> {
+  const thread = new Worker(THREAD_MAIN, { workerData: spec });
+  const pending = new Map<number, Pending>();
+  let nextId = 1;
+  let broken: Error | null = null;
+  let closing = false;
+  let closed: (() => void) | undefined;
+
+  const fail = (error: Error) => {
+    if (broken) return;
+    broken = error;
+    for (const job of pending.values()) job.reject(error);
+    pending.clear();
+    if (!closing) onExit?.(error);
+  };
+
+  const engine: Engine = {
+    run(payload, ctx) {
+      if (broken) return Promise.reject(broken);
+      const id = nextId++;
+      return new Promise<JobResult>((resolve, reject) => {
+        const onAbort = () => {
+          const reason = ctx.signal.reason instanceof WorkerShutdownError ? 'shutdown' : 'cancelled';
+          thread.postMessage({ type: 'abort', id, reason } satisfies ToThread);
+        };
+        const done = () => {
+          ctx.signal.removeEventListener('abort', onAbort);
+          pending.delete(id);
+        };
+        pending.set(id, {
+          resolve: (result) => {
+            done();
+            resolve(result);
+          },
+          reject: (error) => {
+            done();
+            reject(error);
+          },
+          progress: ctx.progress,
+        });
+        thread.postMessage({ type: 'run', id, payload } satisfies ToThread);
+        if (ctx.signal.aborted) onAbort();
+        else ctx.signal.addEventListener('abort', onAbort, { once: true });
+      });
+    },
+    async close() {
+      if (closing) return;
+      closing = true;
+      if (broken) return;
+      await new Promise<void>((resolve) => {
+        closed = resolve;
+        thread.postMessage({ type: 'close' } satisfies ToThread);
+      });
+      await thread.terminate();
+    },
+  };
+
+  return new Promise<Engine>((resolve, reject) => {
+    let started = false;
+    thread.on('message', (message: FromThread) => {
+      switch (message.type) {
+        case 'ready':
+          started = true;
+          resolve(engine);
+          break;
+        case 'startFailed':
+          reject(fromWire(message.error));
+          void thread.terminate();
+          break;
+        case 'progress':
+          pending.get(message.id)?.progress(message.progress);
+          break;
+        case 'result':
+          pending.get(message.id)?.resolve(message.result);
+          break;
+        case 'error':
+          pending.get(message.id)?.reject(fromWire(message.error));
+          break;
+        case 'closed':
+          closed?.();
+          break;
+      }
+    });
+    thread.on('error', (error) => (started ? fail(error) : reject(error)));
+    thread.on('exit', (code) => {
+      closed?.();
+      const error = new Error(`the engine thread exited (code ${code})`);
+      if (started) fail(error);
+      else reject(error);
+    });
+  });
+}
+
+/** The thread's side; called by engine-thread-main.mjs. */
+export async function serveEngineThread(): Promise<void> {
+  const port = parentPort as MessagePort;
+  const spec = workerData as EngineThreadSpec;
+  let engine: Engine;
+  try {
+    const module = await import(spec.module);
+    engine = await module[spec.exportName](spec.options);
+  } catch (error) {
+    port.postMessage({ type: 'startFailed', error: toWire(error) } satisfies FromThread);
+    return;
+  }
+  const controllers = new Map<number, AbortController>();
+  port.on('message', async (message: ToThread) => {
+    if (message.type === 'abort') {
+      const reason = message.reason === 'shutdown' ? new WorkerShutdownError() : new JobCancelledError();
+      controllers.get(message.id)?.abort(reason);
+    } else if (message.type === 'close') {
+      await engine.close();
+      port.postMessage({ type: 'closed' } satisfies FromThread);
+    } else {
+      const { id } = message;
+      const controller = new AbortController();
+      controllers.set(id, controller);
+      try {
+        const result = await engine.run(message.payload, {
+          progress: (progress) => port.postMessage({ type: 'progress', id, progress } satisfies FromThread),
+          signal: controller.signal,
+        });
+        port.postMessage({ type: 'result', id, result } satisfies FromThread);
+      } catch (error) {
+        port.postMessage({ type: 'error', id, error: toWire(error) } satisfies FromThread);
+      } finally {
+        controllers.delete(id);
+      }
+    }
+  });
+  port.postMessage({ type: 'ready' } satisfies FromThread);
+}

@@ -1,0 +1,235 @@
+import type { Logger } from '../../log.ts';
+import type { JobResult } from '../jobs.ts';
+import { backoffDelay, JobCancelledError, judgeFailure, WorkerShutdownError } from './errors.ts';
+import type { JobProcessor, JobQueue, QueuedJob, QueueEvent, WorkerHandle, WorkerOptions } from './queue.ts';
+
+/**
+ * The in-process queue of the embedded mode, with the BullMQ queue's semantics: a job id is added once,
+ * FIFO order, retries with exponential backoff, no retry for bad input, cancellation through the
+ * processor's AbortSignal, and a close() that lets running jobs finish or puts them back at the front.
+ * Nothing survives the process: at start, recoverUnfinished() re-enqueues what the store still holds.
+ */
+
+export interface MemoryQueueOptions {
+  /** Runs per job, the first included. */
+  attempts?: number;
+  /** First retry delay; doubled for every further attempt. */
+  backoffMs?: number;
+  /** Finished job ids remembered so that a duplicate add stays a no-op. */
+  keepFinished?: number;
+  logger?: Logger;
+}
+
+type State = 'waiting' | 'delayed' | 'active' | 'completed' | 'failed' | 'cancelled';
+
+interface Entry {
+  job: QueuedJob;
+  state: State;
+  /** Runs started so far. */
+  attempt: number;
+  controller?: AbortController;
+  /** The consumer running it, while active. */
+  owner?: Consumer;
+  retryTimer?: NodeJS.Timeout;
+}
+
+interface Consumer {
+  processor: JobProcessor;
+  concurrency: number;
+  running: Set<Promise<void>>;
+  closing: boolean;
+}
+
+export class MemoryJobQueue implements JobQueue {
+  readonly kind = 'memory';
+  private readonly attempts: number;
+  private readonly backoffMs: number;
+  private readonly keepFinished: number;
+  private readonly entries = new Map<string, Entry>();
+  private readonly finished: string[] = [];
+  private readonly waiting: string[] = [];
+  private readonly listeners = new Set<(event: QueueEvent) => void>();
+  private readonly consumers = new Set<Consumer>();
+  private readonly handles = new Set<WorkerHandle>();
+  private dispatchScheduled = false;
+  private closed = false;
+
+  constructor(private readonly options: MemoryQueueOptions = {}) {
+    this.attempts = options.attempts ?? 3;
+    this.backoffMs = options.backoffMs ?? 2000;
+    this.keepFinished = options.keepFinished ?? 10_000;
+  }
+
+  async add(job: QueuedJob): Promise<void> {
+    if (this.closed) throw new Error('The job queue is closed.');
+    if (this.entries.has(job.id)) return;
+    this.entries.set(job.id, { job, state: 'waiting', attempt: 0 });
+    this.waiting.push(job.id);
+    this.scheduleDispatch();
+  }
+
+  async position(jobId: string): Promise<number | null> {
+    const index = this.waiting.indexOf(jobId);
+    if (index >= 0) return index;
+    // A job waiting out a retry delay goes behind everything waiting now.
+    return this.entries.get(jobId)?.state === 'delayed' ? this.waiting.length : null;
+  }
+
+  async cancel(jobId: string): Promise<boolean> {
+    const entry = this.entries.get(jobId);
+    if (!entry) return false;
+    switch (entry.state) {
+      case 'waiting':
+        this.waiting.splice(this.waiting.indexOf(jobId), 1);
+        this.finish(entry, 'cancelled');
+        return true;
+      case 'delayed':
+        clearTimeout(entry.retryTimer);
+        this.finish(entry, 'cancelled');
+        return true;
+      case 'active':
+        entry.controller?.abort(new JobCancelledError());
+        return true;
+      default:
+        return false;
+    }
+  }
+
+  subscribe(listener: (event: QueueEvent) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  process(processor: JobProcessor, options: WorkerOptions = {}): WorkerHandle {
+    const consumer: Consumer = {
+      processor,
+      concurrency: options.concurrency ?? 1,
+      running: new Set(),
+      closing: false,
+    };
+    const graceMs = options.shutdownGraceMs ?? 30_000;
+    this.consumers.add(consumer);
+    this.scheduleDispatch();
+    let closing: Promise<void> | undefined;
+    const handle: WorkerHandle = {
+      close: () => {
+        closing ??= (async () => {
+          consumer.closing = true;
+          const grace = setTimeout(() => this.abortRunning(consumer), graceMs);
+          await Promise.all(consumer.running);
+          clearTimeout(grace);
+          this.consumers.delete(consumer);
+          this.handles.delete(handle);
+        })();
+        return closing;
+      },
+    };
+    this.handles.add(handle);
+    return handle;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await Promise.all([...this.handles].map((handle) => handle.close()));
+    for (const entry of this.entries.values()) clearTimeout(entry.retryTimer);
+    this.listeners.clear();
+  }
+
+  private abortRunning(consumer: Consumer): void {
+    for (const entry of this.entries.values()) {
+      if (entry.state === 'active' && entry.owner === consumer) {
+        entry.controller?.abort(new WorkerShutdownError());
+      }
+    }
+  }
+
+  private scheduleDispatch(): void {
+    if (this.dispatchScheduled) return;
+    this.dispatchScheduled = true;
+    queueMicrotask(() => {
+      this.dispatchScheduled = false;
+      this.dispatch();
+    });
+  }
+
+  private dispatch(): void {
+    for (const consumer of this.consumers) {
+      while (!consumer.closing && consumer.running.size < consumer.concurrency && this.waiting.length > 0) {
+        const entry = this.entries.get(this.waiting.shift()!)!;
+        const run = this.run(consumer, entry).finally(() => {
+          consumer.running.delete(run);
+          this.scheduleDispatch();
+        });
+        consumer.running.add(run);
+      }
+    }
+  }
+
+  private async run(consumer: Consumer, entry: Entry): Promise<void> {
+    const controller = new AbortController();
+    entry.state = 'active';
+    entry.attempt += 1;
+    entry.controller = controller;
+    entry.owner = consumer;
+    const { id, payload } = entry.job;
+    let result: JobResult;
+    try {
+      result = await consumer.processor(
+        { id, payload, attempt: entry.attempt, maxAttempts: this.attempts },
+        {
+          progress: (progress) => {
+            if (entry.state === 'active') this.emit({ type: 'progress', jobId: id, progress });
+          },
+          signal: controller.signal,
+        },
+      );
+    } catch (error) {
+      const verdict = judgeFailure(error, controller.signal, entry.attempt, this.attempts);
+      if (verdict.kind === 'release') {
+        // Back to the front, as if never taken: the attempt does not count.
+        entry.attempt -= 1;
+        entry.state = 'waiting';
+        this.waiting.unshift(id);
+      } else if (verdict.kind === 'retry') {
+        this.options.logger?.warn({ jobId: id, attempt: entry.attempt, err: error }, 'job failed; retrying');
+        entry.state = 'delayed';
+        entry.retryTimer = setTimeout(
+          () => {
+            entry.state = 'waiting';
+            this.waiting.push(id);
+            this.scheduleDispatch();
+          },
+          backoffDelay(this.backoffMs, entry.attempt),
+        );
+      } else {
+        this.finish(entry, controller.signal.reason instanceof JobCancelledError ? 'cancelled' : 'failed');
+        this.emit({ type: 'failed', jobId: id, error: verdict.failure });
+      }
+      return;
+    } finally {
+      entry.controller = undefined;
+      entry.owner = undefined;
+    }
+    this.finish(entry, 'completed');
+    this.emit({ type: 'completed', jobId: id, result });
+  }
+
+  private finish(entry: Entry, state: 'completed' | 'failed' | 'cancelled'): void {
+    entry.state = state;
+    this.finished.push(entry.job.id);
+    if (this.finished.length > this.keepFinished) this.entries.delete(this.finished.shift()!);
+  }
+
+  private emit(event: QueueEvent): void {
+    for (const listener of this.listeners) {
+      try {
+        listener(event);
+      } catch (error) {
+        this.options.logger?.error(
+          { err: error, event: event.type, jobId: event.jobId },
+          'queue listener failed',
+        );
+      }
+    }
+  }
+}
