@@ -162,6 +162,9 @@ export async function generate(options: GenerateOptions): Promise<GeneratedImage
   };
   const timestep = timestepTensor(bundle, batch);
   feeds.timestep = timestep.tensor;
+  // The UNet writes its prediction straight into this buffer (a pre-allocated output).
+  const pred = new Float32Array(batch * n);
+  const fetches = { noise_pred: new ort.Tensor('float32', pred, [batch, ...latentShape]) };
   const unet = bundle.sessions.unet;
 
   const started = performance.now();
@@ -169,8 +172,7 @@ export async function generate(options: GenerateOptions): Promise<GeneratedImage
     signal?.throwIfAborted();
     for (let b = 0; b < batch; b++) modelIn.set(sample, b * n);
     timestep.set(sampler.timesteps[i]!);
-    const out = await unet.run(feeds);
-    const pred = (out.noise_pred as ort.Tensor).data as Float32Array;
+    await unet.run(feeds, fetches);
     let modelOutput = pred;
     if (guidedOut) {
       // [uncond; cond] → uncond + g · (cond − uncond)
