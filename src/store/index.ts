@@ -1,0 +1,3 @@
+export { connect, connectWithRetry, describeDatabase, StoreConnectionError } from './connect.ts';
+export { DeliveryClaimError } from './store.ts';
+export * from './types.ts';

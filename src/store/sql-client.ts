@@ -1,0 +1,97 @@
+import { mkdir } from 'node:fs/promises';
+import { PGlite } from '@electric-sql/pglite';
+import { vector } from '@electric-sql/pglite-pgvector';
+import pg from 'pg';
+
+/**
+ * The one seam between the store and its database: Postgres through a `pg` pool, or the embedded PGlite.
+ * All store SQL runs through this, so both databases run the same statements.
+ */
+
+export type Row = Record<string, unknown>;
+
+export interface SqlQuery {
+  /** One statement with $n parameters; returns its rows (use RETURNING to learn what changed). */
+  query<T extends Row = Row>(text: string, params?: unknown[]): Promise<T[]>;
+  /** Several statements, no parameters (migrations). */
+  exec(sql: string): Promise<void>;
+}
+
+export interface SqlClient extends SqlQuery {
+  readonly kind: 'postgres' | 'pglite';
+  /** Runs fn in one transaction on one connection; commits when it resolves, rolls back when it throws. */
+  transaction<T>(fn: (tx: SqlQuery) => Promise<T>): Promise<T>;
+  close(): Promise<void>;
+}
+
+export interface PostgresClientOptions {
+  max?: number;
+  connectionTimeoutMillis?: number;
+  /** Errors of idle pooled connections (a server restart); without a listener they would crash the process. */
+  onIdleError?: (error: Error) => void;
+}
+
+export function postgresClient(url: string, options: PostgresClientOptions = {}): SqlClient {
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: options.max ?? 10,
+    connectionTimeoutMillis: options.connectionTimeoutMillis ?? 10_000,
+  });
+  pool.on('error', (error) => options.onIdleError?.(error));
+  return {
+    kind: 'postgres',
+    async query<T extends Row>(text: string, params?: unknown[]) {
+      return (await pool.query(text, params)).rows as T[];
+    },
+    async exec(sql) {
+      await pool.query(sql);
+    },
+    async transaction(fn) {
+      const client = await pool.connect();
+      try {
+        await client.query('BEGIN');
+        const result = await fn({
+          query: async <T extends Row>(text: string, params?: unknown[]) =>
+            (await client.query(text, params)).rows as T[],
+          exec: async (sql: string) => {
+            await client.query(sql);
+          },
+        });
+        await client.query('COMMIT');
+        return result;
+      } catch (error) {
+        await client.query('ROLLBACK').catch(() => {});
+        throw error;
+      } finally {
+        client.release();
+      }
+    },
+    close: () => pool.end(),
+  };
+}
+
+/** PGlite with pgvector; `dataDir` undefined keeps the database in memory. */
+export async function pgliteClient(dataDir?: string): Promise<SqlClient> {
+  if (dataDir) await mkdir(dataDir, { recursive: true });
+  const db = await PGlite.create({ dataDir, extensions: { vector } });
+  return {
+    kind: 'pglite',
+    async query<T extends Row>(text: string, params?: unknown[]) {
+      return (await db.query<T>(text, params)).rows;
+    },
+    async exec(sql) {
+      await db.exec(sql);
+    },
+    transaction: (fn) =>
+      db.transaction((tx) =>
+        fn({
+          query: async <T extends Row>(text: string, params?: unknown[]) =>
+            (await tx.query<T>(text, params)).rows,
+          exec: async (sql: string) => {
+            await tx.exec(sql);
+          },
+        }),
+      ),
+    close: () => db.close(),
+  };
+}
