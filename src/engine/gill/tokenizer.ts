@@ -33,6 +33,10 @@ export class GillTokenizer {
     }
   }
 
+  get addsBos(): boolean {
+    return this.lm.addBos;
+  }
+
   get bosId(): number {
     return this.lm.bosId;
   }
@@ -43,7 +47,7 @@ export class GillTokenizer {
    * are split so they tokenize as ordinary text.
    */
   encodeText(text: string, options: { bos: boolean; fromUser?: boolean }): number[] {
-    const safe = options.fromUser === false ? text : text.replace(/\[IMG(?=\d+\])/g, '[ IMG');
+    const safe = options.fromUser === false ? text : plainText(text);
     const ids = safe.length ? this.tokenizer.encode(safe, { add_special_tokens: false }).ids : [];
     return options.bos && this.lm.addBos ? [this.lm.bosId, ...ids] : ids;
   }
@@ -62,6 +66,11 @@ export class GillTokenizer {
     const plain = ids.filter((id) => !this.imgSet.has(id));
     return this.tokenizer.decode(plain, { skip_special_tokens: true });
   }
+}
+
+/** Text typed by people, with literal [IMGn] strings split so they cannot become [IMG] tokens. */
+export function plainText(text: string): string {
+  return text.replace(/\[IMG(?=\d+\])/g, '[ IMG');
 }
 
 export function imgTokenString(i: number): string {

@@ -1,0 +1,124 @@
+import type { Bundle } from '../bundle.ts';
+import { embedTokens, type LmSequence } from './lm.ts';
+import { createRng, pickToken } from './sampling.ts';
+import type { GillTokenizer } from './tokenizer.ts';
+
+/**
+ * GILL's decoding loop (gill-method.md §3 step 2-5) on a KV cache. Differences from the reference, on
+ * purpose: every emitted token is fed forward, so [IMG0] produced on the last step still has hidden states;
+ * decoding stops at EOS or at a newline after the first token (the reference decodes on and then cuts
+ * there, with the same result); an [IMG0] is only allowed while the whole [IMG] block fits in the context.
+ */
+
+export interface DecodeOptions {
+  maxNewTokens: number;
+  temperature: number;
+  topP: number;
+  seed: number;
+  retScaleFactor: number;
+  genScaleFactor: number;
+  /** How many [IMG] blocks may be produced (the reference's max_num_rets). */
+  maxImages: number;
+  /** Append an [IMG] block after the text when the model produced none (the user asked for an image). */
+  forceImage: boolean;
+  signal?: AbortSignal;
+}
+
+export interface DecodedImageBlock {
+  /** Index of [IMG0] in `ids`. */
+  position: number;
+  /** Final hidden states at [IMG0..r-1], [r, H]. */
+  hidden: Float32Array;
+}
+
+export interface DecodeResult {
+  /** Generated ids, [IMG] blocks included, EOS and the stopping newline excluded. */
+  ids: number[];
+  images: DecodedImageBlock[];
+  forcedImage: boolean;
+  stop: 'eos' | 'newline' | 'max_tokens' | 'context';
+}
+
+/** Applies GILL's [IMG] logit rules in place; `allowImg0` false blocks [IMG0] as well. */
+export function applyImgRules(
+  logits: Float32Array,
+  imgIds: readonly number[],
+  allowImg0: boolean,
+  options: DecodeOptions,
+) {
+  for (let j = 1; j < imgIds.length; j++) logits[imgIds[j]!] = Number.NEGATIVE_INFINITY;
+  const img0 = imgIds[0]!;
+  if (!allowImg0) {
+    logits[img0] = Number.NEGATIVE_INFINITY;
+    return;
+  }
+  // abs() then scale, only for factors above 1, as the reference does (a negative logit turns positive).
+  if (options.retScaleFactor > 1) logits[img0] = Math.abs(logits[img0]!) * options.retScaleFactor;
+  if (options.genScaleFactor > 1) logits[img0] = Math.abs(logits[img0]!) * options.genScaleFactor;
+}
+
+export async function decode(
+  bundle: Bundle,
+  tokenizer: GillTokenizer,
+  sequence: LmSequence,
+  firstLogits: Float32Array,
+  options: DecodeOptions,
+): Promise<DecodeResult> {
+  const { maxPositions, hiddenSize: H, eosId, newlineId } = bundle.manifest.lm;
+  const imgIds = tokenizer.imgIds;
+  const r = imgIds.length;
+  const rng = createRng(options.seed);
+  const ids: number[] = [];
+  const images: DecodedImageBlock[] = [];
+  let logits = firstLogits;
+  let stop: DecodeResult['stop'] = 'max_tokens';
+  let unfed: number | null = null;
+
+  const feed = async (tokens: number[]) => {
+    const step = await sequence.feed(await embedTokens(bundle, tokens));
+    logits = step.logits;
+    return step.hidden;
+  };
+
+  for (let i = 0; i < options.maxNewTokens; i++) {
+    options.signal?.throwIfAborted();
+    if (sequence.positions >= maxPositions) {
+      stop = 'context';
+      break;
+    }
+    const scores = Float32Array.from(logits);
+    const roomForImage = images.length < options.maxImages && sequence.positions + r <= maxPositions;
+    applyImgRules(scores, imgIds, roomForImage, options);
+    const token = pickToken(scores, { temperature: options.temperature, topP: options.topP, rng });
+    if (token === eosId) {
+      stop = 'eos';
+      break;
+    }
+    if (token === newlineId && ids.length > 0) {
+      stop = 'newline';
+      break;
+    }
+    if (token === imgIds[0]) {
+      const position = ids.length;
+      ids.push(...imgIds);
+      images.push({ position, hidden: (await feed([...imgIds])).slice(0, r * H) });
+      continue;
+    }
+    ids.push(token);
+    // The last token needs no forward pass: nothing reads its logits or hidden state.
+    if (i < options.maxNewTokens - 1) await feed([token]);
+    else unfed = token;
+  }
+
+  let forcedImage = false;
+  const needed = r + (unfed === null ? 0 : 1);
+  if (options.forceImage && images.length === 0 && sequence.positions + needed <= maxPositions) {
+    // The block follows the whole reply, so the reply's last token must be in the cache.
+    if (unfed !== null) await feed([unfed]);
+    const position = ids.length;
+    ids.push(...imgIds);
+    images.push({ position, hidden: (await feed([...imgIds])).slice(0, r * H) });
+    forcedImage = true;
+  }
+  return { ids, images, forcedImage, stop };
+}

@@ -1,0 +1,93 @@
+import * as ort from 'onnxruntime-node';
+import type { Bundle } from '../bundle.ts';
+import { embedTokens } from './lm.ts';
+
+/**
+ * The GILL heads (gill-method.md §1.3-1.7): image encoder and visual prefix, the two retrieval
+ * projections, the GILLMapper and the decision head. Inputs and outputs are flat Float32Arrays.
+ */
+
+async function runOne(session: ort.InferenceSession, feeds: Record<string, ort.Tensor>, output: string) {
+  const out = await session.run(feeds);
+  return (out[output] as ort.Tensor).data as Float32Array;
+}
+
+/** Pooled image features [B, Dv] from encoder inputs [B, 3, S, S]. */
+export function encodeImages(bundle: Bundle, pixels: Float32Array, count: number): Promise<Float32Array> {
+  const s = bundle.manifest.vision.imageSize;
+  const input = new ort.Tensor('float32', pixels, [count, 3, s, s]);
+  return runOne(bundle.sessions.imageEncoder, { pixel_values: input }, 'pooler_output');
+}
+
+/** Visual prefix tokens [B, k, H]: what an image becomes inside the LM's input. */
+export function visualPrefix(bundle: Bundle, pooled: Float32Array, count: number): Promise<Float32Array> {
+  const input = new ort.Tensor('float32', pooled, [count, bundle.manifest.vision.pooledSize]);
+  return runOne(bundle.sessions.visualPrefix, { pooled: input }, 'prefix');
+}
+
+export function normalise(v: Float32Array): Float32Array {
+  let sum = 0;
+  for (const x of v) sum += x * x;
+  const norm = Math.sqrt(sum);
+  if (!(norm > 0)) throw new RangeError('cannot normalise a zero vector');
+  return v.map((x) => x / norm);
+}
+
+export function cosine(a: Float32Array, b: Float32Array): number {
+  let dot = 0;
+  let na = 0;
+  let nb = 0;
+  for (let i = 0; i < a.length; i++) {
+    dot += a[i]! * b[i]!;
+    na += a[i]! * a[i]!;
+    nb += b[i]! * b[i]!;
+  }
+  return dot / Math.sqrt(na * nb);
+}
+
+/** Normalised image retrieval embedding [R] from one pooled feature [Dv]. */
+export async function imageRetrievalEmbedding(bundle: Bundle, pooled: Float32Array): Promise<Float32Array> {
+  const input = new ort.Tensor('float32', pooled, [1, bundle.manifest.vision.pooledSize]);
+  return normalise(await runOne(bundle.sessions.imageRetrieval, { pooled: input }, 'embedding'));
+}
+
+/** Normalised text retrieval embedding [R] from the hidden state at [IMG0] [H]. */
+export async function textRetrievalEmbedding(
+  bundle: Bundle,
+  hiddenImg0: Float32Array,
+): Promise<Float32Array> {
+  const input = new ort.Tensor('float32', hiddenImg0, [1, bundle.manifest.lm.hiddenSize]);
+  return normalise(await runOne(bundle.sessions.textRetrieval, { hidden: input }, 'embedding'));
+}
+
+/** Decision head logits [generate, retrieve] from the hidden state at [IMG0]. */
+export async function decisionLogits(bundle: Bundle, hiddenImg0: Float32Array): Promise<[number, number]> {
+  const input = new ort.Tensor('float32', hiddenImg0, [1, bundle.manifest.lm.hiddenSize]);
+  const logits = await runOne(bundle.sessions.decision, { hidden: input }, 'logits');
+  return [logits[0]!, logits[1]!];
+}
+
+/**
+ * GILLMapper: hidden states at [IMG0..r-1] [r, H] plus the [IMG] input embeddings (the residual of
+ * §1.6) → diffusion conditioning [L, Dc].
+ */
+export async function mapperConditioning(bundle: Bundle, hiddenImg: Float32Array): Promise<Float32Array> {
+  const { hiddenSize, imgTokenIds } = bundle.manifest.lm;
+  const r = imgTokenIds.length;
+  const tokenEmbeds = await embedTokens(bundle, imgTokenIds);
+  return runOne(
+    bundle.sessions.mapper,
+    {
+      hidden: new ort.Tensor('float32', hiddenImg, [1, r, hiddenSize]),
+      token_embeds: new ort.Tensor('float32', tokenEmbeds, [1, r, hiddenSize]),
+    },
+    'cond',
+  );
+}
+
+export function softmax2([a, b]: [number, number]): [number, number] {
+  const m = Math.max(a, b);
+  const ea = Math.exp(a - m);
+  const eb = Math.exp(b - m);
+  return [ea / (ea + eb), eb / (ea + eb)];
+}

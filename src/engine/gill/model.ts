@@ -1,0 +1,298 @@
+import type { Bundle } from '../bundle.ts';
+import { type GeneratedImage, generate } from '../diffusion/pipeline.ts';
+import type { SchedulerName } from '../diffusion/schedulers.ts';
+import { imageToPixelValues } from '../images.ts';
+import { type JobProgress, UserInputError } from '../jobs.ts';
+import { type DecodeResult, decode } from './decode.ts';
+import {
+  cosine,
+  decisionLogits,
+  encodeImages,
+  imageRetrievalEmbedding,
+  mapperConditioning,
+  softmax2,
+  textRetrievalEmbedding,
+  visualPrefix,
+} from './heads.ts';
+import { embedTokens, LmSequence } from './lm.ts';
+import {
+  type ConversationItem,
+  dialoguePieces,
+  type FittedPrompt,
+  fitPrompt,
+  type PromptSegment,
+} from './prompt.ts';
+import { GillTokenizer } from './tokenizer.ts';
+
+/**
+ * One GILL turn over a bundle (gill-method.md §3): interleaved prompt → decoding with [IMG] handling →
+ * retrieval embedding, decision, and either a gallery search or the GILLMapper → diffusion. The gallery is
+ * reached through `search`, so this module knows nothing of the store.
+ */
+
+/** Images the LM looks at per turn at most; each costs an encoder run and k positions. */
+export const MAX_CONTEXT_IMAGES = 8;
+
+export interface Retrieved<S> {
+  /** Cosine similarity between the query's and the image's retrieval embeddings. */
+  score: number;
+  item: S;
+}
+
+export interface ChatRequest<S> {
+  conversation: ConversationItem<Uint8Array>[];
+  imageMode: 'auto' | 'retrieve' | 'generate';
+  /** Added to the decision head's retrieve logit. */
+  retrieveBias: number;
+  allowGeneration: boolean;
+  allowRetrieval: boolean;
+  seed: number;
+  /** Gallery images returned when the turn retrieves. */
+  retrieveCount: number;
+  search: (embedding: Float32Array, k: number) => Promise<Retrieved<S>[]>;
+  temperature?: number;
+  topP?: number;
+  maxNewTokens?: number;
+  steps?: number;
+  guidance?: number;
+  scheduler?: SchedulerName;
+  signal?: AbortSignal;
+  onProgress?: (progress: JobProgress) => void;
+}
+
+export interface ChatTurn<S> {
+  text: string;
+  /** Decision head probabilities and the choice made (after forcing, bias and permissions). */
+  decision: { choice: 'generate' | 'retrieve'; pGenerate: number; pRetrieve: number } | null;
+  generated: (GeneratedImage & { score: number })[];
+  retrieved: Retrieved<S>[];
+  notes: string[];
+  /** Generated token ids, [IMG] blocks included. */
+  tokens: number[];
+  /** Normalised retrieval embedding of the [IMG] block, when there was one. */
+  retrievalEmbedding: Float32Array | null;
+}
+
+export class GillModel {
+  readonly tokenizer: GillTokenizer;
+
+  constructor(readonly bundle: Bundle) {
+    this.tokenizer = new GillTokenizer(bundle.lmTokenizerJson, bundle.manifest.lm);
+  }
+
+  private get manifest() {
+    return this.bundle.manifest;
+  }
+
+  /** Encoder features of images [B, Dv], decoded and resized per the manifest. */
+  async pooledFeatures(images: Uint8Array[]): Promise<Float32Array> {
+    const { imageSize } = this.manifest.vision;
+    const plane = 3 * imageSize * imageSize;
+    const batch = new Float32Array(images.length * plane);
+    for (const [i, bytes] of images.entries()) {
+      batch.set((await imageToPixelValues(bytes, this.manifest.vision)).pixels, i * plane);
+    }
+    return encodeImages(this.bundle, batch, images.length);
+  }
+
+  /** The normalised retrieval embedding of an image, as stored in the gallery index. */
+  async imageEmbedding(bytes: Uint8Array): Promise<Float32Array> {
+    return imageRetrievalEmbedding(this.bundle, await this.pooledFeatures([bytes]));
+  }
+
+  /**
+   * The normalised retrieval embedding of a text query. The prompt is `<BOS>{query}[IMG0]…[IMG{r-1}]`,
+   * the layout of GILL's retrieval training (§2.1), and the embedding is read at [IMG0]. A query longer
+   * than the context keeps its beginning.
+   */
+  async queryEmbedding(query: string): Promise<{ embedding: Float32Array; truncated: boolean }> {
+    const { maxPositions, hiddenSize } = this.manifest.lm;
+    const r = this.tokenizer.imgIds.length;
+    let ids = this.tokenizer.encodeText(query, { bos: true });
+    const truncated = ids.length + r > maxPositions;
+    if (truncated) ids = ids.slice(0, maxPositions - r);
+    ids.push(...this.tokenizer.imgIds);
+    const step = await new LmSequence(this.bundle).feed(await embedTokens(this.bundle, ids));
+    const img0 = ids.length - r;
+    const hidden = step.hidden.slice(img0 * hiddenSize, (img0 + 1) * hiddenSize);
+    return { embedding: await textRetrievalEmbedding(this.bundle, hidden), truncated };
+  }
+
+  /** The prompt's input embeddings [T, H]: token embeddings and each image's visual prefix, in order. */
+  async embedPrompt(segments: PromptSegment<Uint8Array>[]): Promise<Float32Array> {
+    const { hiddenSize } = this.manifest.lm;
+    const k = this.manifest.gill.numVisualTokens;
+    const images = segments.flatMap((s) => (s.type === 'image' ? [s.image] : []));
+    const prefixes = images.length
+      ? await visualPrefix(this.bundle, await this.pooledFeatures(images), images.length)
+      : new Float32Array(0);
+    const parts: Float32Array[] = [];
+    let imageIndex = 0;
+    for (const segment of segments) {
+      if (segment.type === 'tokens') {
+        parts.push(await embedTokens(this.bundle, segment.ids));
+      } else {
+        const size = k * hiddenSize;
+        parts.push(prefixes.subarray(imageIndex * size, (imageIndex + 1) * size));
+        imageIndex++;
+      }
+    }
+    const total = parts.reduce((n, p) => n + p.length, 0);
+    const out = new Float32Array(total);
+    let offset = 0;
+    for (const part of parts) {
+      out.set(part, offset);
+      offset += part.length;
+    }
+    return out;
+  }
+
+  /** Limits of one turn: new tokens, and what is left of the context for the prompt. */
+  budget(maxNewTokens = this.manifest.defaults.maxNewTokens) {
+    const { maxPositions } = this.manifest.lm;
+    const r = this.tokenizer.imgIds.length;
+    const k = this.manifest.gill.numVisualTokens;
+    const newTokens = Math.max(1, Math.min(maxNewTokens, Math.floor(maxPositions / 2)));
+    // Room for the reply, a forced [IMG] block after it, and the reply's last token fed before the block.
+    const promptTokens = maxPositions - newTokens - r - 1;
+    const maxImages = Math.min(MAX_CONTEXT_IMAGES, Math.floor(promptTokens / (2 * k)));
+    return { newTokens, prompt: { maxTokens: promptTokens, maxImages, tokensPerImage: k } };
+  }
+
+  /** Drops images that cannot be decoded (with a note) so one bad picture in a thread does not block the turn. */
+  private async usableImages(
+    conversation: ConversationItem<Uint8Array>[],
+    notes: string[],
+  ): Promise<ConversationItem<Uint8Array>[]> {
+    const out: ConversationItem<Uint8Array>[] = [];
+    for (const item of conversation) {
+      if (item.content.type === 'image') {
+        try {
+          await imageToPixelValues(item.content.image, this.manifest.vision);
+        } catch (error) {
+          if (!(error instanceof UserInputError)) throw error;
+          notes.push(`An image in the conversation was left out: ${error.message}`);
+          continue;
+        }
+      }
+      out.push(item);
+    }
+    return out;
+  }
+
+  async prepareChatPrompt(
+    conversation: ConversationItem<Uint8Array>[],
+    maxNewTokens?: number,
+  ): Promise<FittedPrompt<Uint8Array>> {
+    const notes: string[] = [];
+    const items = await this.usableImages(conversation, notes);
+    const hasContent = items.some((i) => i.content.type === 'image' || i.content.text.trim().length > 0);
+    if (!hasContent)
+      throw new UserInputError('There is nothing to answer: the message is empty.', 'empty_input');
+    const pieces = dialoguePieces(items, this.manifest.defaults.dialogueTemplate);
+    const fitted = fitPrompt(pieces, this.tokenizer, this.budget(maxNewTokens).prompt);
+    return { ...fitted, notes: [...notes, ...fitted.notes] };
+  }
+
+  async chat<S>(request: ChatRequest<S>): Promise<ChatTurn<S>> {
+    const d = this.manifest.defaults;
+    request.onProgress?.({ stage: 'thinking' });
+    const budget = this.budget(request.maxNewTokens);
+    const prompt = await this.prepareChatPrompt(request.conversation, request.maxNewTokens);
+    const notes = [...prompt.notes];
+    const wantsImage = request.imageMode !== 'auto' && (request.allowGeneration || request.allowRetrieval);
+
+    const sequence = new LmSequence(this.bundle);
+    const first = await sequence.feed(await this.embedPrompt(prompt.segments));
+    const decoded: DecodeResult = await decode(this.bundle, this.tokenizer, sequence, first.logits, {
+      maxNewTokens: budget.newTokens,
+      temperature: request.temperature ?? d.temperature,
+      topP: request.topP ?? d.topP,
+      seed: request.seed,
+      retScaleFactor: d.retScaleFactor,
+      genScaleFactor: d.genScaleFactor,
+      maxImages: 1,
+      forceImage: wantsImage,
+      signal: request.signal,
+    });
+    const text = this.tokenizer.decode(decoded.ids).trim();
+    const turn: ChatTurn<S> = {
+      text,
+      decision: null,
+      generated: [],
+      retrieved: [],
+      notes,
+      tokens: decoded.ids,
+      retrievalEmbedding: null,
+    };
+    const block = decoded.images[0];
+    if (!block) return turn;
+
+    const H = this.manifest.lm.hiddenSize;
+    const img0 = block.hidden.subarray(0, H);
+    const embedding = await textRetrievalEmbedding(this.bundle, img0);
+    turn.retrievalEmbedding = embedding;
+    const logits = await decisionLogits(this.bundle, img0);
+    const [pGenerate, pRetrieve] = softmax2([logits[0], logits[1] + request.retrieveBias]);
+    let choice: 'generate' | 'retrieve' =
+      request.imageMode === 'auto' ? (pRetrieve > pGenerate ? 'retrieve' : 'generate') : request.imageMode;
+    if (choice === 'retrieve' && !request.allowRetrieval) {
+      if (!request.allowGeneration) {
+        notes.push('Images are turned off in this community.');
+        return turn;
+      }
+      notes.push('Retrieval is turned off in this community, so the image was generated.');
+      choice = 'generate';
+    } else if (choice === 'generate' && !request.allowGeneration) {
+      if (!request.allowRetrieval) {
+        notes.push('Images are turned off in this community.');
+        return turn;
+      }
+      notes.push('Image generation is turned off in this community, so an image was retrieved instead.');
+      choice = 'retrieve';
+    }
+
+    if (choice === 'retrieve') {
+      request.signal?.throwIfAborted();
+      request.onProgress?.({ stage: 'retrieving' });
+      turn.retrieved = await request.search(embedding, request.retrieveCount);
+      if (turn.retrieved.length === 0) {
+        if (request.allowGeneration) {
+          notes.push('Nothing in the gallery matched, so the image was generated.');
+          choice = 'generate';
+        } else {
+          notes.push('Nothing in the gallery matched.');
+        }
+      }
+    }
+    if (choice === 'generate') {
+      const conditioning = await mapperConditioning(this.bundle, block.hidden);
+      turn.generated = [await this.generateScored(conditioning, embedding, request)];
+    }
+    turn.decision = { choice, pGenerate, pRetrieve };
+    return turn;
+  }
+
+  /** Runs diffusion on a conditioning and scores the image against a retrieval embedding (§3 step 8). */
+  async generateScored(
+    conditioning: Float32Array,
+    embedding: Float32Array | null,
+    options: Pick<
+      ChatRequest<unknown>,
+      'seed' | 'steps' | 'guidance' | 'scheduler' | 'signal' | 'onProgress'
+    >,
+  ): Promise<GeneratedImage & { score: number }> {
+    const image = await generate({
+      bundle: this.bundle,
+      conditioning,
+      seed: options.seed,
+      steps: options.steps,
+      guidance: options.guidance,
+      scheduler: options.scheduler,
+      signal: options.signal,
+      onStep: (step, steps) => options.onProgress?.({ stage: 'generating', step, steps }),
+    });
+    const score = embedding ? cosine(await this.imageEmbedding(image.png), embedding) : 0;
+    return { ...image, score };
+  }
+}
