@@ -1,13 +1,30 @@
+import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import { mkdtemp } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
+import pg from 'pg';
 import { afterAll, describe, expect, it, vi } from 'vitest';
 import { BullJobQueue } from '../src/engine/queue/bullmq.ts';
+import { startDelivery } from '../src/engine/queue/delivery.ts';
 import { JobCancelledError } from '../src/engine/queue/errors.ts';
 import { MemoryJobQueue } from '../src/engine/queue/memory.ts';
 import type { JobProcessor, JobQueue, QueueEvent } from '../src/engine/queue/queue.ts';
-import { FakeEngine, fakePayload, fakeResult, scriptOf } from './support/fake-engine.ts';
-import { probeRedis, serviceAvailable, TEST_REDIS_URL } from './support/services.ts';
+import { recoverUnfinished } from '../src/engine/queue/recover.ts';
+import { cancelJob, submitJob } from '../src/engine/queue/submit.ts';
+import { runJobs } from '../src/engine/queue/worker.ts';
+import { createLogger } from '../src/log.ts';
+import { connect, type JobRecord, type Store } from '../src/store/index.ts';
+import { FakeEngine, type FakeScript, fakePayload, fakeResult, scriptOf } from './support/fake-engine.ts';
+import {
+  createTempDatabase,
+  probePostgres,
+  probeRedis,
+  serviceAvailable,
+  TEST_REDIS_URL,
+} from './support/services.ts';
 
 /**
  * One contract, two queues: every test here runs against the in-process queue and against BullMQ on a
@@ -244,6 +261,292 @@ for (const harness of harnesses) {
       await waitFor(long, 'completed');
       // Released, not failed: the run cut short by the shutdown does not count as an attempt.
       expect(attempt).toBe(1);
+    });
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The worker loop, the store and the delivery loop around each queue, including killed processes.
+// ---------------------------------------------------------------------------------------------------
+
+const pgUp = await serviceAvailable('Postgres (queue tests with processes sharing a store)', () =>
+  probePostgres(),
+);
+let pgDatabase: { url: string; drop(): Promise<void> } | undefined;
+const stores: Store[] = [];
+const children = new Set<ChildProcess>();
+
+async function postgresStore(): Promise<{ store: Store; url: string }> {
+  if (!pgDatabase) {
+    pgDatabase = await createTempDatabase('queue_test');
+    const admin = await connect({ DATABASE_URL: pgDatabase.url, dataDir: '.' });
+    stores.push(admin);
+    const db = new pg.Client({ connectionString: pgDatabase.url });
+    await db.connect();
+    await db.query('CREATE TABLE queue_test_deliveries (job_id uuid NOT NULL, owner text NOT NULL)');
+    await db.end();
+  }
+  const store = await connect({ DATABASE_URL: pgDatabase.url, dataDir: '.' });
+  stores.push(store);
+  return { store, url: pgDatabase.url };
+}
+
+/** One embedded store for the file: opening PGlite and migrating it is the slow part. */
+let embedded: Promise<Store> | undefined;
+function pgliteStore(): Promise<Store> {
+  embedded ??= mkdtemp(path.join(os.tmpdir(), 'gill-queue-')).then(async (dataDir) => {
+    const store = await connect({ dataDir });
+    stores.push(store);
+    return store;
+  });
+  return embedded;
+}
+
+afterAll(async () => {
+  for (const child of children) child.kill('SIGKILL');
+  await Promise.all(stores.map((store) => store.close().catch(() => {})));
+  await pgDatabase?.drop();
+});
+
+async function deliveries(jobId: string): Promise<string[]> {
+  const db = new pg.Client({ connectionString: pgDatabase!.url });
+  await db.connect();
+  try {
+    const { rows } = await db.query('SELECT owner FROM queue_test_deliveries WHERE job_id = $1', [jobId]);
+    return rows.map((row) => row.owner as string);
+  } finally {
+    await db.end();
+  }
+}
+
+interface Child {
+  process: ChildProcess;
+  messages: Record<string, unknown>[];
+  waitFor(key: string, value?: unknown): Promise<void>;
+  exit: Promise<number | null>;
+}
+
+function spawnChild(role: 'worker' | 'bot', env: Record<string, string>): Child {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'test/support/queue-child.ts', role], {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  children.add(child);
+  const messages: Record<string, unknown>[] = [];
+  let buffer = '';
+  child.stdout!.on('data', (data: Buffer) => {
+    buffer += data.toString();
+    const lines = buffer.split('\n');
+    buffer = lines.pop()!;
+    for (const line of lines) if (line.startsWith('{')) messages.push(JSON.parse(line));
+  });
+  const exit = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  void exit.then(() => children.delete(child));
+  const waitFor = (key: string, value?: unknown) =>
+    vi.waitFor(
+      () => {
+        if (!messages.some((m) => key in m && (value === undefined || m[key] === value))) {
+          throw new Error(`child ${role} has not reported ${key}=${String(value)}`);
+        }
+      },
+      { timeout: 20_000, interval: 20 },
+    );
+  return { process: child, messages, waitFor, exit };
+}
+
+const replyTarget = { platform: 'cli' as const, channelId: 'queue-tests', data: {} };
+
+function submit(queue: JobQueue, store: Store, script: FakeScript) {
+  return submitJob(
+    { store, queue },
+    { idempotencyKey: randomUUID(), communityId: null, payload: fakePayload(script), replyTarget },
+  ).then(({ job }) => job.id);
+}
+
+function delivery(store: Store, queue: JobQueue, owner: string, delivered: Map<string, string[]>) {
+  return startDelivery({
+    store,
+    queue,
+    platform: 'cli',
+    owner,
+    leaseMs: 2000,
+    sweepIntervalMs: 200,
+    async deliver(job) {
+      delivered.set(job.id, [...(delivered.get(job.id) ?? []), owner]);
+      return { owner };
+    },
+  });
+}
+
+const quietLogger = createLogger('silent');
+
+for (const harness of harnesses) {
+  const needs = harness.kind === 'bullmq' ? redisUp && pgUp : true;
+  describe.skipIf(!needs)(`worker, store and delivery: ${harness.kind}`, () => {
+    const openStore = () =>
+      harness.kind === 'bullmq' ? postgresStore().then((s) => s.store) : pgliteStore();
+
+    it('records every outcome in the store before the queue reports it', async () => {
+      const store = await openStore();
+      const queue = await harness.open({ attempts: 2, backoffMs: 20 });
+      const seen = new Map<string, Promise<JobRecord | null>>();
+      queue.subscribe((event) => {
+        if (event.type !== 'progress') seen.set(event.jobId, store.jobs.get(event.jobId));
+      });
+      if (queue instanceof BullJobQueue) await queue.ready();
+      const engine = new FakeEngine();
+      const worker = runJobs({ queue, store, engine, logger: quietLogger });
+      const ok = await submit(queue, store, { tag: 'ok', steps: 2 });
+      const bad = await submit(queue, store, { tag: 'bad', userError: 'No such shape.' });
+      const broken = await submit(queue, store, { tag: 'broken', failTimes: 5 });
+      const hang = await submit(queue, store, { tag: 'hang', hang: true });
+      await vi.waitFor(() => expect(engine.runs.some((run) => run.tag === 'hang')).toBe(true), {
+        timeout: 10_000,
+      });
+      expect(await cancelJob({ store, queue }, hang)).toBe(true);
+      await vi.waitFor(() => expect(seen.size).toBe(4), { timeout: 10_000, interval: 20 });
+      expect(await seen.get(ok)).toMatchObject({ status: 'completed', result: fakeResult({ tag: 'ok' }) });
+      expect(await seen.get(bad)).toMatchObject({
+        status: 'failed',
+        error: { message: 'No such shape.', userFacing: true },
+      });
+      expect(await seen.get(broken)).toMatchObject({
+        status: 'failed',
+        attempts: 2,
+        error: { userFacing: false },
+      });
+      expect(await seen.get(hang)).toMatchObject({ status: 'cancelled' });
+      await worker.close();
+    });
+
+    it('recovers a job whose worker died mid-job, and delivers it once', async () => {
+      const store = await openStore();
+      const queue = await harness.open();
+      const delivered = new Map<string, string[]>();
+      const bot = delivery(store, queue, 'bot-1', delivered);
+      let id: string;
+      if (harness.kind === 'bullmq') {
+        const prefix = `${RUN}-${prefixes}`;
+        const dying = spawnChild('worker', {
+          CHILD_QUEUE: 'bullmq',
+          REDIS_URL: TEST_REDIS_URL,
+          QUEUE_PREFIX: prefix,
+          DATABASE_URL: pgDatabase!.url,
+        });
+        await dying.waitFor('ready');
+        id = await submit(queue, store, { tag: 'stalls', steps: 10, stepMs: 100 });
+        await dying.waitFor('started', 'stalls');
+        dying.process.kill('SIGKILL');
+        await dying.exit;
+      } else {
+        // An embedded process that died mid-job: the store says running, the new process's queue is empty.
+        const lost = await submit(new MemoryJobQueue(), store, { tag: 'stalls', steps: 10, stepMs: 10 });
+        await store.jobs.markRunning(lost);
+        expect(await recoverUnfinished(store, queue)).toBe(1);
+        id = lost;
+      }
+      const engine = new FakeEngine();
+      const worker = runJobs({ queue, store, engine, logger: quietLogger });
+      await vi.waitFor(async () => expect((await store.jobs.get(id))?.deliveredAt).toBeTruthy(), {
+        timeout: 20_000,
+        interval: 50,
+      });
+      expect(engine.runs.map((run) => run.tag)).toEqual(['stalls']);
+      expect(await store.jobs.get(id)).toMatchObject({ status: 'completed', attempts: 2 });
+      await bot.sweep();
+      expect(delivered.get(id)).toEqual(['bot-1']);
+      await worker.close();
+      await bot.close();
+    });
+
+    it('delivers exactly once when the bot dies mid-job and several bots come back', async () => {
+      const store = await openStore();
+      const queue = await harness.open();
+      const engine = new FakeEngine();
+      const worker = runJobs({ queue, store, engine, logger: quietLogger });
+      const delivered = new Map<string, string[]>();
+      let id: string;
+      if (harness.kind === 'bullmq') {
+        const botEnv = {
+          CHILD_QUEUE: 'bullmq',
+          REDIS_URL: TEST_REDIS_URL,
+          QUEUE_PREFIX: `${RUN}-${prefixes}`,
+          DATABASE_URL: pgDatabase!.url,
+        };
+        const dying = spawnChild('bot', { ...botEnv, OWNER: 'bot-dies' });
+        await dying.waitFor('ready');
+        id = await submit(queue, store, { tag: 'slow', steps: 5, stepMs: 100 });
+        await vi.waitFor(() => expect(engine.runs).toHaveLength(1), { timeout: 10_000, interval: 10 });
+        dying.process.kill('SIGKILL');
+        await dying.exit;
+        await vi.waitFor(async () => expect((await store.jobs.get(id))?.status).toBe('completed'), {
+          timeout: 10_000,
+          interval: 20,
+        });
+        // Two bots back at once (one here, one in another process): one reply.
+        const back = spawnChild('bot', { ...botEnv, OWNER: 'bot-back' });
+        const here = delivery(store, queue, 'bot-here', delivered);
+        await back.waitFor('ready');
+        await vi.waitFor(async () => expect((await store.jobs.get(id))?.deliveredAt).toBeTruthy(), {
+          timeout: 10_000,
+          interval: 20,
+        });
+        await sleep(600);
+        await here.sweep();
+        const everyone = [...(await deliveries(id)), ...(delivered.get(id) ?? [])];
+        expect(everyone).toHaveLength(1);
+        back.process.kill('SIGKILL');
+        await here.close();
+      } else {
+        const dying = delivery(store, queue, 'bot-dies', delivered);
+        id = await submit(queue, store, { tag: 'slow', steps: 5, stepMs: 20 });
+        await vi.waitFor(() => expect(engine.runs).toHaveLength(1), { timeout: 10_000, interval: 5 });
+        await dying.close();
+        await vi.waitFor(async () => expect((await store.jobs.get(id))?.status).toBe('completed'), {
+          timeout: 10_000,
+          interval: 20,
+        });
+        const [a, b] = [
+          delivery(store, queue, 'bot-a', delivered),
+          delivery(store, queue, 'bot-b', delivered),
+        ];
+        await Promise.all([a.sweep(), b.sweep()]);
+        await Promise.all([a.sweep(), b.sweep()]);
+        expect(delivered.get(id)).toHaveLength(1);
+        await Promise.all([a.close(), b.close()]);
+      }
+      await worker.close();
+    });
+
+    it.skipIf(!pgUp)('on SIGTERM, finishes the running job and exits cleanly', async () => {
+      const { store, url } = await postgresStore();
+      const queue = await harness.open();
+      const env = {
+        CHILD_QUEUE: harness.kind,
+        REDIS_URL: TEST_REDIS_URL,
+        QUEUE_PREFIX: `${RUN}-${prefixes}`,
+        DATABASE_URL: url,
+        GRACE_MS: '10000',
+      };
+      let id: string;
+      let child: Child;
+      if (harness.kind === 'bullmq') {
+        child = spawnChild('worker', env);
+        await child.waitFor('ready');
+        id = await submit(queue, store, { tag: 'term', steps: 5, stepMs: 100 });
+      } else {
+        // The embedded process takes the job from the store at start (recoverUnfinished).
+        id = await submit(new MemoryJobQueue(), store, { tag: 'term', steps: 5, stepMs: 100 });
+        child = spawnChild('worker', env);
+      }
+      await child.waitFor('started', 'term');
+      child.process.kill('SIGTERM');
+      expect(await child.exit).toBe(0);
+      expect(child.messages).toContainEqual({ stopped: 'worker', runs: 1 });
+      expect(await store.jobs.get(id)).toMatchObject({
+        status: 'completed',
+        result: fakeResult({ tag: 'term' }),
+      });
     });
   });
 }

@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
 import type { Logger } from '../../log.ts';
 import { QueueUnavailableError } from './errors.ts';
@@ -39,16 +40,42 @@ export async function checkRedis(url: string, timeoutMs = 3000): Promise<void> {
     maxRetriesPerRequest: 0,
     retryStrategy: () => null,
   });
-  client.on('error', () => {});
+  // ioredis rejects with "Connection is closed."; the socket error says why (ECONNREFUSED...).
+  let socketError: Error | undefined;
+  client.on('error', (error: Error) => {
+    socketError ??= error;
+  });
   try {
     await client.connect();
     await client.ping();
   } catch (error) {
-    const reason = error instanceof Error ? error.message : String(error);
+    const reason = (socketError ?? (error instanceof Error ? error : new Error(String(error)))).message;
     throw new QueueUnavailableError(`Redis at ${redactRedisUrl(url)} is unreachable: ${reason}`, {
       cause: error,
     });
   } finally {
     client.disconnect();
+  }
+}
+
+/**
+ * For long-running roles: while Redis is unreachable, logs and retries with exponential backoff
+ * (1 s doubling to 30 s) until it answers or the signal aborts.
+ */
+export async function openWhenAvailable<T>(
+  open: () => Promise<T>,
+  logger: Logger,
+  options: { signal?: AbortSignal; initialDelayMs?: number; maxDelayMs?: number } = {},
+): Promise<T> {
+  let delay = options.initialDelayMs ?? 1000;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await open();
+    } catch (error) {
+      if (!(error instanceof QueueUnavailableError)) throw error;
+      logger.warn({ attempt, retryInMs: delay, err: error.message }, 'job queue unreachable; retrying');
+      await sleep(delay, undefined, { signal: options.signal });
+      delay = Math.min(delay * 2, options.maxDelayMs ?? 30_000);
+    }
   }
 }

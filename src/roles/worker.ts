@@ -1,0 +1,120 @@
+import { type Config, ConfigError } from '../config.ts';
+import type { Engine } from '../engine/engine.ts';
+import { openBullJobQueue } from '../engine/queue/bullmq.ts';
+import { startEngineThread } from '../engine/queue/engine-thread.ts';
+import type { JobQueue } from '../engine/queue/queue.ts';
+import { openWhenAvailable, redactRedisUrl } from '../engine/queue/redis.ts';
+import { runJobs } from '../engine/queue/worker.ts';
+import { createLogger, type Logger } from '../log.ts';
+import { connect, connectWithRetry, describeDatabase } from '../store/index.ts';
+import type { Store } from '../store/types.ts';
+
+/**
+ * `gill worker`: the engine only. Takes jobs from Redis one at a time, runs the engine in a thread of its
+ * own (so the queue lock is renewed while inference blocks that thread) and writes outcomes to Postgres,
+ * where the bots pick them up. SIGTERM/SIGINT: stop taking jobs, finish the running one or, past the
+ * grace period, put it back in the queue.
+ */
+
+const SHUTDOWN_GRACE_MS = 20_000;
+
+export async function runWorker(config: Config): Promise<void> {
+  const problems: string[] = [];
+  if (!config.REDIS_URL) {
+    problems.push(
+      'REDIS_URL: required by `gill worker` (the queue it takes jobs from); `gill start` needs no Redis',
+    );
+  }
+  if (!config.DATABASE_URL) {
+    problems.push(
+      'DATABASE_URL: required by `gill worker` (the Postgres database it shares with `gill bot`)',
+    );
+  }
+  if (problems.length || !config.REDIS_URL) throw new ConfigError(problems);
+  const redisUrl = config.REDIS_URL;
+  const logger = createLogger(config.GILL_LOG_LEVEL).child({ role: 'worker' });
+
+  // A signal during start-up (waiting for Postgres or Redis) ends the wait.
+  const starting = new AbortController();
+  const stopStarting = () => starting.abort(new Error('stopped before the worker started'));
+  process.once('SIGTERM', stopStarting);
+  process.once('SIGINT', stopStarting);
+  let store: Store | undefined;
+  let queue: JobQueue | undefined;
+  let engine: Engine | undefined;
+  try {
+    store = await connectWithRetry(config, logger, { signal: starting.signal });
+    queue = await openWhenAvailable(() => openBullJobQueue({ redisUrl, logger }), logger, {
+      signal: starting.signal,
+    });
+    engine = await startEngineThread(
+      { module: import.meta.url, exportName: 'openEngine', options: config },
+      (error) => {
+        logger.fatal({ err: error }, 'the engine thread died; stopping');
+        process.exitCode = 1;
+        process.kill(process.pid, 'SIGTERM');
+      },
+    );
+  } catch (error) {
+    await Promise.allSettled([engine?.close(), queue?.close(), store?.close()]);
+    if (starting.signal.aborted) {
+      logger.info('stopped while starting');
+      return;
+    }
+    throw error;
+  } finally {
+    process.off('SIGTERM', stopStarting);
+    process.off('SIGINT', stopStarting);
+  }
+  logger.info({ database: describeDatabase(config), redis: redactRedisUrl(redisUrl) }, 'worker taking jobs');
+  try {
+    await serveJobs({ queue, store, engine, logger, shutdownGraceMs: SHUTDOWN_GRACE_MS });
+  } finally {
+    await Promise.allSettled([engine.close(), queue.close(), store.close()]);
+  }
+  logger.info('worker stopped');
+}
+
+/** Runs jobs until SIGTERM or SIGINT, then shuts down gracefully. */
+export async function serveJobs(options: {
+  queue: JobQueue;
+  store: Store;
+  engine: Engine;
+  logger: Logger;
+  shutdownGraceMs?: number;
+}): Promise<void> {
+  const handle = runJobs(options);
+  await new Promise<void>((resolve) => {
+    const stop = (signal: NodeJS.Signals) => {
+      process.off('SIGTERM', stop);
+      process.off('SIGINT', stop);
+      options.logger.info({ signal }, 'shutting down: finishing or releasing the running job');
+      handle.close().then(resolve, (error) => {
+        options.logger.error({ err: error }, 'unclean shutdown');
+        resolve();
+      });
+    };
+    process.on('SIGTERM', stop);
+    process.on('SIGINT', stop);
+  });
+}
+
+/** The engine thread's factory: its own store connection, then the engine over the model bundle. */
+export async function openEngine(config: Config): Promise<Engine> {
+  const logger = createLogger(config.GILL_LOG_LEVEL).child({ role: 'engine' });
+  const store = await connect(config, { logger });
+  try {
+    const { createEngine } = await import('../engine/index.ts');
+    const engine = await createEngine(config, store, logger);
+    return {
+      run: (payload, ctx) => engine.run(payload, ctx),
+      close: async () => {
+        await engine.close();
+        await store.close();
+      },
+    };
+  } catch (error) {
+    await store.close();
+    throw error;
+  }
+}
