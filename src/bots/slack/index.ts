@@ -1,0 +1,200 @@
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { hostname } from 'node:os';
+import { App, HTTPReceiver, type Receiver, SocketModeReceiver, type webApi } from '@slack/bolt';
+import type { Config } from '../../config.ts';
+import type { JobQueue } from '../../engine/queue/queue.ts';
+import type { Logger } from '../../log.ts';
+import type { Store } from '../../store/types.ts';
+import { createBotCore } from '../core/bot-core.ts';
+import { startAdapterDelivery } from '../core/delivery.ts';
+import {
+  type AllowedOrigin,
+  createFetchGuard,
+  type FetchGuard,
+  FetchRefusedError,
+} from '../core/fetch-guard.ts';
+import { createImageIngest } from '../core/images.ts';
+import { SlackAdmins } from './admins.ts';
+import { boltLogger } from './bolt-logger.ts';
+import { registerInbound } from './inbound.ts';
+import { SlackAdapter } from './outbound.ts';
+import { ThreadCache } from './threads.ts';
+
+/**
+ * The Slack adapter: a Bolt app receiving events, slash commands and button presses (HTTP at
+ * /slack/events with Bolt's v0 signature check, or Socket Mode when SLACK_APP_TOKEN is set), the core for
+ * turning them into jobs, and the delivery loop posting replies. The app is created from
+ * slack-app-manifest.json beside this file (for Socket Mode, set socket_mode_enabled to true there).
+ */
+
+export interface SlackOptions {
+  config: Config;
+  store: Store;
+  queue: JobQueue;
+  logger: Logger;
+  /**
+   * Where the HTTP receiver listens: all interfaces by default (Slack must reach it, usually through a
+   * reverse proxy), never "localhost", which may resolve to ::1 only. Port 0 picks a free one.
+   */
+  listen?: { host?: string; port?: number };
+  /** Delivery sweep interval (tests shorten it). */
+  sweepIntervalMs?: number;
+}
+
+export interface SlackHandle {
+  /** The events URL in HTTP mode (with the bound port); undefined in Socket Mode. */
+  eventsUrl?: string;
+  stop(): Promise<void>;
+}
+
+export const SLACK_EVENTS_PATH = '/slack/events';
+const SLACK_FILES_ORIGIN = 'https://files.slack.com';
+/** How often the queue positions of waiting jobs are refreshed on their progress messages. */
+const POSITION_REFRESH_MS = 3000;
+
+/** Slack's sign-in page instead of a file means the token lacks files:read or the file isn't shared with the bot. */
+function slackFileGuard(guard: FetchGuard): FetchGuard {
+  return {
+    maxBytes: guard.maxBytes,
+    allows: (url) => guard.allows(url),
+    async fetchImage(url, name) {
+      try {
+        return await guard.fetchImage(url, name);
+      } catch (error) {
+        if (
+          error instanceof FetchRefusedError &&
+          error.reason === 'not_image' &&
+          /web page/.test(error.message)
+        ) {
+          throw new FetchRefusedError(
+            `"${name ?? 'The file'}" could not be read: Slack answered with its sign-in page, so the app lacks the files:read permission or can't see that file`,
+            'not_image',
+          );
+        }
+        throw error;
+      }
+    },
+  };
+}
+
+export async function startSlack(options: SlackOptions): Promise<SlackHandle> {
+  const { config, store, queue } = options;
+  const logger = options.logger.child({ platform: 'slack' });
+  const token = config.SLACK_BOT_TOKEN;
+  if (!token) throw new Error('SLACK_BOT_TOKEN is not set');
+  const clientOptions: webApi.WebClientOptions = config.SLACK_API_URL
+    ? { slackApiUrl: config.SLACK_API_URL }
+    : {};
+  const boltLog = boltLogger(logger);
+
+  let receiver: Receiver;
+  if (config.SLACK_APP_TOKEN) {
+    receiver = new SocketModeReceiver({
+      appToken: config.SLACK_APP_TOKEN,
+      logger: boltLog,
+      installerOptions: { clientOptions },
+    });
+  } else {
+    if (!config.SLACK_SIGNING_SECRET) throw new Error('SLACK_SIGNING_SECRET is required for HTTP mode');
+    receiver = new HTTPReceiver({
+      signingSecret: config.SLACK_SIGNING_SECRET,
+      endpoints: SLACK_EVENTS_PATH,
+      logger: boltLog,
+    });
+  }
+  const app = new App({ token, receiver, logger: boltLog, clientOptions });
+  app.error(async (error) => {
+    logger.error({ err: error }, 'unhandled error in a Slack listener');
+  });
+
+  const auth = await app.client.auth.test();
+  const botUserId = String(auth.user_id);
+  const teamId = String(auth.team_id);
+  logger.info({ team: auth.team, teamId, botUserId }, 'Slack token verified');
+
+  const allowed: AllowedOrigin[] = [
+    { origin: SLACK_FILES_ORIGIN, headers: { Authorization: `Bearer ${token}` } },
+  ];
+  // A configured API URL (a proxy, or the fake Slack in tests) serves the files too.
+  if (config.SLACK_API_URL) {
+    allowed.push({
+      origin: new URL(config.SLACK_API_URL).origin,
+      headers: { Authorization: `Bearer ${token}` },
+    });
+  }
+  const images = createImageIngest({ store, guard: slackFileGuard(createFetchGuard({ allowed })) });
+  const core = createBotCore({ store, queue, logger, images, channelMention: (id) => `<#${id}>` });
+  const threads = new ThreadCache(app.client);
+  threads.setBotUserId(botUserId);
+  const adapter = new SlackAdapter({
+    client: app.client,
+    store,
+    logger,
+    onPosted: (channel, message) => threads.record(channel, message),
+  });
+  const delivery = startAdapterDelivery({
+    store,
+    queue,
+    logger,
+    adapter,
+    owner: `${hostname()}:${process.pid}:slack`,
+    sweepIntervalMs: options.sweepIntervalMs,
+  });
+
+  // Jobs waiting in the queue, whose progress message shows their position until they start.
+  const waiting = new Map<string, number>();
+  const refresh = setInterval(() => {
+    for (const [jobId, last] of waiting) {
+      queue
+        .position(jobId)
+        .then(async (position) => {
+          if (position === null) waiting.delete(jobId);
+          else if (position !== last) {
+            waiting.set(jobId, position);
+            await delivery.progress(jobId, { stage: 'queued', position });
+          }
+        })
+        .catch((error) => logger.warn({ err: error, jobId }, 'queue position refresh failed'));
+    }
+  }, POSITION_REFRESH_MS);
+  refresh.unref();
+
+  registerInbound({
+    app,
+    core,
+    adapter,
+    threads,
+    admins: new SlackAdmins(app.client, config.SLACK_ADMIN_USERS),
+    store,
+    queue,
+    logger,
+    botUserId,
+    teamId,
+    onAnnounced: (jobId) => {
+      waiting.set(jobId, -1);
+      if (waiting.size > 10_000) waiting.delete(waiting.keys().next().value as string);
+    },
+  });
+
+  let eventsUrl: string | undefined;
+  if (config.SLACK_APP_TOKEN) {
+    await app.start();
+    logger.info('Slack connected in Socket Mode');
+  } else {
+    const host = options.listen?.host ?? '0.0.0.0';
+    const server = (await app.start({ port: options.listen?.port ?? config.SLACK_PORT, host })) as Server;
+    const { port } = server.address() as AddressInfo;
+    eventsUrl = `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${port}${SLACK_EVENTS_PATH}`;
+    logger.info({ host, port, path: SLACK_EVENTS_PATH }, 'Slack events endpoint listening');
+  }
+
+  return {
+    eventsUrl,
+    async stop() {
+      clearInterval(refresh);
+      await app.stop();
+      await delivery.close();
+    },
+  };
+}

@@ -1,0 +1,295 @@
+import type { types, webApi } from '@slack/bolt';
+import type { JobProgress, ReplyTarget } from '../../engine/jobs.ts';
+import type { Logger } from '../../log.ts';
+import type { JobRecord, Store } from '../../store/types.ts';
+import type { DeliveryReceipt, PlatformAdapter } from '../core/adapter.ts';
+import { BUTTON_LABELS, buttonId } from '../core/buttons.ts';
+import {
+  type RenderStyle,
+  renderProgress,
+  renderReply,
+  SLACK_MAX_CHARS,
+  splitMessage,
+} from '../core/render.ts';
+import type { ButtonAction } from '../core/turn.ts';
+import { escapeText, slackLink } from './text.ts';
+import type { SlackMessage } from './threads.ts';
+
+/**
+ * Sends replies and progress to Slack with the bot token, from what the job's reply target holds, so it
+ * works after a restart. The progress message posted when a job is accepted becomes the reply's first
+ * part (chat.update); further parts and the images (files.uploadV2: getUploadURLExternal, upload,
+ * completeUploadExternal) go to the same thread. Each step is recorded with the job, so a delivery
+ * retried after a crash continues where it stopped instead of posting twice.
+ */
+
+type WebClient = webApi.WebClient;
+
+/** What a Slack reply target keeps in its `data`. */
+export interface SlackTargetData {
+  userId: string;
+  /** The message showing progress, edited into the reply's first part. */
+  progressTs?: string;
+  /** A line above the reply saying who asked what (slash commands and buttons, which have no thread context). */
+  header?: string;
+  /** A slash command's response_url: ephemeral notes to the person who asked. */
+  responseUrl?: string;
+  /** Reply parts posted so far and their message ts (a retried delivery skips them). */
+  sentParts?: number;
+  messageTs?: string[];
+  filesUploaded?: boolean;
+}
+
+export const SLACK_STYLE: RenderStyle = { maxChars: SLACK_MAX_CHARS, link: slackLink };
+
+/** Section blocks hold at most 3000 characters each. */
+const SECTION_MAX = 3000;
+
+/** Errors after which retrying cannot help: the bot is not (or no longer) allowed to post there. */
+const UNDELIVERABLE = new Set([
+  'not_in_channel',
+  'channel_not_found',
+  'is_archived',
+  'restricted_action',
+  'restricted_action_read_only_channel',
+  'restricted_action_thread_only_channel',
+  'missing_scope',
+  'account_inactive',
+  'invalid_auth',
+  'team_access_not_granted',
+]);
+
+export function slackErrorCode(error: unknown): string | undefined {
+  const e = error as { code?: string; data?: { error?: string } };
+  return e?.code === 'slack_webapi_platform_error' ? e.data?.error : undefined;
+}
+
+/** A sentence for the user or admin about a Slack error the bot can't fix by itself. */
+export function explainSlackError(code: string): string {
+  switch (code) {
+    case 'not_in_channel':
+    case 'channel_not_found':
+      return 'I can’t post in this channel. Invite me first with `/invite @gill` (private channels need it too).';
+    case 'is_archived':
+      return 'This channel is archived, so I can’t post in it.';
+    case 'missing_scope':
+      return 'The Slack app is missing a permission (scope); a workspace admin should reinstall it from its manifest.';
+    default:
+      return `Slack refused my message (${code}).`;
+  }
+}
+
+export function targetData(job: JobRecord): SlackTargetData {
+  return job.replyTarget.data as unknown as SlackTargetData;
+}
+
+/** The job with every model- or user-written text escaped, so render's output can't ping or link. */
+function escaped(job: JobRecord): JobRecord {
+  const notes = Array.isArray(job.replyTarget.data.notes) ? (job.replyTarget.data.notes as unknown[]) : [];
+  return {
+    ...job,
+    replyTarget: {
+      ...job.replyTarget,
+      data: { ...job.replyTarget.data, notes: notes.map((n) => escapeText(String(n))) },
+    },
+    result: job.result
+      ? { ...job.result, text: escapeText(job.result.text), notes: job.result.notes.map(escapeText) }
+      : null,
+    error: job.error ? { ...job.error, message: escapeText(job.error.message) } : null,
+  };
+}
+
+function buttonsBlock(actions: ButtonAction[], jobId: string): types.ActionsBlock {
+  return {
+    type: 'actions',
+    block_id: 'gill-actions',
+    elements: actions.map((action) => ({
+      type: 'button' as const,
+      text: { type: 'plain_text' as const, text: BUTTON_LABELS[action] },
+      action_id: buttonId(action, jobId),
+      value: jobId,
+    })),
+  };
+}
+
+/** A message part as blocks: an optional header line, the text in sections, the buttons. */
+export function partBlocks(
+  text: string,
+  header: string | undefined,
+  actions: ButtonAction[],
+  jobId: string,
+): types.KnownBlock[] {
+  const blocks: types.KnownBlock[] = [];
+  if (header) blocks.push({ type: 'context', elements: [{ type: 'mrkdwn', text: header }] });
+  for (const section of splitMessage(text, SECTION_MAX)) {
+    blocks.push({ type: 'section', text: { type: 'mrkdwn', text: section } });
+  }
+  if (actions.length) blocks.push(buttonsBlock(actions, jobId));
+  return blocks;
+}
+
+export interface SlackAdapterDeps {
+  client: WebClient;
+  store: Store;
+  logger: Logger;
+  /** Called with every message the bot posts, so thread context includes its own answers. */
+  onPosted?(channel: string, message: SlackMessage): void;
+}
+
+export class SlackAdapter implements PlatformAdapter {
+  readonly platform = 'slack' as const;
+  /** Progress messages being posted, by the job's idempotency key: delivery waits for them. */
+  private readonly announcing = new Map<string, Promise<void>>();
+
+  constructor(private readonly deps: SlackAdapterDeps) {}
+
+  /**
+   * Marks a turn whose job may be accepted: until the returned function is called, a delivery of that
+   * job waits, so the reply can't be posted while its progress message is still on the way.
+   */
+  expectAnnouncement(idempotencyKey: string): () => void {
+    let release!: () => void;
+    const done = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    this.announcing.set(idempotencyKey, done);
+    return () => {
+      release();
+      this.announcing.delete(idempotencyKey);
+    };
+  }
+
+  /** Posts the progress message of an accepted job and records it, so the reply replaces it. */
+  async announce(jobId: string, target: ReplyTarget, text: string, header?: string): Promise<string> {
+    const { client, store } = this.deps;
+    const answer = await client.chat.postMessage({
+      channel: target.channelId,
+      ...(target.threadId ? { thread_ts: target.threadId } : {}),
+      text,
+      blocks: partBlocks(text, header, [], jobId),
+      unfurl_links: false,
+      unfurl_media: false,
+    });
+    const ts = String(answer.ts);
+    const job = await store.jobs.get(jobId);
+    if (job) await this.remember(job, { progressTs: ts });
+    return ts;
+  }
+
+  async showProgress(job: JobRecord, progress: JobProgress): Promise<void> {
+    const data = targetData(job);
+    if (!data.progressTs || job.deliveredAt) return;
+    const text = renderProgress(progress);
+    await this.deps.client.chat.update({
+      channel: job.replyTarget.channelId,
+      ts: data.progressTs,
+      text,
+      blocks: partBlocks(text, data.header, [], job.id),
+    });
+  }
+
+  async deliver(initial: JobRecord): Promise<DeliveryReceipt> {
+    let job = initial;
+    const pending = this.announcing.get(job.idempotencyKey);
+    if (pending) {
+      await pending;
+      job = (await this.deps.store.jobs.get(job.id)) ?? job;
+    }
+    const log = this.deps.logger.child({ jobId: job.id, channelId: job.replyTarget.channelId });
+    try {
+      return await this.send(job);
+    } catch (error) {
+      const code = slackErrorCode(error);
+      if (!code || !UNDELIVERABLE.has(code)) throw error;
+      log.error({ code }, 'reply cannot be delivered: the bot may not post in this channel');
+      await this.tellAsker(targetData(job), explainSlackError(code));
+      return { undeliverable: code };
+    }
+  }
+
+  private async send(job: JobRecord): Promise<DeliveryReceipt> {
+    const { client, store } = this.deps;
+    const data = targetData(job);
+    const channel = job.replyTarget.channelId;
+    const threadTs = job.replyTarget.threadId;
+    const reply = renderReply(escaped(job), SLACK_STYLE);
+    const messageTs = [...(data.messageTs ?? [])];
+
+    for (let i = data.sentParts ?? 0; i < reply.chunks.length; i++) {
+      const text = reply.chunks[i]!;
+      const last = i === reply.chunks.length - 1;
+      const blocks = partBlocks(text, i === 0 ? data.header : undefined, last ? reply.buttons : [], job.id);
+      let ts: string | undefined;
+      if (i === 0 && data.progressTs) {
+        try {
+          await client.chat.update({ channel, ts: data.progressTs, text, blocks });
+          ts = data.progressTs;
+        } catch (error) {
+          // Someone deleted the progress message: the reply is posted as a new one.
+          if (slackErrorCode(error) !== 'message_not_found') throw error;
+        }
+      }
+      if (!ts) {
+        const posted = await client.chat.postMessage({
+          channel,
+          ...(threadTs ? { thread_ts: threadTs } : {}),
+          text,
+          blocks,
+          unfurl_links: false,
+          unfurl_media: false,
+        });
+        ts = String(posted.ts);
+      }
+      messageTs.push(ts);
+      this.deps.onPosted?.(channel, {
+        ts,
+        ...(threadTs ? { threadTs } : {}),
+        userId: '',
+        fromBot: true,
+        text,
+        files: [],
+      });
+      await this.remember(job, { sentParts: i + 1, messageTs });
+    }
+
+    let files = 0;
+    if (!data.filesUploaded && reply.images.length) {
+      const uploads: { file: Buffer; filename: string; title: string }[] = [];
+      for (const image of reply.images) {
+        const blob = await store.blobs.get(image.hash);
+        if (blob)
+          uploads.push({ file: Buffer.from(blob.bytes), filename: image.fileName, title: image.fileName });
+        else this.deps.logger.warn({ jobId: job.id, hash: image.hash }, 'result image is no longer stored');
+      }
+      if (uploads.length) {
+        await client.files.uploadV2({
+          channel_id: channel,
+          ...(threadTs ? { thread_ts: threadTs } : {}),
+          file_uploads: uploads,
+        });
+        files = uploads.length;
+      }
+      await this.remember(job, { filesUploaded: true });
+    }
+    return { messageTs, files };
+  }
+
+  /** An ephemeral note to the person who asked, when the command's response_url is known. */
+  private async tellAsker(data: SlackTargetData, text: string): Promise<void> {
+    if (!data.responseUrl) return;
+    try {
+      await fetch(data.responseUrl, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ response_type: 'ephemeral', replace_original: false, text }),
+      });
+    } catch (error) {
+      this.deps.logger.warn({ err: error }, 'could not reach the response_url');
+    }
+  }
+
+  private async remember(job: JobRecord, patch: Partial<SlackTargetData>): Promise<void> {
+    Object.assign(job.replyTarget.data, patch);
+    await this.deps.store.jobs.updateReplyTarget(job.id, job.replyTarget.data);
+  }
+}

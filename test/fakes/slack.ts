@@ -1,0 +1,710 @@
+import { createHmac } from 'node:crypto';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+/**
+ * A loopback stand-in for Slack: the Web API methods the app calls (reached through SLACK_API_URL), the
+ * external upload URL of files.uploadV2, a file host that, like files.slack.com, answers a sign-in page
+ * unless the bot token is presented, and response_url endpoints. Every call is recorded. The helpers at
+ * the bottom send signed Events API, slash command and interactivity requests to the app under test.
+ */
+
+export interface RecordedCall {
+  method: string;
+  params: Record<string, unknown>;
+  token: string | null;
+  at: number;
+}
+
+export interface SlackFileObject {
+  id: string;
+  name: string;
+  title: string;
+  mimetype: string;
+  filetype: string;
+  size: number;
+  url_private: string;
+  url_private_download: string;
+  permalink: string;
+}
+
+export interface FakeMessage {
+  channel: string;
+  ts: string;
+  thread_ts?: string;
+  user?: string;
+  bot_id?: string;
+  text: string;
+  blocks?: unknown[];
+  files?: SlackFileObject[];
+}
+
+export interface CompletedUpload {
+  id: string;
+  name: string;
+  title: string | undefined;
+  bytes: Buffer;
+  channel: string;
+  threadTs: string | undefined;
+  initialComment: string | undefined;
+}
+
+export interface FakeSlackOptions {
+  botToken?: string;
+  teamId?: string;
+  botUserId?: string;
+  botId?: string;
+}
+
+interface StoredFile {
+  object: SlackFileObject;
+  bytes: Buffer;
+  /** Content type served; a file marked denied always serves the HTML sign-in page. */
+  servedType: string;
+  denied: boolean;
+}
+
+interface PendingUpload {
+  id: string;
+  filename: string;
+  length: number;
+  bytes?: Buffer;
+}
+
+type Handler = (params: Record<string, unknown>) => Record<string, unknown>;
+
+const SIGN_IN_PAGE =
+  '<!DOCTYPE html><html><head><title>Slack</title></head><body>Sign in to your workspace</body></html>';
+
+export class FakeSlack {
+  readonly botToken: string;
+  readonly teamId: string;
+  readonly botUserId: string;
+  readonly botId: string;
+  readonly calls: RecordedCall[] = [];
+  /** Every message in the fake workspace, the bot's and those added with userMessage(). */
+  readonly messages: FakeMessage[] = [];
+  readonly uploads: CompletedUpload[] = [];
+  /** JSON bodies posted to response_url endpoints, by the id in their path. */
+  readonly responses: { id: string; body: Record<string, unknown> }[] = [];
+  readonly fileDownloads: { fileId: string; authorized: boolean }[] = [];
+  private readonly users = new Map<string, { name: string; is_admin: boolean; is_owner: boolean }>();
+  private readonly files = new Map<string, StoredFile>();
+  private readonly pendingUploads = new Map<string, PendingUpload>();
+  private readonly rateLimits = new Map<string, { retryAfter: number; times: number }>();
+  private readonly failures = new Map<string, { error: string; times: number }>();
+  private readonly waiters = new Set<() => void>();
+  private server!: Server;
+  private counter = 0;
+  private clock = Math.floor(Date.now() / 1000);
+  origin = '';
+
+  constructor(options: FakeSlackOptions = {}) {
+    this.botToken = options.botToken ?? 'xoxb-fake-bot-token';
+    this.teamId = options.teamId ?? 'T0FAKE';
+    this.botUserId = options.botUserId ?? 'U0BOT';
+    this.botId = options.botId ?? 'B0BOT';
+  }
+
+  static async start(options: FakeSlackOptions = {}): Promise<FakeSlack> {
+    const fake = new FakeSlack(options);
+    fake.server = createServer((req, res) => {
+      fake.handle(req, res).catch((error) => {
+        res.writeHead(500, { 'content-type': 'text/plain' });
+        res.end(String(error));
+      });
+    });
+    await new Promise<void>((resolve) => fake.server.listen(0, '127.0.0.1', resolve));
+    fake.origin = `http://127.0.0.1:${(fake.server.address() as AddressInfo).port}`;
+    return fake;
+  }
+
+  /** The value for SLACK_API_URL. */
+  get apiUrl(): string {
+    return `${this.origin}/api/`;
+  }
+
+  async close(): Promise<void> {
+    this.server.closeAllConnections();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+
+  addUser(id: string, role: { admin?: boolean; owner?: boolean; name?: string } = {}): void {
+    this.users.set(id, {
+      name: role.name ?? id.toLowerCase(),
+      is_admin: role.admin ?? false,
+      is_owner: role.owner ?? false,
+    });
+  }
+
+  /** Hosts a file as Slack would after a user shares it, and returns the object events carry. */
+  addFile(input: {
+    name: string;
+    mimetype: string;
+    bytes: Buffer;
+    servedType?: string;
+    denied?: boolean;
+    size?: number;
+  }): SlackFileObject {
+    const id = `F${this.nextId()}`;
+    const object: SlackFileObject = {
+      id,
+      name: input.name,
+      title: input.name,
+      mimetype: input.mimetype,
+      filetype: input.name.split('.').pop() ?? 'binary',
+      size: input.size ?? input.bytes.length,
+      url_private: `${this.origin}/files-pri/${this.teamId}-${id}/${encodeURIComponent(input.name)}`,
+      url_private_download: `${this.origin}/files-pri/${this.teamId}-${id}/download/${encodeURIComponent(input.name)}`,
+      permalink: `${this.origin}/files/${this.botUserId}/${id}/${encodeURIComponent(input.name)}`,
+    };
+    this.files.set(id, {
+      object,
+      bytes: input.bytes,
+      servedType: input.servedType ?? input.mimetype,
+      denied: input.denied ?? false,
+    });
+    return object;
+  }
+
+  /** Adds a person's message to the workspace (so conversations.replies sees it) and returns it for an event. */
+  userMessage(input: {
+    channel: string;
+    user: string;
+    text: string;
+    threadTs?: string;
+    files?: SlackFileObject[];
+  }): FakeMessage {
+    const message: FakeMessage = {
+      channel: input.channel,
+      ts: this.nextTs(),
+      user: input.user,
+      text: input.text,
+      ...(input.threadTs ? { thread_ts: input.threadTs } : {}),
+      ...(input.files ? { files: input.files } : {}),
+    };
+    this.messages.push(message);
+    this.notify();
+    return message;
+  }
+
+  /** The next `times` calls of `method` answer HTTP 429 with Retry-After. */
+  rateLimit(method: string, retryAfterSeconds: number, times = 1): void {
+    this.rateLimits.set(method, { retryAfter: retryAfterSeconds, times });
+  }
+
+  /** The next `times` calls of `method` answer `{ok:false, error}`. */
+  failNext(method: string, error: string, times = 1): void {
+    this.failures.set(method, { error, times });
+  }
+
+  callsOf(method: string): RecordedCall[] {
+    return this.calls.filter((c) => c.method === method);
+  }
+
+  /** Messages the bot posted in a thread (or channel, without threadTs), edits applied. */
+  botMessages(channel: string, threadTs?: string): FakeMessage[] {
+    return this.messages.filter(
+      (m) =>
+        m.channel === channel &&
+        m.bot_id === this.botId &&
+        (threadTs === undefined || m.thread_ts === threadTs),
+    );
+  }
+
+  /** Resolves when `check` returns a value other than undefined/false, re-checked after every recorded change. */
+  async waitFor<T>(
+    check: () => T | undefined | false | null,
+    timeoutMs = 15_000,
+    what = 'condition',
+  ): Promise<T> {
+    const first = check();
+    if (first) return first;
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiters.delete(listener);
+        reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`));
+      }, timeoutMs);
+      const listener = () => {
+        const value = check();
+        if (value) {
+          clearTimeout(timer);
+          this.waiters.delete(listener);
+          resolve(value);
+        }
+      };
+      this.waiters.add(listener);
+    });
+  }
+
+  waitForCall(method: string, predicate: (call: RecordedCall) => boolean = () => true, timeoutMs = 15_000) {
+    return this.waitFor(() => this.callsOf(method).find(predicate), timeoutMs, `a ${method} call`);
+  }
+
+  permalink(channel: string, ts: string): string {
+    return `${this.origin}/archives/${channel}/p${ts.replace('.', '')}`;
+  }
+
+  private notify(): void {
+    for (const listener of [...this.waiters]) listener();
+  }
+
+  private nextId(): string {
+    this.counter += 1;
+    return String(this.counter).padStart(8, '0');
+  }
+
+  private nextTs(): string {
+    this.counter += 1;
+    this.clock = Math.max(this.clock, Math.floor(Date.now() / 1000));
+    return `${this.clock}.${String(this.counter).padStart(6, '0')}`;
+  }
+
+  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? '/', this.origin);
+    const body = await readBody(req);
+    if (req.method === 'GET' && url.pathname.startsWith('/files-pri/')) return this.serveFile(req, res, url);
+    if (req.method === 'POST' && url.pathname.startsWith('/upload/'))
+      return this.receiveUpload(req, res, url, body);
+    if (req.method === 'POST' && url.pathname.startsWith('/response/')) {
+      this.responses.push({
+        id: url.pathname.slice('/response/'.length),
+        body: JSON.parse(body.toString('utf8')),
+      });
+      this.notify();
+      return send(res, 200, { ok: true });
+    }
+    if (req.method === 'POST' && url.pathname.startsWith('/api/')) {
+      const method = url.pathname.slice('/api/'.length);
+      const params = parseParams(req.headers['content-type'] ?? '', body);
+      const header = req.headers.authorization;
+      const token = header?.startsWith('Bearer ')
+        ? header.slice(7)
+        : typeof params.token === 'string'
+          ? params.token
+          : null;
+      this.calls.push({ method, params, token, at: Date.now() });
+      const limited = this.rateLimits.get(method);
+      if (limited && limited.times > 0) {
+        limited.times -= 1;
+        res.writeHead(429, { 'retry-after': String(limited.retryAfter), 'content-type': 'application/json' });
+        res.end(JSON.stringify({ ok: false, error: 'ratelimited' }));
+        this.notify();
+        return;
+      }
+      const result = this.answer(method, params, token);
+      send(res, 200, result);
+      this.notify();
+      return;
+    }
+    res.writeHead(404, { 'content-type': 'text/plain' });
+    res.end('not found');
+  }
+
+  private answer(
+    method: string,
+    params: Record<string, unknown>,
+    token: string | null,
+  ): Record<string, unknown> {
+    if (token !== this.botToken) return { ok: false, error: token ? 'invalid_auth' : 'not_authed' };
+    const failure = this.failures.get(method);
+    if (failure && failure.times > 0) {
+      failure.times -= 1;
+      return { ok: false, error: failure.error };
+    }
+    const handler = this.handlers[method];
+    if (!handler) return { ok: false, error: 'unknown_method' };
+    try {
+      return { ok: true, ...handler(params) };
+    } catch (error) {
+      return { ok: false, error: (error as Error).message };
+    }
+  }
+
+  private readonly handlers: Record<string, Handler> = {
+    'auth.test': () => ({
+      url: `${this.origin}/`,
+      team: 'Fake Workspace',
+      user: 'gill',
+      team_id: this.teamId,
+      user_id: this.botUserId,
+      bot_id: this.botId,
+    }),
+    'users.info': (p) => {
+      const user = this.users.get(String(p.user));
+      if (!user) throw new Error('user_not_found');
+      return { user: { id: p.user, team_id: this.teamId, ...user } };
+    },
+    'chat.postMessage': (p) => {
+      const text = String(p.text ?? '');
+      if (!text && !p.blocks) throw new Error('no_text');
+      if (text.length > 40_000) throw new Error('msg_too_long');
+      const channel = String(p.channel);
+      const message: FakeMessage = {
+        channel,
+        ts: this.nextTs(),
+        bot_id: this.botId,
+        user: this.botUserId,
+        text,
+        ...(p.thread_ts ? { thread_ts: String(p.thread_ts) } : {}),
+        ...(p.blocks ? { blocks: asArray(p.blocks) } : {}),
+      };
+      this.messages.push(message);
+      return { channel, ts: message.ts, message };
+    },
+    'chat.update': (p) => {
+      const message = this.messages.find((m) => m.channel === p.channel && m.ts === p.ts);
+      if (!message) throw new Error('message_not_found');
+      if (message.bot_id !== this.botId) throw new Error('cant_update_message');
+      if (p.text !== undefined) message.text = String(p.text);
+      if (p.blocks !== undefined) message.blocks = asArray(p.blocks);
+      return { channel: message.channel, ts: message.ts, text: message.text };
+    },
+    'chat.delete': (p) => {
+      const index = this.messages.findIndex((m) => m.channel === p.channel && m.ts === p.ts);
+      if (index < 0) throw new Error('message_not_found');
+      this.messages.splice(index, 1);
+      return { channel: p.channel, ts: p.ts };
+    },
+    'chat.getPermalink': (p) => ({
+      channel: p.channel,
+      permalink: this.permalink(String(p.channel), String(p.message_ts)),
+    }),
+    'conversations.replies': (p) => {
+      const channel = String(p.channel);
+      const ts = String(p.ts);
+      const limit = Number(p.limit ?? 1000);
+      const thread = this.messages
+        .filter((m) => m.channel === channel && (m.ts === ts || m.thread_ts === ts))
+        .sort((a, b) => Number(a.ts) - Number(b.ts));
+      if (thread.length === 0) throw new Error('thread_not_found');
+      return { messages: thread.slice(0, limit).map((m) => ({ ...m })), has_more: thread.length > limit };
+    },
+    'files.getUploadURLExternal': (p) => {
+      const length = Number(p.length);
+      if (!p.filename || !Number.isInteger(length) || length <= 0) throw new Error('invalid_arguments');
+      const id = `F${this.nextId()}`;
+      this.pendingUploads.set(id, { id, filename: String(p.filename), length });
+      return { upload_url: `${this.origin}/upload/${id}`, file_id: id };
+    },
+    'files.completeUploadExternal': (p) => {
+      const list = asArray(p.files) as { id: string; title?: string }[];
+      const channel = p.channel_id ? String(p.channel_id) : undefined;
+      const threadTs = p.thread_ts ? String(p.thread_ts) : undefined;
+      const done: SlackFileObject[] = [];
+      const shared: SlackFileObject[] = [];
+      for (const item of list) {
+        const pending = this.pendingUploads.get(item.id);
+        if (!pending?.bytes) throw new Error('file_not_found');
+        this.pendingUploads.delete(item.id);
+        const object = this.addFile({
+          name: pending.filename,
+          mimetype: mimeOf(pending.filename),
+          bytes: pending.bytes,
+        });
+        if (channel) {
+          this.uploads.push({
+            id: object.id,
+            name: pending.filename,
+            title: item.title,
+            bytes: pending.bytes,
+            channel,
+            threadTs,
+            initialComment: p.initial_comment ? String(p.initial_comment) : undefined,
+          });
+        }
+        shared.push(object);
+        done.push(object);
+      }
+      if (channel) {
+        // Sharing files posts a message from the bot that carries them.
+        this.messages.push({
+          channel,
+          ts: this.nextTs(),
+          bot_id: this.botId,
+          user: this.botUserId,
+          text: p.initial_comment ? String(p.initial_comment) : '',
+          files: shared,
+          ...(threadTs ? { thread_ts: threadTs } : {}),
+        });
+      }
+      return { files: done.map((f) => ({ id: f.id, title: f.title, name: f.name })) };
+    },
+  };
+
+  private serveFile(req: IncomingMessage, res: ServerResponse, url: URL): void {
+    const match = /^\/files-pri\/[^/]+-(F\d+)\//.exec(url.pathname);
+    const file = match ? this.files.get(match[1]!) : undefined;
+    const authorized = req.headers.authorization === `Bearer ${this.botToken}`;
+    if (file) this.fileDownloads.push({ fileId: file.object.id, authorized });
+    this.notify();
+    if (!file) {
+      res.writeHead(404, { 'content-type': 'text/plain' });
+      res.end('file not found');
+      return;
+    }
+    // Slack answers 200 with its sign-in page, not 401, when the token is missing or lacks files:read.
+    if (!authorized || file.denied) {
+      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
+      res.end(SIGN_IN_PAGE);
+      return;
+    }
+    res.writeHead(200, { 'content-type': file.servedType, 'content-length': String(file.bytes.length) });
+    res.end(file.bytes);
+  }
+
+  private async receiveUpload(
+    req: IncomingMessage,
+    res: ServerResponse,
+    url: URL,
+    body: Buffer,
+  ): Promise<void> {
+    const id = url.pathname.slice('/upload/'.length);
+    const pending = this.pendingUploads.get(id);
+    this.calls.push({
+      method: 'upload',
+      params: { fileId: id, bytes: body.length },
+      token: null,
+      at: Date.now(),
+    });
+    if (!pending) {
+      res.writeHead(404, { 'content-type': 'text/plain' });
+      res.end('unknown upload');
+      return;
+    }
+    const type = req.headers['content-type'] ?? '';
+    let bytes = body;
+    if (type.startsWith('multipart/form-data')) {
+      // Bolt v5's WebClient posts the bytes as a multipart form with one file field.
+      const form = await new Response(new Uint8Array(body), { headers: { 'content-type': type } }).formData();
+      const part = [...form.values()].find((value): value is File => typeof value !== 'string');
+      if (!part) {
+        res.writeHead(400, { 'content-type': 'text/plain' });
+        res.end('no file part');
+        return;
+      }
+      bytes = Buffer.from(await part.arrayBuffer());
+    }
+    if (bytes.length !== pending.length) {
+      res.writeHead(400, { 'content-type': 'text/plain' });
+      res.end(`length mismatch: announced ${pending.length}, got ${bytes.length}`);
+      return;
+    }
+    pending.bytes = bytes;
+    res.writeHead(200, { 'content-type': 'text/plain' });
+    res.end(`OK - ${bytes.length}`);
+    this.notify();
+  }
+}
+
+function readBody(req: IncomingMessage): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => resolve(Buffer.concat(chunks)));
+    req.on('error', reject);
+  });
+}
+
+function parseParams(contentType: string, body: Buffer): Record<string, unknown> {
+  const text = body.toString('utf8');
+  if (contentType.includes('application/json')) return JSON.parse(text || '{}');
+  const params: Record<string, unknown> = {};
+  for (const [key, value] of new URLSearchParams(text)) params[key] = value;
+  return params;
+}
+
+function asArray(value: unknown): unknown[] {
+  if (Array.isArray(value)) return value;
+  if (typeof value === 'string') return JSON.parse(value);
+  return [];
+}
+
+function mimeOf(filename: string): string {
+  const ext = filename.split('.').pop()?.toLowerCase();
+  return ext === 'png'
+    ? 'image/png'
+    : ext === 'jpg' || ext === 'jpeg'
+      ? 'image/jpeg'
+      : 'application/octet-stream';
+}
+
+function send(res: ServerResponse, status: number, body: unknown): void {
+  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8' });
+  res.end(JSON.stringify(body));
+}
+
+// ---- Signed requests to the app under test ---------------------------------------------------------
+
+export interface SignOptions {
+  /** Unix seconds; defaults to now. A value over 5 minutes old makes the request stale. */
+  timestamp?: number;
+  /** Overrides the computed signature (a forgery). */
+  signature?: string;
+}
+
+/** The v0 signature Slack sends: HMAC-SHA256 of `v0:{timestamp}:{raw body}` with the signing secret. */
+export function signSlackRequest(
+  secret: string,
+  rawBody: string,
+  options: SignOptions = {},
+): Record<string, string> {
+  const timestamp = options.timestamp ?? Math.floor(Date.now() / 1000);
+  const digest = createHmac('sha256', secret).update(`v0:${timestamp}:${rawBody}`).digest('hex');
+  return {
+    'x-slack-request-timestamp': String(timestamp),
+    'x-slack-signature': options.signature ?? `v0=${digest}`,
+  };
+}
+
+export interface SlackRequestTarget {
+  /** The app's events URL, e.g. http://127.0.0.1:PORT/slack/events. */
+  url: string;
+  signingSecret: string;
+}
+
+export interface DeliveryOptions extends SignOptions {
+  retryNum?: number;
+  retryReason?: string;
+}
+
+async function post(
+  target: SlackRequestTarget,
+  rawBody: string,
+  contentType: string,
+  options: DeliveryOptions,
+) {
+  const headers: Record<string, string> = {
+    'content-type': contentType,
+    ...signSlackRequest(target.signingSecret, rawBody, options),
+  };
+  if (options.retryNum !== undefined) {
+    headers['x-slack-retry-num'] = String(options.retryNum);
+    headers['x-slack-retry-reason'] = options.retryReason ?? 'http_timeout';
+  }
+  return fetch(target.url, { method: 'POST', headers, body: rawBody });
+}
+
+/** Wraps an event in the Events API envelope, with the event_id Slack repeats on retries. */
+export function eventCallback(fake: FakeSlack, event: Record<string, unknown>, eventId: string) {
+  return {
+    token: 'legacy-verification-token',
+    team_id: fake.teamId,
+    api_app_id: 'A0FAKE',
+    event: { event_ts: event.ts, ...event },
+    type: 'event_callback',
+    event_id: eventId,
+    event_time: Math.floor(Date.now() / 1000),
+    authorizations: [
+      { team_id: fake.teamId, user_id: fake.botUserId, is_bot: true, is_enterprise_install: false },
+    ],
+  };
+}
+
+export function sendEvent(
+  target: SlackRequestTarget,
+  envelope: Record<string, unknown>,
+  options: DeliveryOptions = {},
+) {
+  return post(target, JSON.stringify(envelope), 'application/json', options);
+}
+
+/** The app_mention event (and envelope) for a message; the matching `message` event is mentionMessageEvent. */
+export function mentionEnvelope(fake: FakeSlack, message: FakeMessage, eventId: string) {
+  return eventCallback(fake, { type: 'app_mention', ...messageFields(message) }, eventId);
+}
+
+export function messageEnvelope(fake: FakeSlack, message: FakeMessage, eventId: string) {
+  return eventCallback(
+    fake,
+    {
+      type: 'message',
+      channel_type: message.channel.startsWith('G') ? 'group' : 'channel',
+      ...messageFields(message),
+    },
+    eventId,
+  );
+}
+
+function messageFields(message: FakeMessage) {
+  return {
+    user: message.user,
+    text: message.text,
+    ts: message.ts,
+    channel: message.channel,
+    ...(message.thread_ts ? { thread_ts: message.thread_ts } : {}),
+    ...(message.files ? { files: message.files } : {}),
+  };
+}
+
+let triggerCounter = 0;
+
+export function sendSlashCommand(
+  fake: FakeSlack,
+  target: SlackRequestTarget,
+  input: { command: string; text: string; user: string; channel: string },
+  options: DeliveryOptions = {},
+) {
+  triggerCounter += 1;
+  const responseId = `cmd${triggerCounter}`;
+  const form = new URLSearchParams({
+    token: 'legacy-verification-token',
+    team_id: fake.teamId,
+    team_domain: 'fake',
+    channel_id: input.channel,
+    channel_name: 'general',
+    user_id: input.user,
+    user_name: input.user.toLowerCase(),
+    command: input.command,
+    text: input.text,
+    api_app_id: 'A0FAKE',
+    response_url: `${fake.origin}/response/${responseId}`,
+    trigger_id: `${triggerCounter}.${Date.now()}.trigger`,
+  });
+  return post(target, form.toString(), 'application/x-www-form-urlencoded', options).then((response) => ({
+    response,
+    responseId,
+  }));
+}
+
+/** A block_actions interactivity payload, as Slack posts it when someone presses a button. */
+export function sendBlockAction(
+  fake: FakeSlack,
+  target: SlackRequestTarget,
+  input: { user: string; channel: string; message: FakeMessage; actionId: string; value?: string },
+  options: DeliveryOptions = {},
+) {
+  triggerCounter += 1;
+  const responseId = `act${triggerCounter}`;
+  const payload = {
+    type: 'block_actions',
+    team: { id: fake.teamId, domain: 'fake' },
+    user: { id: input.user, team_id: fake.teamId },
+    api_app_id: 'A0FAKE',
+    token: 'legacy-verification-token',
+    trigger_id: `${triggerCounter}.${Date.now()}.trigger`,
+    container: {
+      type: 'message',
+      message_ts: input.message.ts,
+      channel_id: input.channel,
+      is_ephemeral: false,
+    },
+    channel: { id: input.channel, name: 'general' },
+    message: { ...input.message, type: 'message' },
+    response_url: `${fake.origin}/response/${responseId}`,
+    actions: [
+      {
+        type: 'button',
+        action_id: input.actionId,
+        block_id: 'actions',
+        value: input.value ?? '',
+        action_ts: `${Math.floor(Date.now() / 1000)}.000100`,
+      },
+    ],
+  };
+  const form = new URLSearchParams({ payload: JSON.stringify(payload) });
+  return post(target, form.toString(), 'application/x-www-form-urlencoded', options).then((response) => ({
+    response,
+    responseId,
+  }));
+}
