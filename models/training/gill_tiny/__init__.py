@@ -1,0 +1,1 @@
+"""Training code for the tiny GILL bundle: frozen stand-in backbones, the GILL stage, ONNX export."""

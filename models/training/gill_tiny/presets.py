@@ -1,0 +1,52 @@
+"""Training presets: sizes of data and numbers of steps per stage. Model shapes are the same in every preset
+(so `smoke` and `untrained` exercise the real export), except the tokenizer's vocabulary in `smoke`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class Preset:
+    name: str
+    seed: int = 1234
+    images: dict[str, int] = field(default_factory=lambda: {"train": 40000, "val": 1000, "test": 1000})
+    docs: dict[str, int] = field(default_factory=lambda: {"train": 60000, "val": 1000, "test": 1000})
+    emoji_limit: int | None = None  # None = every usable emoji
+    vocab_size: int = 1536
+    lm_steps: int = 3000
+    lm_batch: int = 128
+    lm_lr: float = 1e-3
+    clip_steps: int = 3000
+    clip_batch: int = 512
+    clip_lr: float = 1e-3
+    vae_steps: int = 3000
+    vae_batch: int = 256
+    vae_lr: float = 1e-3
+    unet_steps: int = 8000
+    unet_batch: int = 256
+    unet_lr: float = 5e-4
+    unet_emoji_frac: float = 0.1
+    caption_dropout: float = 0.1
+    eval_every: int = 1000  # steps between validation metrics
+    eval_samples: int = 128  # generations scored by the quick diffusion check
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS = {
+    "full": Preset("full"),
+    "smoke": Preset(
+        "smoke", images={"train": 256, "val": 64, "test": 64}, docs={"train": 400, "val": 64, "test": 64},
+        emoji_limit=64, vocab_size=420, lm_steps=40, lm_batch=16, clip_steps=40, clip_batch=32, vae_steps=40,
+        vae_batch=16, unet_steps=40, unet_batch=16, eval_every=20, eval_samples=8, lm_lr=3e-3, clip_lr=2e-3,
+        vae_lr=2e-3, unet_lr=1e-3,
+    ),
+    "untrained": Preset(
+        "untrained", images={"train": 64, "val": 16, "test": 16}, docs={"train": 4000, "val": 16, "test": 16},
+        emoji_limit=None,
+        lm_steps=0, clip_steps=0, vae_steps=0, unet_steps=0, eval_samples=0,
+    ),
+}

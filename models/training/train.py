@@ -1,0 +1,107 @@
+"""Trains the tiny GILL bundle end to end and exports it.
+
+    /usr/bin/python3 models/training/train.py --preset full --device cuda \
+        --emoji-dir node_modules/emoji-datasource-google --work models/training/runs/full --out models/gill-tiny
+
+Stages run in order, each checkpointed in --work and skipped when already done (an interrupted run picks up
+where it stopped); see models/training/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gill_tiny import stages  # noqa: E402
+from gill_tiny.export import Backbones, export_bundle  # noqa: E402
+from gill_tiny.placeholder_heads import PlaceholderGillHeads  # noqa: E402
+from gill_tiny.presets import PRESETS  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def export_heads(ctx: stages.Context, b: Backbones):
+    """The GILL heads to export. Until the GILL stages exist, randomly initialised placeholders."""
+    torch.manual_seed(ctx.preset.seed + 10)
+    return PlaceholderGillHeads(b.lm.cfg.hidden_size, b.clip.cfg.pooled_size, b.clip.cfg.text_width,
+                                b.clip.cfg.text_max_length)
+
+
+def stage_export(ctx: stages.Context) -> None:
+    tok = ctx.tokenizer()
+    b = Backbones(tok, ctx.lm(), ctx.clip(), ctx.vae(), ctx.unet())
+    checks = export_bundle(ctx.out, b, export_heads(ctx, b))
+    checks_path = ctx.work / "export_checks.json"
+    checks_path.write_text(json.dumps(checks))
+    size = sum(p.stat().st_size for p in ctx.out.iterdir() if p.is_file())
+    ctx.metric("export", out=str(ctx.out), bundle_mib=round(size / 2**20, 2))
+    node = shutil.which("node")
+    if node is None or not (ROOT / "node_modules" / "onnxruntime-node").exists():
+        print("export: node/onnxruntime-node not found here; SKIPPED the onnxruntime check "
+              f"(run: node models/training/check_bundle.mjs {ctx.out} {checks_path})", flush=True)
+        return
+    res = subprocess.run([node, str(ROOT / "models/training/check_bundle.mjs"), str(ctx.out), str(checks_path)],
+                         cwd=ROOT, capture_output=True, text=True)
+    print(res.stdout, end="", flush=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"onnxruntime-node check of {ctx.out} failed:\n{res.stdout}{res.stderr}")
+
+
+
+STAGES = [
+    ("data", stages.stage_data),
+    ("tokenizer", stages.stage_tokenizer),
+    ("lm", stages.stage_lm),
+    ("clip", stages.stage_clip),
+    ("vae", stages.stage_vae),
+    ("latents", stages.stage_latents),
+    ("unet", stages.stage_unet),
+    ("export", stage_export),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--out", type=Path, default=ROOT / "models" / "gill-tiny", help="bundle folder to write")
+    ap.add_argument("--work", type=Path, help="checkpoints and logs (default models/training/runs/<preset>)")
+    ap.add_argument("--emoji-dir", type=Path, default=ROOT / "node_modules" / "emoji-datasource-google",
+                    help="folder with emoji.json and img/google/64/*.png")
+    ap.add_argument("--until", choices=[n for n, _ in STAGES], help="stop after this stage")
+    ap.add_argument("--threads", type=int, help="torch CPU threads")
+    args = ap.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda but torch.cuda.is_available() is false")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    preset = PRESETS[args.preset]
+    work = args.work or ROOT / "models" / "training" / "runs" / preset.name
+    work.mkdir(parents=True, exist_ok=True)
+    ctx = stages.Context(preset, torch.device(args.device), work, args.out, args.emoji_dir)
+    t_all = time.time()
+    for name, fn in STAGES:
+        if name != "export" and ctx.done(name):
+            print(f"[{name}] done ({ctx.path(name)}), skipping", flush=True)
+        else:
+            t0 = time.time()
+            print(f"[{name}] running", flush=True)
+            fn(ctx)
+            ctx.metric(name, stage_seconds=round(time.time() - t0, 1))
+        if name == args.until:
+            break
+    ctx.metric("all", total_seconds=round(time.time() - t_all, 1), torch=torch.__version__, device=args.device)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
