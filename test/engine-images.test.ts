@@ -1,9 +1,20 @@
+import { execFile } from 'node:child_process';
+import { rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
 import { crc32 } from 'node:zlib';
 import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
 import type { Manifest } from '../src/engine/bundle.ts';
 import { decodeRgb, imageToPixelValues, probeImage } from '../src/engine/images.ts';
 import { UserInputError } from '../src/engine/jobs.ts';
+import { serviceAvailable } from './support/services.ts';
+
+const run = promisify(execFile);
+const pilUp = await serviceAvailable('Python with PIL (/usr/bin/python3)', () =>
+  run('/usr/bin/python3', ['-c', 'import PIL, numpy']),
+);
 
 const vision: Manifest['vision'] = {
   encoder: 'image_encoder.onnx',
@@ -204,5 +215,41 @@ describe('image input pipeline', () => {
       '<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="10" height="10"/></svg>',
     );
     expect((await rejection(imageToPixelValues(svg, vision))).message).toContain('SVG');
+  });
+
+  it.skipIf(!pilUp)('matches the PIL preprocessing of the PyTorch reference', async () => {
+    // A non-square image with a gradient, a high-frequency pattern and a half-transparent band.
+    const width = 300;
+    const height = 200;
+    const rgba = Buffer.alloc(width * height * 4);
+    for (let y = 0; y < height; y++) {
+      for (let x = 0; x < width; x++) {
+        const i = (y * width + x) * 4;
+        rgba.set([(x * 255) / width, (y * 255) / height, (x ^ y) & 255, x < 50 ? 128 : 255], i);
+      }
+    }
+    const png = await sharp(rgba, { raw: { width, height, channels: 4 } })
+      .png()
+      .toBuffer();
+    const file = path.join(tmpdir(), `gill-pil-${process.pid}.png`);
+    await writeFile(file, png);
+    const size = 64;
+    const { stdout } = await run('/usr/bin/python3', ['test/support/pil_preprocess.py', file, String(size)], {
+      encoding: 'buffer',
+    });
+    await rm(file);
+    const { pixels } = await imageToPixelValues(png, { ...vision, imageSize: size });
+    let max = 0;
+    let sum = 0;
+    for (let c = 0; c < 3; c++) {
+      for (let i = 0; i < size * size; i++) {
+        const mine = (pixels[c * size * size + i]! * vision.std[c]! + vision.mean[c]!) * 255;
+        const diff = Math.abs(mine - stdout[i * 3 + c]!);
+        max = Math.max(max, diff);
+        sum += diff;
+      }
+    }
+    expect(max).toBeLessThanOrEqual(4);
+    expect(sum / (3 * size * size)).toBeLessThan(0.5);
   });
 });

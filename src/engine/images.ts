@@ -104,9 +104,10 @@ export async function imageToPixelValues(
   const info = await probeImage(bytes, limits);
   const size = vision.imageSize;
   const short = Math.min(info.width, info.height);
-  // The same rounding as transformers' get_resize_output_image_size: the long side is truncated.
-  const resizedW = info.width === short ? size : Math.trunc((size * info.width) / short);
-  const resizedH = info.height === short ? size : Math.trunc((size * info.height) / short);
+  // The long side is rounded, as the bundle's PyTorch reference does (transformers truncates: at most
+  // one pixel apart, before the centre crop).
+  const resizedW = Math.max(size, Math.round((size * info.width) / short));
+  const resizedH = Math.max(size, Math.round((size * info.height) / short));
   let raw: Buffer;
   try {
     raw = await normalisedPipeline(bytes, limits)
