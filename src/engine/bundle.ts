@@ -85,6 +85,11 @@ export const manifestSchema = z.object({
       betaStart: z.number().positive(),
       betaEnd: z.number().positive(),
       predictionType: z.enum(['epsilon', 'v_prediction', 'sample']),
+      // Optional, with diffusers' DDIMScheduler names and meanings.
+      timestepSpacing: z.enum(['linspace', 'leading', 'trailing']).optional(),
+      stepsOffset: z.number().int().nonnegative().optional(),
+      setAlphaToOne: z.boolean().optional(),
+      clipSample: z.boolean().optional(),
     }),
   }),
   defaults: z.object({
