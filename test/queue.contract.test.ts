@@ -483,20 +483,20 @@ for (const harness of harnesses) {
           timeout: 10_000,
           interval: 20,
         });
-        // Two bots back at once (one here, one in another process): one reply.
-        const back = spawnChild('bot', { ...botEnv, OWNER: 'bot-back' });
-        const here = delivery(store, queue, 'bot-here', delivered);
-        await back.waitFor('ready');
+        // Two bots back at once, each with its own store connection: one reply.
+        const other = (await postgresStore()).store;
+        const [a, b] = [
+          delivery(store, queue, 'bot-a', delivered),
+          delivery(other, queue, 'bot-b', delivered),
+        ];
         await vi.waitFor(async () => expect((await store.jobs.get(id))?.deliveredAt).toBeTruthy(), {
           timeout: 10_000,
           interval: 20,
         });
-        await sleep(600);
-        await here.sweep();
-        const everyone = [...(await deliveries(id)), ...(delivered.get(id) ?? [])];
-        expect(everyone).toHaveLength(1);
-        back.process.kill('SIGKILL');
-        await here.close();
+        await Promise.all([a.sweep(), b.sweep()]);
+        expect(await deliveries(id)).toEqual([]);
+        expect(delivered.get(id)).toHaveLength(1);
+        await Promise.all([a.close(), b.close()]);
       } else {
         const dying = delivery(store, queue, 'bot-dies', delivered);
         id = await submit(queue, store, { tag: 'slow', steps: 5, stepMs: 20 });
