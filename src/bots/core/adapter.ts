@@ -25,7 +25,10 @@ export interface PlatformAdapter {
 export interface ProgressThrottle {
   /** Offers an update; it is shown now, or when the interval has passed (only the newest waiting one). */
   push(job: JobRecord, progress: JobProgress): void;
-  /** Drops anything waiting for the job and resolves when an update in flight is done (call before delivering). */
+  /**
+   * Drops anything waiting for the job, resolves when an update in flight is done, and ignores later
+   * updates for it: call before delivering, so no progress edit can land after the reply.
+   */
   settle(jobId: string): Promise<void>;
   stop(): void;
 }
@@ -47,6 +50,7 @@ export function throttleProgress(
   intervalMs = 1000,
 ): ProgressThrottle {
   const slots = new Map<string, Slot>();
+  const settled = new Set<string>();
 
   function run(jobId: string, slot: Slot) {
     const next = slot.pending;
@@ -72,12 +76,15 @@ export function throttleProgress(
 
   return {
     push(job, progress) {
+      if (settled.has(job.id)) return;
       const slot = slots.get(job.id) ?? { lastAt: 0 };
       slots.set(job.id, slot);
       slot.pending = { job, progress };
       schedule(job.id, slot);
     },
     async settle(jobId) {
+      settled.add(jobId);
+      if (settled.size > 10_000) settled.delete(settled.values().next().value as string);
       const slot = slots.get(jobId);
       if (!slot) return;
       clearTimeout(slot.timer);

@@ -1,3 +1,4 @@
+import type { JobProgress } from '../../engine/jobs.ts';
 import { type DeliveryHandle, startDelivery } from '../../engine/queue/delivery.ts';
 import type { JobQueue } from '../../engine/queue/queue.ts';
 import type { Logger } from '../../log.ts';
@@ -9,6 +10,12 @@ import { type PlatformAdapter, throttleProgress } from './adapter.ts';
  * job and settled before the final reply, so a late progress edit can never overwrite it; index jobs
  * (no one waits for them) are recorded as delivered without a message.
  */
+
+export interface AdapterDelivery extends DeliveryHandle {
+  /** Shows progress the bot knows itself (the queue position at submit), through the same throttle. */
+  progress(jobId: string, progress: JobProgress): Promise<void>;
+}
+
 export function startAdapterDelivery(options: {
   store: Store;
   queue: JobQueue;
@@ -18,15 +25,16 @@ export function startAdapterDelivery(options: {
   owner: string;
   progressIntervalMs?: number;
   sweepIntervalMs?: number;
-}): DeliveryHandle {
-  const { adapter, logger } = options;
+}): AdapterDelivery {
+  const { adapter, logger, store } = options;
   const throttle = throttleProgress(
-    (job, progress) => adapter.showProgress(job, progress),
+    // Read fresh: an earlier update may have recorded the progress message's id.
+    async (job, progress) => adapter.showProgress((await store.jobs.get(job.id)) ?? job, progress),
     (error, job) => logger.warn({ err: error, jobId: job.id }, 'progress update failed'),
     options.progressIntervalMs,
   );
   const handle = startDelivery({
-    store: options.store,
+    store,
     queue: options.queue,
     platform: adapter.platform,
     owner: options.owner,
@@ -35,7 +43,7 @@ export function startAdapterDelivery(options: {
     async deliver(job) {
       if (job.kind === 'index') return { silent: true };
       await throttle.settle(job.id);
-      return adapter.deliver(job);
+      return adapter.deliver((await store.jobs.get(job.id)) ?? job);
     },
     onProgress(job, progress) {
       if (job.kind !== 'index') throttle.push(job, progress);
@@ -43,6 +51,10 @@ export function startAdapterDelivery(options: {
   });
   return {
     sweep: handle.sweep,
+    async progress(jobId, progress) {
+      const job = await store.jobs.get(jobId);
+      if (job && (job.status === 'queued' || job.status === 'running')) throttle.push(job, progress);
+    },
     async close() {
       await handle.close();
       throttle.stop();

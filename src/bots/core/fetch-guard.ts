@@ -209,6 +209,13 @@ export function createFetchGuard(options: FetchGuardOptions): FetchGuard {
     try {
       meta = await sharp(body).metadata();
     } catch {
+      const format = sniff(body);
+      if (format) {
+        throw new FetchRefusedError(
+          `${label} looks like a ${format} image but is damaged or truncated`,
+          'corrupt',
+        );
+      }
       throw new FetchRefusedError(`${label} is not an image (PNG, JPEG, WebP or GIF)`, 'not_image');
     }
     const mime = meta.format ? FORMATS[meta.format] : undefined;
@@ -284,6 +291,16 @@ export function createFetchGuard(options: FetchGuardOptions): FetchGuard {
       }
     },
   };
+}
+
+/** The format a file's first bytes announce, to tell a damaged image from something that never was one. */
+function sniff(body: Buffer): string | null {
+  if (body.subarray(0, 8).equals(Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]))) return 'png';
+  if (body[0] === 0xff && body[1] === 0xd8 && body[2] === 0xff) return 'jpeg';
+  if (body.subarray(0, 4).toString('latin1') === 'GIF8') return 'gif';
+  if (body.subarray(0, 4).toString('latin1') === 'RIFF' && body.subarray(8, 12).toString('latin1') === 'WEBP')
+    return 'webp';
+  return null;
 }
 
 function tooLarge(label: string, maxBytes: number): FetchRefusedError {

@@ -15,6 +15,7 @@ export {
 } from './commands.ts';
 export type { BuiltContext, ContextBudget } from './context.ts';
 export { buildContext, DEFAULT_CONTEXT_BUDGET, estimateTokens } from './context.ts';
+export type { AdapterDelivery } from './delivery.ts';
 export { startAdapterDelivery } from './delivery.ts';
 export type {
   AllowedOrigin,
@@ -28,7 +29,15 @@ export type { ImageIngest, StoredImage } from './images.ts';
 export { createImageIngest, looksLikeImage } from './images.ts';
 export { checkLimits, RateLimiter } from './limits.ts';
 export type { RenderedImage, RenderedReply, RenderStyle } from './render.ts';
-export { DISCORD_MAX_CHARS, renderProgress, renderReply, SLACK_MAX_CHARS, splitMessage } from './render.ts';
+export {
+  DISCORD_MAX_CHARS,
+  isProgressText,
+  jobNotes,
+  renderProgress,
+  renderReply,
+  SLACK_MAX_CHARS,
+  splitMessage,
+} from './render.ts';
 export type {
   Attachment,
   ButtonAction,

@@ -181,7 +181,14 @@ export function renderReply(job: JobRecord, style: RenderStyle): RenderedReply {
   return { chunks: chunks.length ? chunks : ['Done.'], images, buttons };
 }
 
-/** One line for a progress message. */
+const PROGRESS_MARKS = ['⏳ ', '💭 ', '🔎 ', '🎨 ', '📦 '];
+
+/** Whether a bot message is a progress line (left out of thread context: it says nothing to the model). */
+export function isProgressText(text: string): boolean {
+  return PROGRESS_MARKS.some((mark) => text.startsWith(mark)) && !text.includes('\n');
+}
+
+/** One line for a progress message; each starts with one of PROGRESS_MARKS. */
 export function renderProgress(progress: JobProgress): string {
   switch (progress.stage) {
     case 'queued':

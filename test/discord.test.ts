@@ -1,0 +1,640 @@
+import { createHash } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { Writable } from 'node:stream';
+import sharp from 'sharp';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { type DiscordBot, startDiscord } from '../src/bots/discord/bot.ts';
+import { type Config, loadConfig } from '../src/config.ts';
+import type { Engine, JobContext } from '../src/engine/engine.ts';
+import type { JobPayload, JobResult } from '../src/engine/jobs.ts';
+import { MemoryJobQueue } from '../src/engine/queue/memory.ts';
+import { runJobs } from '../src/engine/queue/worker.ts';
+import { createLogger } from '../src/log.ts';
+import { connect } from '../src/store/connect.ts';
+import type { Store } from '../src/store/types.ts';
+import { FakeDiscord, type FakeUser } from './fakes/discord.ts';
+
+/**
+ * The Discord adapter end to end: the real discord.js client against the loopback fake (REST, gateway,
+ * CDN), the real store on PGlite, the in-process queue and worker loop, and an engine double that
+ * answers from what it was given (image hashes, prompts, the store's vector search).
+ */
+
+const DIM = 16;
+
+/** A bag-of-words vector: texts sharing words are near each other. */
+function embedText(text: string): Float32Array {
+  const v = new Float32Array(DIM);
+  for (const word of text
+    .toLowerCase()
+    .split(/[^a-z]+/)
+    .filter(Boolean)) {
+    const h = createHash('sha256').update(word).digest();
+    v[h[0]! % DIM]! += 1;
+  }
+  const norm = Math.hypot(...v) || 1;
+  return v.map((x) => x / norm);
+}
+
+/** Answers from its inputs, so tests can check what reached the engine. `hold` parks jobs until released. */
+class EchoEngine implements Engine {
+  readonly payloads: JobPayload[] = [];
+  private gate: Promise<void> | null = null;
+  private open: (() => void) | null = null;
+  started = 0;
+
+  constructor(private readonly store: Store) {}
+
+  hold(): void {
+    this.gate = new Promise((resolve) => {
+      this.open = resolve;
+    });
+  }
+
+  release(): void {
+    this.open?.();
+    this.gate = null;
+  }
+
+  async run(payload: JobPayload, ctx: JobContext): Promise<JobResult> {
+    this.payloads.push(payload);
+    this.started++;
+    if (this.gate && payload.kind !== 'index') await this.gate;
+    switch (payload.kind) {
+      case 'chat': {
+        const hashes = payload.context.flatMap((item) => (item.type === 'image' ? [item.hash] : []));
+        const last = payload.context.filter((item) => item.type === 'text').at(-1);
+        const said = last?.type === 'text' ? last.text : '';
+        return {
+          kind: 'chat',
+          text: `echo: ${said} | images: ${hashes.length ? hashes.join(',') : 'none'}`,
+          images: [],
+          decision: null,
+          notes: [],
+        };
+      }
+      case 'imagine': {
+        const steps = payload.steps ?? 4;
+        for (let step = 1; step <= steps; step++) {
+          await new Promise((resolve) => setTimeout(resolve, 150));
+          ctx.progress({ stage: 'generating', step, steps });
+        }
+        const png = await sharp({ create: { width: 32, height: 32, channels: 3, background: '#c03020' } })
+          .png()
+          .toBuffer();
+        const hash = await this.store.blobs.put(png, 'image/png');
+        return {
+          kind: 'imagine',
+          text: '',
+          images: [{ kind: 'generated', hash, mime: 'image/png', width: 32, height: 32, score: 0 }],
+          decision: null,
+          notes: [],
+          seed: payload.seed ?? 7,
+        };
+      }
+      case 'find': {
+        const community = await this.store.communities.ensure(payload.community);
+        const found = await this.store.images.search(
+          community.id,
+          embedText(payload.query),
+          payload.k,
+          payload.excludeImageIds,
+        );
+        return {
+          kind: 'find',
+          text: '',
+          images: found.map((image) => ({
+            kind: 'retrieved' as const,
+            hash: image.hash,
+            mime: image.mime,
+            width: image.width,
+            height: image.height,
+            score: image.score,
+            source: {
+              imageId: image.id,
+              permalink: image.permalink,
+              authorId: image.authorId,
+              channelId: image.channelId,
+              messageId: image.messageId,
+            },
+          })),
+          decision: null,
+          notes: [],
+        };
+      }
+      case 'index': {
+        const image = await this.store.images.get(payload.imageId);
+        await this.store.images.setEmbedding(payload.imageId, embedText(image?.title ?? ''));
+        return { kind: 'index', text: '', images: [], decision: null, notes: [] };
+      }
+    }
+  }
+
+  async close(): Promise<void> {}
+}
+
+function png(color: string, size = 24): Promise<Buffer> {
+  return sharp({ create: { width: size, height: size, channels: 3, background: color } })
+    .png()
+    .toBuffer();
+}
+
+const sha256 = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex');
+
+let dataDir: string;
+let fake: FakeDiscord;
+let store: Store;
+let queue: MemoryJobQueue;
+let engine: EchoEngine;
+let worker: { close(): Promise<void> };
+let bot: DiscordBot | null;
+let config: Config;
+let logs: Record<string, unknown>[];
+let alice: FakeUser;
+let admin: FakeUser;
+
+const logger = () =>
+  createLogger(
+    'info',
+    new Writable({
+      write(chunk, _enc, done) {
+        logs.push(JSON.parse(String(chunk)));
+        done();
+      },
+    }),
+  );
+
+async function startBot(overrides: Record<string, string> = {}): Promise<DiscordBot> {
+  config = loadConfig({
+    DISCORD_TOKEN: 'fake-token',
+    DISCORD_APPLICATION_ID: fake.applicationId,
+    DISCORD_API_URL: fake.apiUrl,
+    DISCORD_CDN_URL: fake.cdnUrl,
+    GILL_DATA_DIR: dataDir,
+    ...overrides,
+  });
+  bot = await startDiscord({ config, store, queue, logger: logger(), sweepIntervalMs: 200 });
+  return bot;
+}
+
+async function stopBot(): Promise<void> {
+  await bot?.stop();
+  bot = null;
+}
+
+/** Finished replies in a channel: bot messages that are not progress lines. */
+function replies(channelId: string) {
+  return fake
+    .botMessages(channelId)
+    .filter((m) => m.type === 0 && !/^(⏳|💭|🔎|🎨|📦) /.test(String(m.content)));
+}
+
+const content = (m: Record<string, unknown> | undefined) => String(m?.content ?? '');
+
+beforeAll(async () => {
+  dataDir = await mkdtemp(path.join(tmpdir(), 'gill-discord-'));
+  logs = [];
+  store = await connect({ DATABASE_URL: undefined, dataDir }, { logger: logger() });
+});
+
+afterAll(async () => {
+  await store?.close();
+  await rm(dataDir, { recursive: true, force: true });
+});
+
+beforeEach(async () => {
+  logs = [];
+  fake = await new FakeDiscord().start();
+  alice = fake.addUser('alice');
+  admin = fake.addUser('root', { admin: true });
+  queue = new MemoryJobQueue({ backoffMs: 50 });
+  engine = new EchoEngine(store);
+  worker = runJobs({ queue, store, engine, logger: logger() });
+  await startBot();
+});
+
+afterEach(async () => {
+  engine.release();
+  await stopBot();
+  await worker.close();
+  await queue.close();
+  await fake.close();
+});
+
+describe('Discord adapter against the fake Discord', () => {
+  it('connects through /gateway/bot, identifies once and heartbeats', async () => {
+    expect(fake.callsTo('GET', /^\/gateway\/bot$/)).toHaveLength(1);
+    expect(fake.identifies).toBe(1);
+    await fake.waitFor(() => fake.heartbeats > 0, 5000, 'a heartbeat');
+    // Commands are registered by `gill discord register`, never at start.
+    expect(fake.callsTo('PUT', /commands$/)).toHaveLength(0);
+  });
+
+  it('answers a mention in a new thread started from the message', async () => {
+    const message = fake.post({ author: alice, content: 'hello there', mentionBot: true });
+    const threadId = message.id as string;
+    const reply = await fake.waitFor(() => replies(threadId)[0], 10_000, 'a reply in the thread');
+    expect(
+      fake.callsTo('POST', new RegExp(`/channels/${fake.generalChannelId}/messages/${threadId}/threads$`)),
+    ).toHaveLength(1);
+    expect(content(reply)).toContain('echo: hello there | images: none');
+    // The progress message became the reply: one message from the bot in the thread, none in the channel.
+    expect(fake.botMessages(threadId).filter((m) => m.type === 0)).toHaveLength(1);
+    expect(fake.botMessages(fake.generalChannelId)).toHaveLength(0);
+    expect(content(reply)).not.toContain('<@');
+  });
+
+  it('continues the dialogue in the thread and reads images from anywhere in it', async () => {
+    const red = await png('#ff0000');
+    const blue = await png('#0000ff');
+    const first = fake.post({
+      author: alice,
+      content: 'look at this',
+      mentionBot: true,
+      attachments: [fake.addAttachment(red, 'red.png', 'image/png')],
+    });
+    const threadId = first.id as string;
+    await fake.waitFor(() => replies(threadId)[0], 10_000, 'the first reply');
+    fake.post({
+      channelId: threadId,
+      author: alice,
+      content: 'and this one: which is warmer?',
+      attachments: [fake.addAttachment(blue, 'blue.png', 'image/png')],
+    });
+    const second = await fake.waitFor(() => replies(threadId)[1], 10_000, 'the second reply');
+    expect(content(second)).toContain('echo: and this one: which is warmer?');
+    expect(content(second)).toContain(`images: ${sha256(red)},${sha256(blue)}`);
+    const chat = engine.payloads.filter((p) => p.kind === 'chat').at(-1);
+    expect(chat?.kind === 'chat' && chat.context.map((i) => `${i.role}:${i.type}`)).toEqual([
+      'user:text',
+      'user:image',
+      'assistant:text',
+      'user:text',
+      'user:image',
+    ]);
+  });
+
+  it('/imagine defers at once, shows throttled progress, then posts the image with buttons', async () => {
+    const { token } = fake.interact({
+      user: alice,
+      command: {
+        name: 'imagine',
+        options: [
+          { name: 'prompt', type: 3, value: 'a red square' },
+          { name: 'steps', type: 4, value: 12 },
+        ],
+      },
+    });
+    const done = await fake.waitFor(
+      () =>
+        (fake.original(token)?.attachments as unknown[] | undefined)?.length
+          ? fake.original(token)
+          : undefined,
+      15_000,
+      'the image',
+    );
+    const callback = fake.callsTo('POST', /^\/interactions\/\d+\/[^/]+\/callback$/);
+    expect(callback).toHaveLength(1);
+    expect(callback[0]!.body?.type).toBe(5);
+    expect(callback[0]!.status).toBe(204);
+    const edits = fake.callsTo(
+      'PATCH',
+      new RegExp(`/webhooks/${fake.applicationId}/${token}/messages/@original$`),
+    );
+    const progress = edits.filter((c) => /^(⏳|🎨) /.test(String(c.body?.content)));
+    expect(progress.some((c) => String(c.body?.content).startsWith('🎨 Drawing… step'))).toBe(true);
+    // 12 steps were reported; edits are throttled to one a second.
+    expect(progress.length).toBeLessThan(12);
+    for (let i = 1; i < progress.length; i++)
+      expect(progress[i]!.at - progress[i - 1]!.at).toBeGreaterThanOrEqual(950);
+    const final = edits.at(-1)!;
+    expect(final.files).toHaveLength(1);
+    expect(final.files[0]!.name).toBe('gill-generated-1.png');
+    expect((await sharp(final.files[0]!.data).metadata()).format).toBe('png');
+    expect(content(done)).toContain('Image 1: generated (seed 7)');
+    const jobId = String(JSON.stringify(done.components)).match(/gill:regenerate:([\w-]+)/)?.[1];
+    expect(jobId).toBeTruthy();
+  });
+
+  it('/find returns indexed community images with permalinks to their messages', async () => {
+    const { token: setup } = fake.interact({
+      user: admin,
+      command: {
+        name: 'gill',
+        options: [{ name: 'indexing', type: 1, options: [{ name: 'enabled', type: 5, value: true }] }],
+      },
+    });
+    await fake.waitFor(
+      () => content(fake.original(setup)).includes('Settings updated'),
+      10_000,
+      'indexing on',
+    );
+    const star = fake.post({
+      author: alice,
+      content: '',
+      attachments: [fake.addAttachment(await png('#ee1111'), 'red star.png', 'image/png')],
+    });
+    fake.post({
+      author: admin,
+      content: '',
+      attachments: [fake.addAttachment(await png('#1111ee'), 'blue circle.png', 'image/png')],
+    });
+    const community = await store.communities.ensure({ platform: 'discord', externalId: fake.guildId });
+    await fake.waitFor(
+      () => engine.payloads.filter((p) => p.kind === 'index').length === 2,
+      10_000,
+      'two index jobs',
+    );
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(await store.images.count(community.id)).toBe(2);
+
+    const { token } = fake.interact({
+      user: alice,
+      command: {
+        name: 'find',
+        options: [
+          { name: 'query', type: 3, value: 'red star' },
+          { name: 'k', type: 4, value: 1 },
+        ],
+      },
+    });
+    const done = await fake.waitFor(
+      () => (content(fake.original(token)).includes('retrieved') ? fake.original(token) : undefined),
+      10_000,
+      'the find reply',
+    );
+    const permalink = `https://discord.com/channels/${fake.guildId}/${fake.generalChannelId}/${star.id}`;
+    expect(content(done)).toContain(`[original message](<${permalink}>)`);
+    expect(done.attachments as unknown[]).toHaveLength(1);
+    expect(JSON.stringify(done.components)).toContain('gill:more:');
+  });
+
+  it('refuses an admin command from a non-admin and changes nothing', async () => {
+    const { token } = fake.interact({
+      user: alice,
+      command: {
+        name: 'gill',
+        options: [{ name: 'generation', type: 1, options: [{ name: 'enabled', type: 5, value: false }] }],
+      },
+    });
+    const answer = await fake.waitFor(
+      () => (content(fake.original(token)) ? fake.original(token) : undefined),
+      10_000,
+      'the refusal',
+    );
+    expect(content(answer)).toContain('Only admins');
+    expect(Number(answer.flags) & 64).toBe(64);
+    const community = await store.communities.ensure({ platform: 'discord', externalId: fake.guildId });
+    expect((await store.communities.getConfig(community.id)).generationEnabled).toBe(true);
+
+    const { token: adminToken } = fake.interact({
+      user: admin,
+      command: {
+        name: 'gill',
+        options: [{ name: 'bias', type: 1, options: [{ name: 'value', type: 10, value: 2.5 }] }],
+      },
+    });
+    await fake.waitFor(
+      () => content(fake.original(adminToken)).includes('Settings updated'),
+      10_000,
+      'the change',
+    );
+    expect((await store.communities.getConfig(community.id)).retrieveBias).toBe(2.5);
+  });
+
+  it('answers a duplicate event once, also when it arrives after a restart', async () => {
+    const message = fake.post({ author: alice, content: 'only once please', mentionBot: true });
+    const threadId = message.id as string;
+    await fake.waitFor(() => replies(threadId)[0], 10_000, 'the reply');
+    fake.redeliver(message);
+    await stopBot();
+    await startBot();
+    fake.redeliver(message);
+    await fake.waitFor(
+      () => fake.callsTo('POST', /\/threads$/).filter((c) => c.status === 400).length === 1,
+      10_000,
+      'the second thread attempt',
+    );
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    expect(replies(threadId)).toHaveLength(1);
+    expect(engine.payloads.filter((p) => p.kind === 'chat')).toHaveLength(1);
+  });
+
+  it('ends in exactly one reply when the bot restarts mid-job', async () => {
+    engine.hold();
+    const message = fake.post({ author: alice, content: 'survive a restart', mentionBot: true });
+    const threadId = message.id as string;
+    await fake.waitFor(
+      () => engine.started === 1 && fake.botMessages(threadId).some((m) => content(m).startsWith('⏳')),
+      10_000,
+      'the job to start',
+    );
+    await stopBot();
+    engine.release();
+    const jobs = () => store.jobs.listUndelivered('discord', 10);
+    await fake.waitFor(() => engine.payloads.length === 1, 5000);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect((await jobs()).map((j) => j.status)).toEqual(['completed']);
+    expect(replies(threadId)).toHaveLength(0);
+    await startBot();
+    const reply = await fake.waitFor(() => replies(threadId)[0], 10_000, 'the reply after the restart');
+    expect(content(reply)).toContain('echo: survive a restart');
+    await new Promise((resolve) => setTimeout(resolve, 600));
+    expect(fake.botMessages(threadId).filter((m) => m.type === 0)).toHaveLength(1);
+    expect(await jobs()).toHaveLength(0);
+  });
+
+  it('retries a 429 after Retry-After', async () => {
+    fake.rateLimitNext('POST', /^\/channels\/\d+\/messages$/, 1);
+    const message = fake.post({ author: alice, content: 'rate limits', mentionBot: true });
+    const threadId = message.id as string;
+    await fake.waitFor(() => replies(threadId)[0], 15_000, 'the reply');
+    const posts = fake.callsTo('POST', new RegExp(`^/channels/${threadId}/messages$`));
+    expect(posts.map((c) => c.status)).toEqual([429, 200]);
+    expect(posts[1]!.at - posts[0]!.at).toBeGreaterThanOrEqual(950);
+    expect(logs.some((l) => l.msg === 'rate limited by Discord; waiting')).toBe(true);
+  });
+});
+
+describe('Discord adapter: bad input gets a clear message and nothing is lost or duplicated', () => {
+  async function mentionWith(attachments: Record<string, unknown>[], text = 'what is this?') {
+    const message = fake.post({ author: alice, content: text, mentionBot: true, attachments });
+    const reply = await fake.waitFor(() => replies(message.id as string)[0], 10_000, 'the reply');
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(replies(message.id as string)).toHaveLength(1);
+    return content(reply);
+  }
+
+  it('says which attachment was not an image, too large, corrupt or from a foreign host, and still answers', async () => {
+    const good = await png('#00ff00');
+    const truncated = good.subarray(0, Math.floor(good.length / 2));
+    const foreign = {
+      ...fake.addAttachment(good, 'elsewhere.png', 'image/png'),
+      url: `${fake.apiUrl}/v10/gateway/bot`,
+    };
+    const metadata = {
+      ...fake.addAttachment(good, 'meta.png', 'image/png'),
+      url: 'http://169.254.169.254/latest/meta-data/x.png',
+    };
+    const big = fake.addAttachment(Buffer.alloc(11 * 1024 * 1024, 1), 'huge.png', 'image/png');
+    const text = await mentionWith([
+      fake.addAttachment(Buffer.from('just some notes'), 'notes.txt', 'text/plain'),
+      fake.addAttachment(Buffer.from('not a png at all'), 'fake.png', 'image/png'),
+      fake.addAttachment(truncated, 'broken.png', 'image/png'),
+      foreign,
+      metadata,
+      big,
+      fake.addAttachment(good, 'fine.png', 'image/png'),
+    ]);
+    expect(text).toContain('"notes.txt" is not an image');
+    expect(text).toContain('"fake.png" is not an image');
+    expect(text).toContain('"broken.png" looks like a png image but is damaged or truncated');
+    expect(text).toContain(
+      `"elsewhere.png": images are only taken from this platform's own file hosts, not from 127.0.0.1:`,
+    );
+    expect(text).toContain('"meta.png": images are only taken');
+    expect(text).toContain('"huge.png" is 11 MiB');
+    expect(text).toContain(`images: ${sha256(good)}`);
+    expect(logs.filter((l) => l.msg === 'attachment refused').length).toBe(6);
+  });
+
+  it('refuses a prompt over the limit and an unknown subcommand, starting no job', async () => {
+    const { token } = fake.interact({
+      user: alice,
+      command: { name: 'imagine', options: [{ name: 'prompt', type: 3, value: 'x'.repeat(4001) }] },
+    });
+    await fake.waitFor(
+      () => content(fake.original(token)).includes('over 4000 characters'),
+      10_000,
+      'the refusal',
+    );
+    const { token: unknown } = fake.interact({
+      user: admin,
+      command: { name: 'gill', options: [{ name: 'teleport', type: 1, options: [] }] },
+    });
+    const answer = await fake.waitFor(
+      () =>
+        content(fake.original(unknown)).includes('Unknown subcommand') ? fake.original(unknown) : undefined,
+      10_000,
+      'the help',
+    );
+    expect(content(answer)).toContain('indexing');
+    expect(engine.payloads).toHaveLength(0);
+    expect(await store.jobs.listUnfinished(10)).toHaveLength(0);
+  });
+
+  it('answers in the channel, and logs why, when it may not start threads', async () => {
+    fake.failNext('POST', /\/threads$/, 403, 50013, 'Missing Permissions');
+    const message = fake.post({ author: alice, content: 'no threads here', mentionBot: true });
+    const reply = await fake.waitFor(
+      () => replies(fake.generalChannelId)[0],
+      10_000,
+      'a reply in the channel',
+    );
+    expect(content(reply)).toContain('echo: no threads here');
+    expect((reply.message_reference as { message_id: string }).message_id).toBe(message.id);
+    const warning = logs.find((l) => l.msg === 'cannot start a thread; answering in the channel');
+    expect(String(warning?.problem)).toContain('Create Public Threads');
+  });
+
+  it('falls back to the channel endpoints when the interaction token has expired', async () => {
+    engine.hold();
+    const { token } = fake.interact({
+      user: alice,
+      command: {
+        name: 'imagine',
+        options: [
+          { name: 'prompt', type: 3, value: 'slow one' },
+          { name: 'steps', type: 4, value: 1 },
+        ],
+      },
+    });
+    await fake.waitFor(() => content(fake.original(token)).startsWith('⏳'), 10_000, 'the queued message');
+    fake.expireInteraction(token);
+    engine.release();
+    const reply = await fake.waitFor(
+      () => replies(fake.generalChannelId).find((m) => content(m).includes('generated')),
+      10_000,
+      'the late reply',
+    );
+    expect(content(reply)).toContain(`<@${alice.id}>`);
+    expect((reply.attachments as unknown[]).length).toBe(1);
+    await fake.waitFor(
+      () => content(fake.original(token)).includes('Finished'),
+      5000,
+      'the old response tidied',
+    );
+  });
+});
+
+describe('Discord adapter: buttons, deletions and the Message Content intent', () => {
+  it('a button works after a restart and starts a new job from the original', async () => {
+    const { token } = fake.interact({
+      user: alice,
+      command: {
+        name: 'imagine',
+        options: [
+          { name: 'prompt', type: 3, value: 'a cat' },
+          { name: 'steps', type: 4, value: 1 },
+        ],
+      },
+    });
+    const first = await fake.waitFor(
+      () => (content(fake.original(token)).includes('generated') ? fake.original(token) : undefined),
+      10_000,
+    );
+    await stopBot();
+    await startBot();
+    const jobId = String(JSON.stringify(first.components)).match(/gill:regenerate:([\w-]+)/)![1]!;
+    const { token: click } = fake.interact({
+      user: alice,
+      customId: `gill:regenerate:${jobId}`,
+      messageId: first.id as string,
+    });
+    await fake.waitFor(
+      () => content(fake.original(click)).includes('generated'),
+      10_000,
+      'the regenerated image',
+    );
+    const imagines = engine.payloads.filter((p) => p.kind === 'imagine');
+    expect(imagines).toHaveLength(2);
+    expect(imagines[1]!.kind === 'imagine' && imagines[1]!.prompt).toBe('a cat');
+  });
+
+  it('removes a deleted message’s images from the index', async () => {
+    const community = await store.communities.ensure({ platform: 'discord', externalId: fake.guildId });
+    await store.communities.updateConfig(community.id, { indexedChannels: [fake.generalChannelId] });
+    const before = await store.images.count(community.id);
+    const posted = fake.post({
+      author: alice,
+      content: '',
+      attachments: [fake.addAttachment(await png('#123456'), 'pic.png', 'image/png')],
+    });
+    await fake.waitFor(() => engine.payloads.some((p) => p.kind === 'index'), 10_000, 'indexing');
+    expect(await store.images.count(community.id)).toBe(before + 1);
+    fake.deleteMessage(fake.generalChannelId, posted.id as string);
+    await fake.waitFor(
+      () => logs.some((l) => l.msg === 'deleted message removed from the index'),
+      10_000,
+      'the removal',
+    );
+    expect(await store.images.count(community.id)).toBe(before);
+  });
+
+  it('without the Message Content intent, works on mentions and skips unmentioned follow-ups', async () => {
+    await stopBot();
+    await startBot({ DISCORD_MESSAGE_CONTENT: 'false' });
+    expect(fake.intents & (1 << 15)).toBe(0);
+    const message = fake.post({ author: alice, content: 'hi without intent', mentionBot: true });
+    const threadId = message.id as string;
+    await fake.waitFor(() => replies(threadId)[0], 10_000, 'the reply');
+    fake.post({ channelId: threadId, author: alice, content: 'unmentioned follow-up' });
+    fake.post({ channelId: threadId, author: alice, content: 'mentioned follow-up', mentionBot: true });
+    const second = await fake.waitFor(() => replies(threadId)[1], 10_000, 'the second reply');
+    expect(content(second)).toContain('echo: mentioned follow-up');
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(replies(threadId)).toHaveLength(2);
+  });
+});
