@@ -1,0 +1,51 @@
+import { type Config, ConfigError } from '../config.ts';
+import { openBullJobQueue } from '../engine/queue/bullmq.ts';
+import { openWhenAvailable, redactRedisUrl } from '../engine/queue/redis.ts';
+import { createLogger } from '../log.ts';
+import { connectWithRetry, describeDatabase } from '../store/index.ts';
+import { discordConfigured, slackConfigured, startAdapters, stopAdapters, untilSignal } from './adapters.ts';
+
+/**
+ * `gill bot`: the platform adapters only. Jobs go to Redis for `gill worker` processes; replies are
+ * delivered from the shared Postgres jobs table, so several bot processes never double-post.
+ */
+export async function runBot(config: Config): Promise<void> {
+  const problems: string[] = [];
+  if (!config.REDIS_URL)
+    problems.push('REDIS_URL: required by `gill bot` (the queue its workers take jobs from)');
+  if (!config.DATABASE_URL) {
+    problems.push(
+      'DATABASE_URL: required by `gill bot` (the Postgres database it shares with `gill worker`)',
+    );
+  }
+  if (!discordConfigured(config) && !slackConfigured(config)) {
+    problems.push(
+      'DISCORD_TOKEN or SLACK_BOT_TOKEN: `gill bot` needs at least one platform (see README, "Adding Discord and Slack")',
+    );
+  }
+  if (problems.length || !config.REDIS_URL) throw new ConfigError(problems);
+  const redisUrl = config.REDIS_URL;
+  const logger = createLogger(config.GILL_LOG_LEVEL).child({ role: 'bot' });
+  const store = await connectWithRetry(config, logger);
+  try {
+    const queue = await openWhenAvailable(() => openBullJobQueue({ redisUrl, logger }), logger);
+    try {
+      const adapters = await startAdapters({ config, store, queue, logger, playground: false });
+      logger.info(
+        {
+          database: describeDatabase(config),
+          redis: redactRedisUrl(redisUrl),
+          adapters: adapters.map((a) => a.name),
+        },
+        'bot is running',
+      );
+      const signal = await untilSignal();
+      logger.info({ signal }, 'shutting down');
+      await stopAdapters(adapters, logger);
+    } finally {
+      await queue.close();
+    }
+  } finally {
+    await store.close();
+  }
+}
