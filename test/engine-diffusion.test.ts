@@ -145,6 +145,12 @@ describe('samplers with a perfect noise oracle recover x0', () => {
     }
   });
 
+  it('DDIM with clip_sample lands on the clipped clean sample', () => {
+    const { sample } = run('ddim', SD, 10, x0, { clipSample: true });
+    for (let i = 0; i < x0.length; i++) expect(sample[i]).toBeCloseTo(Math.max(-1, Math.min(1, x0[i]!)), 3);
+    expect(x0.some((v) => Math.abs(v) > 1.2)).toBe(true);
+  });
+
   it('refuses a step beyond the schedule', () => {
     const { sampler, sample } = run('ddim', SD, 3, x0);
     expect(() => sampler.step(sample, sample)).toThrow(/more times than there are timesteps/);

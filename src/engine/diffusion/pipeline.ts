@@ -137,7 +137,8 @@ export async function generate(options: GenerateOptions): Promise<GeneratedImage
   }
   signal?.throwIfAborted();
   const state = stateOf(bundle);
-  const sampler = createSampler(schedulerName, d.scheduler, steps, n, {}, state.alphas);
+  // The manifest's optional diffusers settings (timestep spacing, offset, final alpha, clipping) apply to either sampler.
+  const sampler = createSampler(schedulerName, d.scheduler, steps, n, d.scheduler, state.alphas);
 
   // diffusers enables guidance only above 1; at 1 or below the conditional branch alone is the answer.
   const guided = guidance > 1;

@@ -26,6 +26,8 @@ export interface SamplerOptions {
   stepsOffset?: number;
   /** DDIM: the "previous" alpha of the last step is 1 (true) or alphas_cumprod[0] (false). Default true. */
   setAlphaToOne?: boolean;
+  /** DDIM: clamp the clean-sample estimate to [-1, 1] (diffusers' clip_sample; pixel-space models). Default false. */
+  clipSample?: boolean;
   /** DPM-Solver++: the final sigma is 0 (fully denoised) or the smallest training sigma. Default 'zero'. */
   finalSigmas?: 'zero' | 'sigma_min';
 }
@@ -172,6 +174,7 @@ class DdimSampler implements Sampler {
   private index = 0;
   private readonly stride: number;
   private readonly finalAlpha: number;
+  private readonly clip: boolean;
 
   constructor(
     private readonly cfg: NoiseScheduleConfig,
@@ -188,6 +191,7 @@ class DdimSampler implements Sampler {
     );
     this.stride = Math.floor(cfg.numTrainTimesteps / steps);
     this.finalAlpha = (options.setAlphaToOne ?? true) ? 1 : alphas[0]!;
+    this.clip = options.clipSample ?? false;
     this.denoised = new Float32Array(size);
   }
 
@@ -208,7 +212,9 @@ class DdimSampler implements Sampler {
     for (let i = 0; i < sample.length; i++) {
       const x = sample[i]!;
       const m = modelOutput[i]!;
-      const clean = xa * x + xb * m;
+      let clean = xa * x + xb * m;
+      // Clipping changes the clean estimate only; the noise estimate stays the model's (diffusers' default).
+      if (this.clip) clean = clean < -1 ? -1 : clean > 1 ? 1 : clean;
       x0[i] = clean;
       sample[i] = keep * clean + noise * (ea * x + eb * m);
     }

@@ -1,0 +1,195 @@
+/**
+ * Engine benchmark: latency of `imagine` (and of a chat turn and `find` through the Engine), the PyTorch
+ * reference pipeline from models/training timed side by side with the same weights and thread count, and
+ * the UNet loop's achieved GFLOP/s against a measured matrix-multiply ceiling (an ONNX Runtime MatMul on
+ * the same threads). Ends with one line of JSON.
+ *
+ *   npm run bench:engine -- [--bundle models/gill-tiny] [--work models/training/runs/full] [--threads 2]
+ *                           [--iters 20] [--warmup 3] [--no-reference]
+ */
+import { execFile } from 'node:child_process';
+import path from 'node:path';
+import { promisify, parseArgs } from 'node:util';
+import * as ort from 'onnxruntime-node';
+import { type Bundle, loadBundle } from '../src/engine/bundle.ts';
+import { encodePrompt, generate } from '../src/engine/diffusion/pipeline.ts';
+
+const run = promisify(execFile);
+const PYTHON = '/usr/bin/python3';
+
+const { values: args } = parseArgs({
+  options: {
+    bundle: { type: 'string', default: 'models/gill-tiny' },
+    /** The training run whose checkpoints the bundle was exported from (the reference's weights). */
+    work: { type: 'string', default: 'models/training/runs/full' },
+    threads: { type: 'string', default: '2' },
+    iters: { type: 'string', default: '20' },
+    warmup: { type: 'string', default: '3' },
+    'no-reference': { type: 'boolean', default: false },
+  },
+});
+const bundleDir = path.resolve(args.bundle);
+const threads = Number(args.threads);
+const iters = Number(args.iters);
+const warmup = Number(args.warmup);
+
+const PROMPTS = ['a red circle', 'a big blue star on the left', 'a small green square above a yellow triangle', 'a purple heart'];
+
+function percentile(values: number[], p: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const rank = (p / 100) * (sorted.length - 1);
+  const lo = Math.floor(rank);
+  const hi = Math.ceil(rank);
+  return sorted[lo]! + (sorted[hi]! - sorted[lo]!) * (rank - lo);
+}
+
+const round = (x: number, digits = 1) => Math.round(x * 10 ** digits) / 10 ** digits;
+const stats = (ms: number[]) => ({ p50: round(percentile(ms, 50)), p95: round(percentile(ms, 95)), n: ms.length });
+
+async function timeImagine(bundle: Bundle) {
+  const total: number[] = [];
+  const denoise: number[] = [];
+  for (let i = 0; i < warmup + iters; i++) {
+    const prompt = PROMPTS[i % PROMPTS.length]!;
+    const started = performance.now();
+    const conditioning = await encodePrompt(bundle, prompt);
+    const image = await generate({ bundle, conditioning, seed: i });
+    const elapsed = performance.now() - started;
+    if (i >= warmup) {
+      total.push(elapsed);
+      denoise.push(image.timings.denoiseMs);
+    }
+  }
+  return { total, denoise };
+}
+
+// ---- matrix-multiply ceiling: a one-node ONNX MatMul graph, encoded here as protobuf bytes ----
+
+function varint(n: number): number[] {
+  const out: number[] = [];
+  while (n > 127) {
+    out.push((n & 127) | 128);
+    n = Math.floor(n / 128);
+  }
+  out.push(n);
+  return out;
+}
+const field = (num: number, bytes: number[]) => [...varint((num << 3) | 2), ...varint(bytes.length), ...bytes];
+const intField = (num: number, value: number) => [...varint(num << 3), ...varint(value)];
+const str = (num: number, s: string) => field(num, [...Buffer.from(s)]);
+
+/** ModelProto { ir_version 7, opset 13, graph { C = MatMul(A [m,k], B [k,n]) } }. */
+function matmulModel(m: number, k: number, n: number): Uint8Array {
+  const tensorType = (dims: number[]) =>
+    field(1, [...intField(1, 1 /* FLOAT */), ...field(2, dims.flatMap((d) => field(1, intField(1, d))))]);
+  const valueInfo = (name: string, dims: number[]) => [...str(1, name), ...field(2, tensorType(dims))];
+  const node = [...str(1, 'A'), ...str(1, 'B'), ...str(2, 'C'), ...str(4, 'MatMul')];
+  const graph = [
+    ...field(1, node),
+    ...str(2, 'matmul'),
+    ...field(11, valueInfo('A', [m, k])),
+    ...field(11, valueInfo('B', [k, n])),
+    ...field(12, valueInfo('C', [m, n])),
+  ];
+  return Uint8Array.from([...intField(1, 7), ...field(7, graph), ...field(8, [...str(1, ''), ...intField(2, 13)])]);
+}
+
+async function matmulCeiling(): Promise<{ gflops: number; size: number }> {
+  const size = 1024;
+  const session = await ort.InferenceSession.create(matmulModel(size, size, size), {
+    intraOpNumThreads: threads,
+    interOpNumThreads: 1,
+  });
+  const a = new ort.Tensor('float32', Float32Array.from({ length: size * size }, (_, i) => (i % 7) - 3), [size, size]);
+  const b = new ort.Tensor('float32', Float32Array.from({ length: size * size }, (_, i) => (i % 5) - 2), [size, size]);
+  const times: number[] = [];
+  for (let i = 0; i < 12; i++) {
+    const started = performance.now();
+    await session.run({ A: a, B: b });
+    if (i >= 2) times.push(performance.now() - started);
+  }
+  await session.release();
+  // The best run: the ceiling is what the hardware reaches, not what a busy machine happened to allow.
+  return { gflops: round((2 * size ** 3) / (Math.min(...times) * 1e6)), size };
+}
+
+// ---- the PyTorch reference (models/training/bench_reference.py) ----
+
+interface ReferenceResult {
+  torch: string;
+  threads: number;
+  imagine_ms: number[];
+  denoise_ms: number[];
+  unet_gflop_per_call: number;
+  error?: string;
+}
+
+async function reference(bundle: Bundle): Promise<ReferenceResult | { error: string }> {
+  const d = bundle.manifest.defaults;
+  const script = path.resolve('models/training/bench_reference.py');
+  try {
+    const { stdout } = await run(
+      PYTHON,
+      [script, '--bundle', bundleDir, '--work', path.resolve(args.work), '--threads', String(threads), '--iters', String(iters), '--warmup', String(warmup),
+        '--steps', String(d.steps), '--guidance', String(d.guidance), ...PROMPTS.flatMap((p) => ['--prompt', p])],
+      {
+        maxBuffer: 1 << 24,
+        env: { ...process.env, OMP_NUM_THREADS: String(threads), OPENBLAS_NUM_THREADS: String(threads), MKL_NUM_THREADS: String(threads) },
+      },
+    );
+    const last = stdout.trim().split('\n').at(-1) ?? '';
+    return JSON.parse(last) as ReferenceResult;
+  } catch (error) {
+    const e = error as { stderr?: string; message: string };
+    return { error: (e.stderr?.trim().split('\n').at(-1) ?? e.message).slice(0, 500) };
+  }
+}
+
+async function main(): Promise<void> {
+  console.log(`engine benchmark: bundle ${bundleDir}, ${threads} thread(s), ${iters} timed runs after ${warmup} warm-up`);
+  const bundle = await loadBundle(bundleDir, { threads });
+  const d = bundle.manifest.defaults;
+
+  const imagine = await timeImagine(bundle);
+  const imagineStats = stats(imagine.total);
+  console.log(`imagine (${d.steps} ${d.scheduler} steps, guidance ${d.guidance}, PNG): p50 ${imagineStats.p50} ms, p95 ${imagineStats.p95} ms`);
+
+  const ceiling = await matmulCeiling();
+  console.log(`matrix-multiply ceiling (ONNX Runtime MatMul ${ceiling.size}³, ${threads} thread(s)): ${ceiling.gflops} GFLOP/s`);
+
+  const ref = args['no-reference'] ? { error: 'skipped (--no-reference)' } : await reference(bundle);
+  let unetGflops: number | null = null;
+  let ratio: number | null = null;
+  let refStats: ReturnType<typeof stats> | null = null;
+  if ('imagine_ms' in ref) {
+    refStats = stats(ref.imagine_ms);
+    ratio = round(refStats.p50 / imagineStats.p50, 2);
+    // Guidance batches two samples per UNet call, one call per step.
+    const flopPerLoop = ref.unet_gflop_per_call * d.steps;
+    unetGflops = round(flopPerLoop / (percentile(imagine.denoise, 50) / 1000));
+    const refGflops = round(flopPerLoop / (percentile(ref.denoise_ms, 50) / 1000));
+    console.log(`PyTorch ${ref.torch} reference imagine: p50 ${refStats.p50} ms, p95 ${refStats.p95} ms → engine is ${ratio}× faster`);
+    console.log(
+      `UNet loop: ${round(ref.unet_gflop_per_call, 3)} GFLOP per call × ${d.steps} steps; engine ${unetGflops} GFLOP/s, PyTorch ${refGflops} GFLOP/s, ceiling ${ceiling.gflops} GFLOP/s (engine at ${round((100 * unetGflops) / ceiling.gflops)}%)`,
+    );
+  } else {
+    console.log(`PyTorch reference: not measured (${ref.error})`);
+  }
+  await bundle.close();
+
+  console.log(
+    JSON.stringify({
+      bench: 'engine',
+      bundle: bundle.manifest.name,
+      threads,
+      imagine: { ...imagineStats, steps: d.steps, scheduler: d.scheduler, guidance: d.guidance },
+      imagineDenoise: stats(imagine.denoise),
+      reference: refStats ? { imagine: refStats } : { error: (ref as { error: string }).error },
+      speedupVsReference: ratio,
+      unetGflops,
+      matmulCeilingGflops: ceiling.gflops,
+    }),
+  );
+}
+
+await main();

@@ -1,0 +1,102 @@
+"""Times the PyTorch reference text-to-image pipeline of models/training for bench/engine.ts: text tower on the
+prompt -> DDIM with classifier-free guidance (`gill_tiny.diffusion.ddim_sample`) -> VAE decode -> PNG, the same
+work the engine's `imagine` does (the "" embedding is computed once, as the engine caches it). Also counts the
+UNet's multiply-add FLOPs per call with the PyTorch profiler. Prints one JSON line.
+
+Usage: /usr/bin/python3 models/training/bench_reference.py --bundle models/gill-tiny --work models/training/runs/full
+       --threads 2 --steps 25 --guidance 5 --iters 20 --warmup 3 [--prompt TEXT ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gill_tiny.diffusion import ddim_sample  # noqa: E402
+from gill_tiny.presets import Preset  # noqa: E402
+from gill_tiny.stages import Context  # noqa: E402
+
+# The matrix-multiply and convolution kernels: what the GFLOP/s figure is about (elementwise ops are left out).
+FLOP_OPS = {"aten::conv2d", "aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear"}
+
+
+def load_models(work: Path, bundle: Path):
+    """The trained backbones from the training run's stage checkpoints (the weights the bundle was exported from)."""
+    unet_ckpt = work / "unet.pt"
+    if not unet_ckpt.is_file():
+        raise SystemExit(f"bench_reference: no trained UNet at {unet_ckpt} (run models/training/train.py first)")
+    preset = torch.load(unet_ckpt, map_location="cpu")["preset"]
+    ctx = Context(Preset(**preset), torch.device("cpu"), work, bundle, Path("."))
+    return ctx.tokenizer(), ctx.clip(), ctx.unet(), ctx.vae()
+
+
+def unet_gflop_per_call(unet: UNet, batch: int, channels: int, size: int, length: int, dim: int) -> float:
+    sample = torch.randn(batch, channels, size, size)
+    t = torch.full((batch,), 500.0)
+    cond = torch.randn(batch, length, dim)
+    with torch.no_grad(), torch.profiler.profile(with_flops=True) as prof:
+        unet(sample, t, cond)
+    # Only top-level kernels carry flops in the profiler, so no op is counted twice.
+    return sum(e.flops for e in prof.key_averages() if e.key in FLOP_OPS and e.flops) / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bundle", type=Path, required=True)
+    ap.add_argument("--work", type=Path, required=True, help="the training run's checkpoint folder")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--guidance", type=float, default=5.0)
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--prompt", action="append", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.set_num_interop_threads(1)
+    prompts = args.prompt or ["a red circle"]
+
+    manifest = json.loads((args.bundle / "manifest.json").read_text())
+    d = manifest["diffusion"]
+    L, C, h, scaling = d["textMaxLength"], d["latentChannels"], d["latentSize"], d["vaeScalingFactor"]
+    tok, clip, unet, vae = load_models(args.work, args.bundle)
+
+    def encode(text: str) -> torch.Tensor:
+        return clip.encode_text_states(torch.tensor([tok.encode_text_condition(text, L)]))
+
+    total_ms: list[float] = []
+    denoise_ms: list[float] = []
+    with torch.no_grad():
+        uncond = encode("")
+        for i in range(args.warmup + args.iters):
+            started = time.perf_counter()
+            cond = encode(prompts[i % len(prompts)])
+            noise = torch.randn(1, C, h, h, generator=torch.Generator().manual_seed(i))
+            loop = time.perf_counter()
+            latent = ddim_sample(unet, cond, uncond, noise, steps=args.steps, guidance=args.guidance)
+            loop_ms = (time.perf_counter() - loop) * 1000
+            image = vae.decode(latent / scaling)[0]
+            rgb = ((image / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+            Image.fromarray(rgb).save(io.BytesIO(), format="PNG")
+            if i >= args.warmup:
+                total_ms.append((time.perf_counter() - started) * 1000)
+                denoise_ms.append(loop_ms)
+
+    batch = 2 if args.guidance != 1 else 1
+    gflop = unet_gflop_per_call(unet, batch, C, h, L, d["conditioningDim"])
+    print(json.dumps({
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "imagine_ms": total_ms, "denoise_ms": denoise_ms,
+        "unet_gflop_per_call": gflop,
+    }))
+
+
+if __name__ == "__main__":
+    main()
