@@ -1,29 +1,15 @@
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadConfig } from '../src/config.ts';
 import type { JobContext } from '../src/engine/engine.ts';
 import type { GillEngine } from '../src/engine/gill-engine.ts';
 import { createEngine } from '../src/engine/index.ts';
 import { type JobProgress, type JobResult, parsePayload, UserInputError } from '../src/engine/jobs.ts';
 import { createLogger } from '../src/log.ts';
-import { connect } from '../src/store/index.ts';
 import type { Store } from '../src/store/types.ts';
+import { openEngineStore } from './support/engine-store.ts';
 import { makeRandomBundle, torchAvailable } from './support/random-bundle.ts';
-import { createTempDatabase, IN_CI, probePostgres } from './support/services.ts';
 
 const torchUp = await torchAvailable();
-// Postgres when it runs here (fast to create); otherwise the embedded PGlite, which is the same store.
-const postgresUp = await probePostgres().then(
-  () => true,
-  (error) => {
-    if (IN_CI) throw error;
-    return false;
-  },
-);
-
 function context(): JobContext & { events: JobProgress[] } {
   const events: JobProgress[] = [];
   return { events, progress: (p) => events.push(p), signal: new AbortController().signal };
@@ -36,8 +22,7 @@ const solid = (colour: string, size = 24) =>
 
 describe.skipIf(!torchUp)('GillEngine on a random bundle and a real store', () => {
   let bundleDir: { dir: string; remove(): Promise<void> };
-  let dataDir: string;
-  let database: { url: string; drop(): Promise<void> } | undefined;
+  let opened: Awaited<ReturnType<typeof openEngineStore>>;
   let store: Store;
   let engine: GillEngine;
   const here = { platform: 'cli' as const, externalId: 'engine-test' };
@@ -63,16 +48,9 @@ describe.skipIf(!torchUp)('GillEngine on a random bundle and a real store', () =
 
   beforeAll(async () => {
     bundleDir = await makeRandomBundle(4);
-    dataDir = await mkdtemp(path.join(tmpdir(), 'gill-engine-data-'));
-    if (postgresUp) database = await createTempDatabase('engine_test');
-    const config = loadConfig({
-      GILL_MODEL: bundleDir.dir,
-      GILL_DATA_DIR: dataDir,
-      GILL_THREADS: '1',
-      ...(database ? { DATABASE_URL: database.url } : {}),
-    });
-    store = await connect(config);
-    engine = await createEngine(config, store, createLogger('silent'));
+    opened = await openEngineStore(bundleDir.dir);
+    store = opened.store;
+    engine = await createEngine(opened.config, store, createLogger('silent'));
     const colours = {
       red: '#f00',
       green: '#0f0',
@@ -90,10 +68,8 @@ describe.skipIf(!torchUp)('GillEngine on a random bundle and a real store', () =
   });
   afterAll(async () => {
     await engine?.close();
-    await store?.close();
-    await database?.drop();
+    await opened?.close();
     await bundleDir?.remove();
-    if (dataDir) await rm(dataDir, { recursive: true, force: true });
   });
 
   it('find returns exactly k images of the community, best first, with their source', async () => {

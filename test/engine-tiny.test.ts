@@ -1,0 +1,190 @@
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import sharp from 'sharp';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { JobContext } from '../src/engine/engine.ts';
+import type { GillEngine } from '../src/engine/gill-engine.ts';
+import { createEngine } from '../src/engine/index.ts';
+import { type CommunityRef, parsePayload } from '../src/engine/jobs.ts';
+import { createLogger } from '../src/log.ts';
+import type { Store } from '../src/store/types.ts';
+import { openEngineStore } from './support/engine-store.ts';
+
+/**
+ * End to end on the trained tiny bundle (models/gill-tiny): what comes out must make sense. The bundle is
+ * trained on a world of coloured shapes and on named emoji (models/training), so a colour asked for must
+ * dominate the generated image, a colour stated earlier in the conversation must show up, and a named emoji
+ * must be found in the indexed gallery.
+ */
+
+const BUNDLE = path.resolve('models/gill-tiny');
+const TRAINED = existsSync(path.join(BUNDLE, 'fixtures'));
+if (!TRAINED)
+  console.warn(
+    '\n*** SKIPPING tiny-bundle end-to-end tests: models/gill-tiny has no trained weights (fixtures/) yet ***\n',
+  );
+
+/** The shapes world's palette (models/training/gill_tiny/data.py). */
+const PALETTE: Record<string, [number, number, number]> = {
+  red: [220, 35, 35],
+  orange: [245, 140, 20],
+  yellow: [240, 215, 30],
+  green: [40, 165, 60],
+  blue: [40, 85, 225],
+  purple: [135, 55, 190],
+  pink: [245, 125, 200],
+  black: [30, 30, 30],
+};
+
+/** Share of each palette colour among the pixels that are not background (white). */
+async function colourShares(png: Uint8Array): Promise<Record<string, number>> {
+  const { data, info } = await sharp(png).removeAlpha().raw().toBuffer({ resolveWithObject: true });
+  const counts: Record<string, number> = {};
+  let total = 0;
+  for (let i = 0; i < info.width * info.height; i++) {
+    const px = [data[i * 3]!, data[i * 3 + 1]!, data[i * 3 + 2]!];
+    if (px.every((v) => v > 215)) continue;
+    let best = '';
+    let bestDistance = Number.POSITIVE_INFINITY;
+    for (const [name, rgb] of Object.entries(PALETTE)) {
+      const d = (px[0]! - rgb[0]) ** 2 + (px[1]! - rgb[1]) ** 2 + (px[2]! - rgb[2]) ** 2;
+      if (d < bestDistance) {
+        bestDistance = d;
+        best = name;
+      }
+    }
+    counts[best] = (counts[best] ?? 0) + 1;
+    total++;
+  }
+  return Object.fromEntries(Object.entries(counts).map(([k, v]) => [k, v / Math.max(total, 1)]));
+}
+
+function dominant(shares: Record<string, number>): string {
+  return Object.entries(shares).sort((a, b) => b[1] - a[1])[0]?.[0] ?? 'none';
+}
+
+/** The training split of an emoji name (models/training/gill_tiny/data.py split_of). */
+function splitOf(key: string): 'train' | 'val' | 'test' {
+  const u = Number.parseInt(createHash('sha256').update(key).digest('hex').slice(0, 8), 16) / 0x100000000;
+  return u < 0.1 ? 'test' : u < 0.2 ? 'val' : 'train';
+}
+
+interface EmojiEntry {
+  name?: string;
+  image: string;
+  category: string;
+  sort_order: number;
+  has_img_google: boolean;
+}
+
+async function emojiGallery(limit: number): Promise<{ name: string; file: string }[]> {
+  const dir = path.resolve('node_modules/emoji-datasource-google');
+  const entries = JSON.parse(await readFile(path.join(dir, 'emoji.json'), 'utf8')) as EmojiEntry[];
+  const seen = new Set<string>();
+  return entries
+    .filter((e) => e.has_img_google && e.category !== 'Flags' && e.category !== 'Component' && e.name)
+    .sort((a, b) => a.sort_order - b.sort_order)
+    .flatMap((e) => {
+      const name = e.name!.trim().toLowerCase();
+      if (seen.has(name)) return [];
+      seen.add(name);
+      return [{ name, file: path.join(dir, 'img/google/64', e.image) }];
+    })
+    .slice(0, limit);
+}
+
+const ctx = (): JobContext => ({ progress: () => {}, signal: new AbortController().signal });
+
+describe.skipIf(!TRAINED)('the trained tiny bundle end to end', () => {
+  let opened: Awaited<ReturnType<typeof openEngineStore>>;
+  let store: Store;
+  let engine: GillEngine;
+  const community: CommunityRef = { platform: 'cli', externalId: 'emoji-gallery' };
+  const gallery: { name: string; id: string }[] = [];
+
+  beforeAll(async () => {
+    opened = await openEngineStore(BUNDLE);
+    store = opened.store;
+    engine = await createEngine(opened.config, store, createLogger('silent'));
+    const c = await store.communities.ensure(community);
+    for (const emoji of await emojiGallery(300)) {
+      const bytes = await readFile(emoji.file);
+      const hash = await store.blobs.put(bytes, 'image/png');
+      const record = await store.images.add(c.id, hash, {
+        mime: 'image/png',
+        width: 64,
+        height: 64,
+        channelId: null,
+        messageId: null,
+        authorId: null,
+        permalink: null,
+        title: emoji.name,
+      });
+      await engine.run(parsePayload({ kind: 'index', community, imageId: record.id }), ctx());
+      gallery.push({ name: emoji.name, id: record.id });
+    }
+  }, 300_000);
+  afterAll(async () => {
+    await engine?.close();
+    await opened?.close();
+  });
+
+  it('finds named emoji in the top 5 of the indexed gallery', async () => {
+    const targets = gallery.filter((g) => splitOf(`emoji:${g.name}`) === 'train').slice(0, 10);
+    expect(targets.length).toBe(10);
+    const hits: string[] = [];
+    for (const target of targets) {
+      const result = await engine.run(
+        parsePayload({ kind: 'find', community, query: `a picture of ${target.name}`, k: 5 }),
+        ctx(),
+      );
+      expect(result.images).toHaveLength(5);
+      if (result.images.some((i) => i.source?.imageId === target.id)) hits.push(target.name);
+    }
+    console.log(`find: ${hits.length}/10 named emoji in the top 5 of ${gallery.length} (${hits.join(', ')})`);
+    expect(hits.length).toBeGreaterThanOrEqual(6);
+  });
+
+  it('draws the colour asked for', async () => {
+    for (const colour of ['red', 'blue', 'green', 'yellow']) {
+      const result = await engine.run(
+        parsePayload({
+          kind: 'chat',
+          community,
+          context: [{ type: 'text', role: 'user', text: `draw a big ${colour} circle in the middle.` }],
+          imageMode: 'generate',
+          seed: 7,
+        }),
+        ctx(),
+      );
+      const image = result.images.find((i) => i.kind === 'generated');
+      expect(image, `an image for ${colour}`).toBeDefined();
+      const shares = await colourShares((await store.blobs.get(image!.hash))!.bytes);
+      expect(dominant(shares), `${colour}: ${JSON.stringify(shares)}`).toBe(colour);
+    }
+  });
+
+  it('uses a colour stated earlier in the conversation', async () => {
+    for (const colour of ['green', 'purple']) {
+      const result = await engine.run(
+        parsePayload({
+          kind: 'chat',
+          community,
+          context: [
+            { type: 'text', role: 'user', text: `my favourite colour is ${colour}.` },
+            { type: 'text', role: 'assistant', text: 'noted.' },
+            { type: 'text', role: 'user', text: 'draw a big star in the middle in my favourite colour.' },
+          ],
+          imageMode: 'generate',
+          seed: 11,
+        }),
+        ctx(),
+      );
+      const image = result.images.find((i) => i.kind === 'generated');
+      const shares = await colourShares((await store.blobs.get(image!.hash))!.bytes);
+      expect(dominant(shares), `${colour}: ${JSON.stringify(shares)}`).toBe(colour);
+    }
+  });
+});
