@@ -577,6 +577,123 @@ def load_gill_state(st: dict, model: GillModel, path: Path) -> None:
         model.embed_weight[model.img_ids] = st["img_rows"].to(model.embed_weight.device)
 
 
+# decision head (models.py:553-561, TrainDecisionClassifier.ipynb) --------------------------------------------
+
+def decision_prompts(data: dict, cfg: GillConfig, seed: int) -> tuple[list[dict], np.ndarray, list[str]]:
+    """Prompts with their ground-truth image, and the gallery (every emoji + held-out val scenes).
+
+    Kinds: emoji names (the gallery holds the very image), novel scenes (test split, not in the gallery) and
+    gallery scenes (val captions whose image is in the gallery). -> (prompts, gallery images, gallery labels)."""
+    rng = random.Random(seed)
+    em, val, test = data["emoji"], data["shapes"]["val"], data["shapes"]["test"]
+    n_gal = min(cfg.decision_gallery_scenes, len(val["scenes"]))
+    gallery = np.concatenate([em["images"].numpy(), val["images"][:n_gal].numpy()])
+    gallery_labels = list(em["names"]) + [D.caption(s) for s in val["scenes"][:n_gal]]
+    n = cfg.decision_prompts
+    n_emoji, n_novel = round(0.4 * n), round(0.4 * n)
+    prompts = []
+    for i in rng.sample(range(len(em["names"])), min(n_emoji, len(em["names"]))):
+        prompts.append({"text": D.emoji_caption(em["names"][i]), "kind": "emoji", "gt": em["images"][i].numpy()})
+    for i in rng.sample(range(len(test["scenes"])), min(n_novel, len(test["scenes"]))):
+        prompts.append({"text": D.caption(test["scenes"][i]), "kind": "novel_scene", "gt": test["images"][i].numpy()})
+    for i in rng.sample(range(n_gal), min(n - len(prompts), n_gal)):
+        prompts.append({"text": D.caption(val["scenes"][i]), "kind": "gallery_scene", "gt": val["images"][i].numpy()})
+    rng.shuffle(prompts)
+    return prompts, gallery, gallery_labels
+
+
+@torch.no_grad()
+def label_decisions(pipe: "GillPipeline", prompts: list[dict], gallery: np.ndarray, cfg: GillConfig, seed: int,
+                    batch: int = 64) -> tuple[torch.Tensor, list[dict]]:
+    """For every prompt, retrieve (top-1 of the gallery) and generate (mapper + DDIM), and label it by whichever
+    image is closer to the ground truth under the stand-in CLIP image tower. -> ([IMG0] features [N,H], rows)."""
+    clip = pipe.model.clip
+    gal_emb = pipe.gallery_embeddings(gallery)
+    gal_clip = torch.cat([clip.embed_image(to_pixels(gallery[i : i + 256]).to(pipe.device))
+                          for i in range(0, len(gallery), 256)])
+    feats, rows = [], []
+    for start in range(0, len(prompts), batch):
+        chunk = prompts[start : start + batch]
+        h, e = pipe.model.img_states([p["text"] for p in chunk])
+        top = (pipe.retrieval_embedding(h[:, 0]) @ gal_emb.t()).argmax(-1)
+        gen = pipe.generate_images(pipe.mapper_cond(h, e), pipe.noise(len(chunk), seed + start), cfg.gen_steps, cfg.guidance)
+        gt = clip.embed_image(to_pixels(np.stack([p["gt"] for p in chunk])).to(pipe.device))
+        sim_ret = (gt * gal_clip[top]).sum(-1)
+        sim_gen = (gt * clip.embed_image(gen)).sum(-1)
+        feats.append(h[:, 0])
+        for p, t, sr, sg in zip(chunk, top.tolist(), sim_ret.tolist(), sim_gen.tolist()):
+            rows.append({"text": p["text"], "kind": p["kind"], "retrieved": t, "sim_ret": round(sr, 4),
+                         "sim_gen": round(sg, 4), "label": RET if sr > sg else GEN})
+    return torch.cat(feats), rows
+
+
+def f1_scores(pred: Sequence[int], gold: Sequence[int]) -> dict[str, float]:
+    """Accuracy, per-class F1 and macro-F1 (the notebook's metric)."""
+    res = {"accuracy": sum(p == g for p, g in zip(pred, gold)) / max(1, len(gold))}
+    f1s = []
+    for c, name in ((GEN, "gen"), (RET, "ret")):
+        tp = sum(p == c and g == c for p, g in zip(pred, gold))
+        fp = sum(p == c and g != c for p, g in zip(pred, gold))
+        fn = sum(p != c and g == c for p, g in zip(pred, gold))
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+        res[f"f1_{name}"] = f1
+        f1s.append(f1)
+    res["macro_f1"] = sum(f1s) / 2
+    return {k: round(v, 4) for k, v in res.items()}
+
+
+def stage_decision(ctx) -> None:
+    """Label prompts honestly, then train the decision head as the notebook: full-batch AdamW (lr 1e-3, wd 0,
+    seed 1337), first 2/3 train, last 1/3 test, CE; macro-F1 at argmax. Writes `<work>/decision.pt`."""
+    cfg = gill_config(ctx.preset.name)
+    b = backbones(ctx)
+    model = gill_model(ctx, b, cfg, trained=True)
+    pipe = GillPipeline(model, b.vae, b.unet, str(ctx.device))
+    prompts, gallery, _ = decision_prompts(ctx.load("data"), cfg, ctx.preset.seed + 30)
+    head = model.heads.decision
+    result: dict = {"rows": [], "metrics": {}}
+    if prompts:
+        feats, rows = label_decisions(pipe, prompts, gallery, cfg, ctx.preset.seed + 31)
+        labels = torch.tensor([r["label"] for r in rows], device=feats.device)
+        n_train = (2 * len(rows)) // 3
+        torch.manual_seed(1337)
+        head.train()
+        opt = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=0.0, eps=1e-8)
+        for step in range(cfg.decision_steps):
+            loss = F.cross_entropy(head(feats[:n_train]), labels[:n_train])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if step % max(1, cfg.decision_steps // 10) == 0 or step + 1 == cfg.decision_steps:
+                ctx.metric("decision", step=step + 1, loss=round(loss.item(), 5))
+        head.eval()
+        with torch.no_grad():
+            probs = torch.softmax(head(feats), -1)
+        pred = probs.argmax(-1).tolist()
+        for r, p, pr in zip(rows, pred, probs.tolist()):
+            r.update(pred=p, p_gen=round(pr[0], 4), p_ret=round(pr[1], 4))
+        gold = labels.tolist()
+        result = {"rows": rows, "n_train": n_train, "metrics": {
+            "train": f1_scores(pred[:n_train], gold[:n_train]), "test": f1_scores(pred[n_train:], gold[n_train:]),
+            "labels_ret_share": round(sum(gold) / len(gold), 4),
+            "majority_test_accuracy": round(max(sum(gold[n_train:]), len(gold) - n_train - sum(gold[n_train:]))
+                                            / max(1, len(gold) - n_train), 4)}}
+        ctx.metric("decision", **{f"test_{k}": v for k, v in result["metrics"]["test"].items()},
+                   labels_ret_share=result["metrics"]["labels_ret_share"])
+    ctx.save("decision", {"preset": ctx.preset.to_dict(), "state": {k: v.cpu() for k, v in head.state_dict().items()},
+                          **result})
+
+
+def export_heads(ctx, b: Backbones) -> GillHeads:
+    """The trained heads for export.export_bundle; writes the trained [IMG] rows into `b.lm`'s tied embedding."""
+    cfg = gill_config(ctx.preset.name)
+    heads = build_heads(cfg, b)
+    model = GillModel(b, heads)
+    load_gill_state(ctx.load("gill"), model, ctx.path("gill"))
+    heads.decision.load_state_dict(ctx.load("decision")["state"])
+    return heads.eval()
+
+
 # reference inference pipeline (gill-method.md §3) -----------------------------------------------------------
 
 @dataclass
