@@ -21,25 +21,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gill_tiny import stages  # noqa: E402
+from gill_tiny import gill, stages  # noqa: E402
 from gill_tiny.export import Backbones, export_bundle  # noqa: E402
-from gill_tiny.placeholder_heads import PlaceholderGillHeads  # noqa: E402
 from gill_tiny.presets import PRESETS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def export_heads(ctx: stages.Context, b: Backbones):
-    """The GILL heads to export. Until the GILL stages exist, randomly initialised placeholders."""
-    torch.manual_seed(ctx.preset.seed + 10)
-    return PlaceholderGillHeads(b.lm.cfg.hidden_size, b.clip.cfg.pooled_size, b.clip.cfg.text_width,
-                                b.clip.cfg.text_max_length)
-
-
 def stage_export(ctx: stages.Context) -> None:
     tok = ctx.tokenizer()
     b = Backbones(tok, ctx.lm(), ctx.clip(), ctx.vae(), ctx.unet())
-    checks = export_bundle(ctx.out, b, export_heads(ctx, b))
+    checks = export_bundle(ctx.out, b, gill.export_heads(ctx, b))  # also writes the trained [IMG] rows into b.lm
     checks_path = ctx.work / "export_checks.json"
     checks_path.write_text(json.dumps(checks))
     size = sum(p.stat().st_size for p in ctx.out.iterdir() if p.is_file())
@@ -65,8 +57,11 @@ STAGES = [
     ("vae", stages.stage_vae),
     ("latents", stages.stage_latents),
     ("unet", stages.stage_unet),
+    ("gill", gill.stage_gill),
+    ("decision", gill.stage_decision),
     ("export", stage_export),
 ]
+ALWAYS_RUN = {"export"}  # cheap stages that write into --out rather than a checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = stages.Context(preset, torch.device(args.device), work, args.out, args.emoji_dir)
     t_all = time.time()
     for name, fn in STAGES:
-        if name != "export" and ctx.done(name):
+        if name not in ALWAYS_RUN and ctx.done(name):
             print(f"[{name}] done ({ctx.path(name)}), skipping", flush=True)
         else:
             t0 = time.time()
