@@ -191,18 +191,15 @@ export function createBotCore(options: BotCoreOptions): BotCore {
       if (job.status === 'queued') await queue.add({ id: job.id, payload: job.payload });
       return { status: 'duplicate', jobId: job.id };
     }
-    // The new job counts itself, so the caps compare against the jobs before it; a refused job is cancelled,
+    // The new job is already in the store: the caps count the jobs before it. A refused job is cancelled,
     // which keeps a later duplicate of the same event from being answered again.
     const limited = await checkLimits({
       store,
       limiter,
       communityId: community.id,
       authorKey: key,
-      config: {
-        ...config,
-        userConcurrentJobs: config.userConcurrentJobs + 1,
-        communityConcurrentJobs: config.communityConcurrentJobs + 1,
-      },
+      config,
+      recordedSelf: 1,
     });
     if (limited) {
       await store.jobs.cancel(job.id);

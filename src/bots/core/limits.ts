@@ -39,16 +39,19 @@ export interface LimitCheck {
   communityId: string;
   authorKey: string;
   config: CommunityConfig;
+  /** Jobs of this very request already recorded in the store (so counted by countActive), not counted against it. */
+  recordedSelf?: number;
 }
 
 /** Null when the user may start a job now, else the message explaining which limit was hit. */
 export async function checkLimits(check: LimitCheck): Promise<string | null> {
   const { store, communityId, authorKey, config } = check;
-  const mine = await store.jobs.countActive({ communityId, authorKey });
+  const self = check.recordedSelf ?? 0;
+  const mine = (await store.jobs.countActive({ communityId, authorKey })) - self;
   if (mine >= config.userConcurrentJobs) {
     return `You already have ${mine} request${mine === 1 ? '' : 's'} in progress (the limit is ${config.userConcurrentJobs}). Please wait for ${mine === 1 ? 'it' : 'one'} to finish.`;
   }
-  const all = await store.jobs.countActive({ communityId });
+  const all = (await store.jobs.countActive({ communityId })) - self;
   if (all >= config.communityConcurrentJobs) {
     return `This community already has ${all} requests in progress (the limit is ${config.communityConcurrentJobs}). Please try again in a moment.`;
   }
