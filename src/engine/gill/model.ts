@@ -84,20 +84,23 @@ export class GillModel {
     return this.bundle.manifest;
   }
 
-  /** Encoder features of images [B, Dv], decoded and resized per the manifest. */
-  async pooledFeatures(images: Uint8Array[]): Promise<Float32Array> {
+  /** Encoder input of an image [3, S, S], decoded and resized per the manifest. */
+  async pixels(bytes: Uint8Array): Promise<Float32Array> {
+    return (await imageToPixelValues(bytes, this.manifest.vision)).pixels;
+  }
+
+  /** Encoder features [B, Dv] of encoder inputs, one [3, S, S] array per image. */
+  async pooledFeatures(pixels: Float32Array[]): Promise<Float32Array> {
     const { imageSize } = this.manifest.vision;
     const plane = 3 * imageSize * imageSize;
-    const batch = new Float32Array(images.length * plane);
-    for (const [i, bytes] of images.entries()) {
-      batch.set((await imageToPixelValues(bytes, this.manifest.vision)).pixels, i * plane);
-    }
-    return encodeImages(this.bundle, batch, images.length);
+    const batch = new Float32Array(pixels.length * plane);
+    for (const [i, p] of pixels.entries()) batch.set(p, i * plane);
+    return encodeImages(this.bundle, batch, pixels.length);
   }
 
   /** The normalised retrieval embedding of an image, as stored in the gallery index. */
   async imageEmbedding(bytes: Uint8Array): Promise<Float32Array> {
-    return imageRetrievalEmbedding(this.bundle, await this.pooledFeatures([bytes]));
+    return imageRetrievalEmbedding(this.bundle, await this.pooledFeatures([await this.pixels(bytes)]));
   }
 
   /**
@@ -119,7 +122,7 @@ export class GillModel {
   }
 
   /** The prompt's input embeddings [T, H]: token embeddings and each image's visual prefix, in order. */
-  async embedPrompt(segments: PromptSegment<Uint8Array>[]): Promise<Float32Array> {
+  async embedPrompt(segments: PromptSegment<Float32Array>[]): Promise<Float32Array> {
     const { hiddenSize } = this.manifest.lm;
     const k = this.manifest.gill.numVisualTokens;
     const images = segments.flatMap((s) => (s.type === 'image' ? [s.image] : []));
@@ -159,23 +162,36 @@ export class GillModel {
     return { newTokens, prompt: { maxTokens: promptTokens, maxImages, tokensPerImage: k } };
   }
 
-  /** Drops images that cannot be decoded (with a note) so one bad picture in a thread does not block the turn. */
-  private async usableImages(
+  /**
+   * Decodes the images the prompt can hold, newest first; an image that cannot be read is left out with a
+   * note, so one bad picture in a thread does not block the turn. Older images beyond the budget stay
+   * undecoded (null) and are dropped by the image cap.
+   */
+  private async decodeImages(
     conversation: ConversationItem<Uint8Array>[],
+    maxImages: number,
     notes: string[],
-  ): Promise<ConversationItem<Uint8Array>[]> {
-    const out: ConversationItem<Uint8Array>[] = [];
-    for (const item of conversation) {
-      if (item.content.type === 'image') {
-        try {
-          await imageToPixelValues(item.content.image, this.manifest.vision);
-        } catch (error) {
-          if (!(error instanceof UserInputError)) throw error;
-          notes.push(`An image in the conversation was left out: ${error.message}`);
-          continue;
-        }
+  ): Promise<ConversationItem<Float32Array | null>[]> {
+    const out: ConversationItem<Float32Array | null>[] = [];
+    let decoded = 0;
+    for (let i = conversation.length - 1; i >= 0; i--) {
+      const item = conversation[i]!;
+      if (item.content.type === 'text') {
+        out.unshift({ role: item.role, content: item.content });
+        continue;
       }
-      out.push(item);
+      if (decoded >= maxImages) {
+        out.unshift({ role: item.role, content: { type: 'image', image: null } });
+        continue;
+      }
+      try {
+        const pixels = await this.pixels(item.content.image);
+        out.unshift({ role: item.role, content: { type: 'image', image: pixels } });
+        decoded++;
+      } catch (error) {
+        if (!(error instanceof UserInputError)) throw error;
+        notes.unshift(`An image in the conversation was left out: ${error.message}`);
+      }
     }
     return out;
   }
@@ -183,15 +199,20 @@ export class GillModel {
   async prepareChatPrompt(
     conversation: ConversationItem<Uint8Array>[],
     maxNewTokens?: number,
-  ): Promise<FittedPrompt<Uint8Array>> {
+  ): Promise<FittedPrompt<Float32Array>> {
     const notes: string[] = [];
-    const items = await this.usableImages(conversation, notes);
+    const budget = this.budget(maxNewTokens).prompt;
+    const items = await this.decodeImages(conversation, budget.maxImages, notes);
     const hasContent = items.some((i) => i.content.type === 'image' || i.content.text.trim().length > 0);
     if (!hasContent)
       throw new UserInputError('There is nothing to answer: the message is empty.', 'empty_input');
     const pieces = dialoguePieces(items, this.manifest.defaults.dialogueTemplate);
-    const fitted = fitPrompt(pieces, this.tokenizer, this.budget(maxNewTokens).prompt);
-    return { ...fitted, notes: [...notes, ...fitted.notes] };
+    const fitted = fitPrompt(pieces, this.tokenizer, budget);
+    // The cap keeps the newest maxImages images, exactly the decoded ones.
+    const segments = fitted.segments.filter(
+      (s): s is PromptSegment<Float32Array> => s.type === 'tokens' || s.image !== null,
+    );
+    return { ...fitted, segments, notes: [...notes, ...fitted.notes] };
   }
 
   async chat<S>(request: ChatRequest<S>): Promise<ChatTurn<S>> {
