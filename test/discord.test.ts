@@ -6,6 +6,8 @@ import { Writable } from 'node:stream';
 import sharp from 'sharp';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { type DiscordBot, startDiscord } from '../src/bots/discord/bot.ts';
+import { describeMessageContent } from '../src/bots/discord/intents.ts';
+import { runRegister } from '../src/bots/discord/register.ts';
 import { type Config, loadConfig } from '../src/config.ts';
 import type { Engine, JobContext } from '../src/engine/engine.ts';
 import type { JobPayload, JobResult } from '../src/engine/jobs.ts';
@@ -623,7 +625,51 @@ describe('Discord adapter: buttons, deletions and the Message Content intent', (
     expect(await store.images.count(community.id)).toBe(before);
   });
 
+  it('`gill discord register` puts the commands in place, /gill for admins only', async () => {
+    let out = '';
+    const sink = new Writable({
+      write(chunk, _enc, done) {
+        out += String(chunk);
+        done();
+      },
+    });
+    await runRegister(config, { guild: fake.guildId }, sink);
+    const put = fake.callsTo(
+      'PUT',
+      new RegExp(`^/applications/${fake.applicationId}/guilds/${fake.guildId}/commands$`),
+    );
+    expect(put).toHaveLength(1);
+    const commands = put[0]!.body as unknown as {
+      name: string;
+      default_member_permissions?: string | null;
+    }[];
+    expect(commands.map((c) => c.name)).toEqual(['imagine', 'find', 'gill', 'gill-forget']);
+    expect(commands.find((c) => c.name === 'gill')?.default_member_permissions).toBe(String(1 << 5));
+    expect(commands.find((c) => c.name === 'gill-forget')?.default_member_permissions ?? null).toBeNull();
+    expect(out).toContain('Registered /imagine, /find, /gill, /gill-forget in server');
+    await expect(runRegister(config, { guild: 'nope' }, sink)).rejects.toThrow(
+      '--guild must be a Discord server id',
+    );
+  });
+
+  it('records a reply that can never be delivered (missing permissions) once, with a clear log', async () => {
+    fake.failNext('POST', /^\/channels\/\d+\/messages$/, 403, 50013, 'Missing Permissions', 10);
+    const message = fake.post({ author: alice, content: 'nobody hears me', mentionBot: true });
+    const error = await fake.waitFor(
+      () => logs.find((l) => l.msg === 'reply cannot be delivered: missing permissions or channel gone'),
+      10_000,
+      'the log line',
+    );
+    expect(String(error.problem)).toContain('Send Messages');
+    await new Promise((resolve) => setTimeout(resolve, 600));
+    expect(await store.jobs.listUndelivered('discord', 10)).toHaveLength(0);
+    expect(replies(message.id as string)).toHaveLength(0);
+  });
+
   it('without the Message Content intent, works on mentions and skips unmentioned follow-ups', async () => {
+    expect(describeMessageContent({ DISCORD_MESSAGE_CONTENT: false }).lines.join('\n')).toContain(
+      'follow-ups in a thread',
+    );
     await stopBot();
     await startBot({ DISCORD_MESSAGE_CONTENT: 'false' });
     expect(fake.intents & (1 << 15)).toBe(0);
