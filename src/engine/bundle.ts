@@ -328,8 +328,12 @@ async function openSession(
   try {
     session = await ort.InferenceSession.create(full, sessionOptions(options));
   } catch (error) {
+    const hint =
+      options.executionProvider === 'cuda'
+        ? '\nGILL_EXECUTION_PROVIDER=cuda needs onnxruntime-node installed with CUDA (npm install with onnxruntime-node-install=cuda12) and the CUDA 12 libraries'
+        : '';
     throw new BundleError(
-      `model bundle: ${spec.manifestField} ${full} cannot be loaded by ONNX Runtime: ${(error as Error).message}`,
+      `model bundle: ${spec.manifestField} ${full} cannot be loaded by ONNX Runtime: ${(error as Error).message}${hint}`,
     );
   }
   const missingIn = spec.inputs(m).filter((n) => !session.inputNames.includes(n));
@@ -487,25 +491,15 @@ export async function loadBundle(dirInput: string, options: LoadBundleOptions = 
   );
 
   const opened: ort.InferenceSession[] = [];
-  const closeAll = () => Promise.all(opened.map((s) => s.release())).then(() => undefined);
+  const closeAll = async () => {
+    const sessions = opened.splice(0);
+    await Promise.all(sessions.map((s) => s.release()));
+  };
   try {
     const entries: [GraphName, ort.InferenceSession][] = [];
     // One at a time: loading is I/O and graph optimisation, and parallel loads only raise peak memory.
     for (const name of Object.keys(GRAPHS) as GraphName[]) {
-      let session: ort.InferenceSession;
-      try {
-        session = await openSession(dir, manifest, name, { ...options, executionProvider: provider });
-      } catch (error) {
-        if (
-          provider === 'cuda' &&
-          !(error instanceof BundleError && /missing|unexpected/.test(error.message))
-        ) {
-          throw new BundleError(
-            `${(error as Error).message}\nGILL_EXECUTION_PROVIDER=cuda needs onnxruntime-node installed with CUDA (npm install with onnxruntime-node-install=cuda12) and the CUDA 12 libraries`,
-          );
-        }
-        throw error;
-      }
+      const session = await openSession(dir, manifest, name, { ...options, executionProvider: provider });
       opened.push(session);
       entries.push([name, session]);
     }
