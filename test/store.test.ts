@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { Writable } from 'node:stream';
@@ -390,6 +390,25 @@ function contractSuite(name: string, setup: () => Promise<Backend>) {
         expect(await store.jobs.get('interaction-1')).toBeNull();
       });
 
+      it('stores text with NUL characters, which Postgres cannot hold, without them', async () => {
+        const { job } = await store.jobs.createOrGet({
+          idempotencyKey: 'nul',
+          communityId: community,
+          payload: payload('a\u0000b'),
+          replyTarget,
+        });
+        expect(job.payload).toMatchObject({ prompt: 'ab' });
+        const hash = await store.blobs.put(new Uint8Array([7]), 'image/png');
+        const image = await store.images.add(community, hash, {
+          mime: 'image/png',
+          width: 1,
+          height: 1,
+          ...source,
+          title: 'cat\u0000.png',
+        });
+        expect(image.title).toBe('cat.png');
+      });
+
       it('counts active jobs per community and per author', async () => {
         const make = (key: string, author: string) =>
           store.jobs.createOrGet({
@@ -524,6 +543,24 @@ describe.skipIf(!postgresUp)('Postgres', () => {
       expect(rows[0]?.n).toBe((await loadMigrations()).length);
     } finally {
       await db.drop();
+    }
+  });
+});
+
+describe('embedded database directory', () => {
+  it('refuses a second open of the same directory, and takes over a lock left by a dead process', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'gill-lock-'));
+    try {
+      const first = await connect({ dataDir: dir });
+      await expect(connect({ dataDir: dir })).rejects.toThrow(
+        /cannot open embedded PGlite at .*pglite: it is in use by this process/,
+      );
+      await first.close();
+      await writeFile(path.join(dir, 'pglite.lock'), '999999999');
+      const second = await connect({ dataDir: dir });
+      await second.close();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
     }
   });
 });

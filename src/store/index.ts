@@ -1,3 +1,9 @@
-export { connect, connectWithRetry, describeDatabase, StoreConnectionError } from './connect.ts';
+export {
+  connect,
+  connectWithRetry,
+  describeDatabase,
+  openDatabase,
+  StoreConnectionError,
+} from './connect.ts';
 export { DeliveryClaimError } from './store.ts';
 export * from './types.ts';

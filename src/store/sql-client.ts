@@ -2,6 +2,7 @@ import { mkdir } from 'node:fs/promises';
 import { PGlite } from '@electric-sql/pglite';
 import { vector } from '@electric-sql/pglite-pgvector';
 import pg from 'pg';
+import { lockDirectory } from './dir-lock.ts';
 
 /**
  * The one seam between the store and its database: Postgres through a `pg` pool, or the embedded PGlite.
@@ -72,8 +73,18 @@ export function postgresClient(url: string, options: PostgresClientOptions = {})
 
 /** PGlite with pgvector; `dataDir` undefined keeps the database in memory. */
 export async function pgliteClient(dataDir?: string): Promise<SqlClient> {
-  if (dataDir) await mkdir(dataDir, { recursive: true });
-  const db = await PGlite.create({ dataDir, extensions: { vector } });
+  let unlock = async () => {};
+  if (dataDir) {
+    await mkdir(dataDir, { recursive: true });
+    unlock = await lockDirectory(dataDir);
+  }
+  let db: PGlite;
+  try {
+    db = await PGlite.create({ dataDir, extensions: { vector } });
+  } catch (error) {
+    await unlock();
+    throw error;
+  }
   return {
     kind: 'pglite',
     async query<T extends Row>(text: string, params?: unknown[]) {
@@ -92,6 +103,12 @@ export async function pgliteClient(dataDir?: string): Promise<SqlClient> {
           },
         }),
       ),
-    close: () => db.close(),
+    async close() {
+      try {
+        await db.close();
+      } finally {
+        await unlock();
+      }
+    },
   };
 }

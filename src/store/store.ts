@@ -44,7 +44,11 @@ function requireLimit(limit: number): number {
   return limit;
 }
 
-const json = (value: unknown) => JSON.stringify(value);
+/** Postgres text and jsonb cannot hold U+0000, which chat messages can contain: it is dropped. */
+const withoutNul = (text: string) => text.replaceAll('\0', '');
+const json = (value: unknown) =>
+  JSON.stringify(value, (_key, v: unknown) => (typeof v === 'string' ? withoutNul(v) : v));
+const optionalText = (text: string | null | undefined) => (text == null ? null : withoutNul(text));
 
 const IMAGE_COLUMNS = `id::text AS id, community_id::text AS community_id, hash, mime, width, height, channel_id,
   message_id, author_id, permalink, title, embedding IS NOT NULL AS has_embedding, created_at`;
@@ -147,6 +151,7 @@ export function createStore(db: SqlClient): Store {
 
   return {
     kind: db.kind,
+    sql: db,
 
     communities: {
       async ensure(ref: CommunityRef): Promise<Community> {
@@ -251,8 +256,8 @@ export function createStore(db: SqlClient): Store {
               meta.height,
               ...source,
               meta.authorId,
-              meta.permalink,
-              meta.title,
+              optionalText(meta.permalink),
+              optionalText(meta.title),
             ],
           );
         } catch (error) {

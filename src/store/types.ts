@@ -1,4 +1,5 @@
 import type { CommunityRef, JobKind, JobPayload, JobResult, ReplyTarget } from '../engine/jobs.ts';
+import type { SqlQuery } from './sql-client.ts';
 
 /**
  * The store's interface. One implementation (src/store/store.ts) serves both Postgres (`pg`, with
@@ -84,6 +85,8 @@ export interface JobRecord {
 
 export interface Store {
   readonly kind: 'postgres' | 'pglite';
+  /** The same connection, for tables an adapter keeps through its own migration (the playground's messages). */
+  readonly sql: SqlQuery;
   communities: {
     ensure(ref: CommunityRef): Promise<Community>;
     getConfig(communityId: string): Promise<CommunityConfig>;

@@ -22,6 +22,8 @@ export const MAX_INDEXED_DIM = 2000;
 
 /** Query-time candidate list size; see `npm run bench:store` for the recall/latency trade-off. */
 export const DEFAULT_EF_SEARCH = 100;
+/** Index-scan rows per result kept (see NearestOptions.candidates). */
+export const DEFAULT_CANDIDATES = 1;
 
 export function indexName(dim: number): string {
   return `images_embedding_ip_${dim}`;
@@ -78,6 +80,13 @@ export interface NearestOptions {
   efSearch?: number;
   /** Skip the index and scan exactly (benchmarks' ground truth, and the small-community fallback). */
   exact?: boolean;
+  /**
+   * Rows the index scan returns before the final re-sort keeps the best k. relaxed_order emits rows
+   * slightly out of order, so taking more than k and re-sorting recovers near neighbours found late.
+   */
+  candidates?: number;
+  /** Called when the index scan came back short and the exact search answered instead (benchmarks count it). */
+  onExactFallback?: () => void;
 }
 
 export interface NearestRow extends Row {
@@ -102,7 +111,8 @@ export async function nearest<T extends NearestRow>(
   const dim = options.embedding.length;
   const query = normalisedVector(options.embedding, 'query embedding');
   const exclude = (options.excludeIds ?? []).filter((id) => ID.test(id));
-  const params: unknown[] = [query, exclude, k];
+  const candidates = Math.max(k, Math.min(1000, Math.trunc(options.candidates ?? DEFAULT_CANDIDATES * k)));
+  const params: unknown[] = [query, exclude, candidates, k];
   const filters = [`vector_dims(embedding) = ${dim}`, 'deleted_at IS NULL', 'id <> ALL ($2::bigint[])'];
   if (options.communityId !== undefined) {
     params.push(options.communityId);
@@ -117,15 +127,16 @@ export async function nearest<T extends NearestRow>(
       SELECT ${columns}, ${distance} AS distance FROM images
       WHERE ${filters.join(' AND ')}
       ORDER BY ${distance} LIMIT $3)
-    SELECT *, -distance AS score FROM candidates ORDER BY distance`;
+    SELECT *, -distance AS score FROM candidates ORDER BY distance LIMIT $4`;
   if (options.exact) return clean(await client.query<T>(sqlFor(exactDistance), params));
-  const ef = Math.min(1000, Math.max(Math.trunc(options.efSearch ?? DEFAULT_EF_SEARCH), k)); // pgvector allows 1..1000
+  const ef = Math.min(1000, Math.max(Math.trunc(options.efSearch ?? DEFAULT_EF_SEARCH), candidates)); // pgvector allows 1..1000
   const rows = await client.transaction(async (tx) => {
     await tx.query(`SET LOCAL hnsw.ef_search = ${ef}`);
     await tx.query('SET LOCAL hnsw.iterative_scan = relaxed_order');
     return tx.query<T>(sqlFor(indexedDistance), params);
   });
   if (rows.length >= k || options.communityId === undefined) return clean(rows);
+  options.onExactFallback?.();
   return clean(await client.query<T>(sqlFor(exactDistance), params));
 }
 
