@@ -214,7 +214,7 @@ class DdimSampler implements Sampler {
       const m = modelOutput[i]!;
       let clean = xa * x + xb * m;
       // Clipping changes the clean estimate only; the noise estimate stays the model's (diffusers' default).
-      if (this.clip) clean = clean < -1 ? -1 : clean > 1 ? 1 : clean;
+      if (this.clip) clean = Math.max(-1, Math.min(1, clean));
       x0[i] = clean;
       sample[i] = keep * clean + noise * (ea * x + eb * m);
     }
