@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -9,141 +8,19 @@ import { type DiscordBot, startDiscord } from '../src/bots/discord/bot.ts';
 import { describeMessageContent } from '../src/bots/discord/intents.ts';
 import { runRegister } from '../src/bots/discord/register.ts';
 import { type Config, loadConfig } from '../src/config.ts';
-import type { Engine, JobContext } from '../src/engine/engine.ts';
-import type { JobPayload, JobResult } from '../src/engine/jobs.ts';
 import { MemoryJobQueue } from '../src/engine/queue/memory.ts';
 import { runJobs } from '../src/engine/queue/worker.ts';
 import { createLogger } from '../src/log.ts';
 import { connect } from '../src/store/connect.ts';
 import type { Store } from '../src/store/types.ts';
 import { FakeDiscord, type FakeUser } from './fakes/discord.ts';
+import { EchoEngine, png, sha256 } from './support/echo-engine.ts';
 
 /**
  * The Discord adapter end to end: the real discord.js client against the loopback fake (REST, gateway,
  * CDN), the real store on PGlite, the in-process queue and worker loop, and an engine double that
  * answers from what it was given (image hashes, prompts, the store's vector search).
  */
-
-const DIM = 16;
-
-/** A bag-of-words vector: texts sharing words are near each other. */
-function embedText(text: string): Float32Array {
-  const v = new Float32Array(DIM);
-  for (const word of text
-    .toLowerCase()
-    .split(/[^a-z]+/)
-    .filter(Boolean)) {
-    const h = createHash('sha256').update(word).digest();
-    v[h[0]! % DIM]! += 1;
-  }
-  const norm = Math.hypot(...v) || 1;
-  return v.map((x) => x / norm);
-}
-
-/** Answers from its inputs, so tests can check what reached the engine. `hold` parks jobs until released. */
-class EchoEngine implements Engine {
-  readonly payloads: JobPayload[] = [];
-  private gate: Promise<void> | null = null;
-  private open: (() => void) | null = null;
-  started = 0;
-
-  constructor(private readonly store: Store) {}
-
-  hold(): void {
-    this.gate = new Promise((resolve) => {
-      this.open = resolve;
-    });
-  }
-
-  release(): void {
-    this.open?.();
-    this.gate = null;
-  }
-
-  async run(payload: JobPayload, ctx: JobContext): Promise<JobResult> {
-    this.payloads.push(payload);
-    this.started++;
-    if (this.gate && payload.kind !== 'index') await this.gate;
-    switch (payload.kind) {
-      case 'chat': {
-        const hashes = payload.context.flatMap((item) => (item.type === 'image' ? [item.hash] : []));
-        const last = payload.context.filter((item) => item.type === 'text').at(-1);
-        const said = last?.type === 'text' ? last.text : '';
-        return {
-          kind: 'chat',
-          text: `echo: ${said} | images: ${hashes.length ? hashes.join(',') : 'none'}`,
-          images: [],
-          decision: null,
-          notes: [],
-        };
-      }
-      case 'imagine': {
-        const steps = payload.steps ?? 4;
-        for (let step = 1; step <= steps; step++) {
-          await new Promise((resolve) => setTimeout(resolve, 150));
-          ctx.progress({ stage: 'generating', step, steps });
-        }
-        const png = await sharp({ create: { width: 32, height: 32, channels: 3, background: '#c03020' } })
-          .png()
-          .toBuffer();
-        const hash = await this.store.blobs.put(png, 'image/png');
-        return {
-          kind: 'imagine',
-          text: '',
-          images: [{ kind: 'generated', hash, mime: 'image/png', width: 32, height: 32, score: 0 }],
-          decision: null,
-          notes: [],
-          seed: payload.seed ?? 7,
-        };
-      }
-      case 'find': {
-        const community = await this.store.communities.ensure(payload.community);
-        const found = await this.store.images.search(
-          community.id,
-          embedText(payload.query),
-          payload.k,
-          payload.excludeImageIds,
-        );
-        return {
-          kind: 'find',
-          text: '',
-          images: found.map((image) => ({
-            kind: 'retrieved' as const,
-            hash: image.hash,
-            mime: image.mime,
-            width: image.width,
-            height: image.height,
-            score: image.score,
-            source: {
-              imageId: image.id,
-              permalink: image.permalink,
-              authorId: image.authorId,
-              channelId: image.channelId,
-              messageId: image.messageId,
-            },
-          })),
-          decision: null,
-          notes: [],
-        };
-      }
-      case 'index': {
-        const image = await this.store.images.get(payload.imageId);
-        await this.store.images.setEmbedding(payload.imageId, embedText(image?.title ?? ''));
-        return { kind: 'index', text: '', images: [], decision: null, notes: [] };
-      }
-    }
-  }
-
-  async close(): Promise<void> {}
-}
-
-function png(color: string, size = 24): Promise<Buffer> {
-  return sharp({ create: { width: size, height: size, channels: 3, background: color } })
-    .png()
-    .toBuffer();
-}
-
-const sha256 = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex');
 
 let dataDir: string;
 let fake: FakeDiscord;

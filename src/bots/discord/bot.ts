@@ -200,11 +200,16 @@ export async function startDiscord(options: StartDiscordOptions): Promise<Discor
         isAdmin: isAdmin(message.member?.permissions),
       },
       channelId,
-      threadId: channelId === message.channelId && !channel.isThread() ? undefined : channelId,
+      threadId: data.replyToMessageId ? undefined : channelId,
       command: { kind: 'chat' },
       messages,
       idempotencyKey: `discord:message:${message.id}`,
-      replyTarget: { platform: 'discord', channelId, threadId: channelId, data: { ...data } },
+      replyTarget: {
+        platform: 'discord',
+        channelId,
+        threadId: data.replyToMessageId ? undefined : channelId,
+        data: { ...data },
+      },
     };
     const outcome = await core.submit(turn);
     await afterSubmit(outcome, channelId, data.replyToMessageId);
