@@ -8,11 +8,19 @@
  *                           [--iters 20] [--warmup 3] [--no-reference]
  */
 import { execFile } from 'node:child_process';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
-import { promisify, parseArgs } from 'node:util';
+import { parseArgs, promisify } from 'node:util';
 import * as ort from 'onnxruntime-node';
+import { loadConfig } from '../src/config.ts';
 import { type Bundle, loadBundle } from '../src/engine/bundle.ts';
 import { encodePrompt, generate } from '../src/engine/diffusion/pipeline.ts';
+import type { JobContext } from '../src/engine/engine.ts';
+import { createEngine } from '../src/engine/index.ts';
+import { type CommunityRef, type JobPayloadInput, parsePayload } from '../src/engine/jobs.ts';
+import { createLogger } from '../src/log.ts';
+import { connect } from '../src/store/index.ts';
 
 const run = promisify(execFile);
 const PYTHON = '/usr/bin/python3';
@@ -33,7 +41,12 @@ const threads = Number(args.threads);
 const iters = Number(args.iters);
 const warmup = Number(args.warmup);
 
-const PROMPTS = ['a red circle', 'a big blue star on the left', 'a small green square above a yellow triangle', 'a purple heart'];
+const PROMPTS = [
+  'a red circle',
+  'a big blue star on the left',
+  'a small green square above a yellow triangle',
+  'a purple heart',
+];
 
 function percentile(values: number[], p: number): number {
   const sorted = [...values].sort((a, b) => a - b);
@@ -44,7 +57,11 @@ function percentile(values: number[], p: number): number {
 }
 
 const round = (x: number, digits = 1) => Math.round(x * 10 ** digits) / 10 ** digits;
-const stats = (ms: number[]) => ({ p50: round(percentile(ms, 50)), p95: round(percentile(ms, 95)), n: ms.length });
+const stats = (ms: number[]) => ({
+  p50: round(percentile(ms, 50)),
+  p95: round(percentile(ms, 95)),
+  n: ms.length,
+});
 
 async function timeImagine(bundle: Bundle) {
   const total: number[] = [];
@@ -63,6 +80,77 @@ async function timeImagine(bundle: Bundle) {
   return { total, denoise };
 }
 
+// ---- the Engine (what a worker runs): chat turns, find and imagine jobs on an embedded store ----
+
+const CHATS = [
+  'Q: what colour is the sky?\nA:',
+  'Q: draw a big red star on the left.\nA:',
+  'Q: my favourite colour is green.\nA: nice choice!\nQ: draw a small circle in my favourite colour.\nA:',
+  'Q: show me a smiling face.\nA:',
+];
+const QUERIES = ['a picture of a grinning face', 'a red heart', 'a cat face', 'a thumbs up'];
+
+async function timeEngine(gallerySize: number) {
+  const dataDir = await mkdtemp(path.join(tmpdir(), 'gill-bench-engine-'));
+  const config = loadConfig({ GILL_MODEL: bundleDir, GILL_DATA_DIR: dataDir, GILL_THREADS: String(threads) });
+  const store = await connect(config);
+  const engine = await createEngine(config, store, createLogger('silent'));
+  const ctx: JobContext = { progress: () => {}, signal: new AbortController().signal };
+  const community: CommunityRef = { platform: 'cli', externalId: 'bench' };
+  const run = (payload: JobPayloadInput) => engine.run(parsePayload(payload), ctx);
+  try {
+    // The gallery `find` searches: emoji images from the npm package the bundle was trained with.
+    const emojiDir = path.resolve('node_modules/emoji-datasource-google/img/google/64');
+    const files = (await readdir(emojiDir))
+      .filter((f) => f.endsWith('.png'))
+      .sort()
+      .slice(0, gallerySize);
+    const c = await store.communities.ensure(community);
+    for (const file of files) {
+      const hash = await store.blobs.put(await readFile(path.join(emojiDir, file)), 'image/png');
+      const meta = {
+        mime: 'image/png',
+        width: 64,
+        height: 64,
+        title: file,
+        channelId: null,
+        messageId: null,
+        authorId: null,
+        permalink: null,
+      };
+      const record = await store.images.add(c.id, hash, meta);
+      await run({ kind: 'index', community, imageId: record.id });
+    }
+    const timed = async (make: (i: number) => JobPayloadInput) => {
+      const ms: number[] = [];
+      for (let i = 0; i < warmup + iters; i++) {
+        const started = performance.now();
+        await run(make(i));
+        if (i >= warmup) ms.push(performance.now() - started);
+      }
+      return stats(ms);
+    };
+    const chat = await timed((i) => ({
+      kind: 'chat',
+      community,
+      seed: i,
+      context: [{ type: 'text', role: 'user', text: CHATS[i % CHATS.length]! }],
+    }));
+    const find = await timed((i) => ({ kind: 'find', community, query: QUERIES[i % QUERIES.length]!, k: 4 }));
+    const imagine = await timed((i) => ({
+      kind: 'imagine',
+      community,
+      prompt: PROMPTS[i % PROMPTS.length]!,
+      seed: i,
+    }));
+    return { chat, find, imagine, gallery: files.length };
+  } finally {
+    await engine.close();
+    await store.close();
+    await rm(dataDir, { recursive: true, force: true });
+  }
+}
+
 // ---- matrix-multiply ceiling: a one-node ONNX MatMul graph, encoded here as protobuf bytes ----
 
 function varint(n: number): number[] {
@@ -74,14 +162,24 @@ function varint(n: number): number[] {
   out.push(n);
   return out;
 }
-const field = (num: number, bytes: number[]) => [...varint((num << 3) | 2), ...varint(bytes.length), ...bytes];
+const field = (num: number, bytes: number[]) => [
+  ...varint((num << 3) | 2),
+  ...varint(bytes.length),
+  ...bytes,
+];
 const intField = (num: number, value: number) => [...varint(num << 3), ...varint(value)];
 const str = (num: number, s: string) => field(num, [...Buffer.from(s)]);
 
 /** ModelProto { ir_version 7, opset 13, graph { C = MatMul(A [m,k], B [k,n]) } }. */
 function matmulModel(m: number, k: number, n: number): Uint8Array {
   const tensorType = (dims: number[]) =>
-    field(1, [...intField(1, 1 /* FLOAT */), ...field(2, dims.flatMap((d) => field(1, intField(1, d))))]);
+    field(1, [
+      ...intField(1, 1 /* FLOAT */),
+      ...field(
+        2,
+        dims.flatMap((d) => field(1, intField(1, d))),
+      ),
+    ]);
   const valueInfo = (name: string, dims: number[]) => [...str(1, name), ...field(2, tensorType(dims))];
   const node = [...str(1, 'A'), ...str(1, 'B'), ...str(2, 'C'), ...str(4, 'MatMul')];
   const graph = [
@@ -91,7 +189,11 @@ function matmulModel(m: number, k: number, n: number): Uint8Array {
     ...field(11, valueInfo('B', [k, n])),
     ...field(12, valueInfo('C', [m, n])),
   ];
-  return Uint8Array.from([...intField(1, 7), ...field(7, graph), ...field(8, [...str(1, ''), ...intField(2, 13)])]);
+  return Uint8Array.from([
+    ...intField(1, 7),
+    ...field(7, graph),
+    ...field(8, [...str(1, ''), ...intField(2, 13)]),
+  ]);
 }
 
 async function matmulCeiling(): Promise<{ gflops: number; size: number }> {
@@ -100,8 +202,16 @@ async function matmulCeiling(): Promise<{ gflops: number; size: number }> {
     intraOpNumThreads: threads,
     interOpNumThreads: 1,
   });
-  const a = new ort.Tensor('float32', Float32Array.from({ length: size * size }, (_, i) => (i % 7) - 3), [size, size]);
-  const b = new ort.Tensor('float32', Float32Array.from({ length: size * size }, (_, i) => (i % 5) - 2), [size, size]);
+  const a = new ort.Tensor(
+    'float32',
+    Float32Array.from({ length: size * size }, (_, i) => (i % 7) - 3),
+    [size, size],
+  );
+  const b = new ort.Tensor(
+    'float32',
+    Float32Array.from({ length: size * size }, (_, i) => (i % 5) - 2),
+    [size, size],
+  );
   const times: number[] = [];
   for (let i = 0; i < 12; i++) {
     const started = performance.now();
@@ -130,11 +240,32 @@ async function reference(bundle: Bundle): Promise<ReferenceResult | { error: str
   try {
     const { stdout } = await run(
       PYTHON,
-      [script, '--bundle', bundleDir, '--work', path.resolve(args.work), '--threads', String(threads), '--iters', String(iters), '--warmup', String(warmup),
-        '--steps', String(d.steps), '--guidance', String(d.guidance), ...PROMPTS.flatMap((p) => ['--prompt', p])],
+      [
+        script,
+        '--bundle',
+        bundleDir,
+        '--work',
+        path.resolve(args.work),
+        '--threads',
+        String(threads),
+        '--iters',
+        String(iters),
+        '--warmup',
+        String(warmup),
+        '--steps',
+        String(d.steps),
+        '--guidance',
+        String(d.guidance),
+        ...PROMPTS.flatMap((p) => ['--prompt', p]),
+      ],
       {
         maxBuffer: 1 << 24,
-        env: { ...process.env, OMP_NUM_THREADS: String(threads), OPENBLAS_NUM_THREADS: String(threads), MKL_NUM_THREADS: String(threads) },
+        env: {
+          ...process.env,
+          OMP_NUM_THREADS: String(threads),
+          OPENBLAS_NUM_THREADS: String(threads),
+          MKL_NUM_THREADS: String(threads),
+        },
       },
     );
     const last = stdout.trim().split('\n').at(-1) ?? '';
@@ -146,16 +277,34 @@ async function reference(bundle: Bundle): Promise<ReferenceResult | { error: str
 }
 
 async function main(): Promise<void> {
-  console.log(`engine benchmark: bundle ${bundleDir}, ${threads} thread(s), ${iters} timed runs after ${warmup} warm-up`);
+  console.log(
+    `engine benchmark: bundle ${bundleDir}, ${threads} thread(s), ${iters} timed runs after ${warmup} warm-up`,
+  );
   const bundle = await loadBundle(bundleDir, { threads });
   const d = bundle.manifest.defaults;
 
   const imagine = await timeImagine(bundle);
   const imagineStats = stats(imagine.total);
-  console.log(`imagine (${d.steps} ${d.scheduler} steps, guidance ${d.guidance}, PNG): p50 ${imagineStats.p50} ms, p95 ${imagineStats.p95} ms`);
+  console.log(
+    `imagine (${d.steps} ${d.scheduler} steps, guidance ${d.guidance}, PNG): p50 ${imagineStats.p50} ms, p95 ${imagineStats.p95} ms`,
+  );
+
+  let engineStats: Awaited<ReturnType<typeof timeEngine>> | { error: string };
+  try {
+    engineStats = await timeEngine(200);
+    const e = engineStats;
+    console.log(
+      `Engine jobs (embedded store, ${e.gallery} indexed images): chat turn p50 ${e.chat.p50} ms, p95 ${e.chat.p95} ms; find p50 ${e.find.p50} ms, p95 ${e.find.p95} ms; imagine p50 ${e.imagine.p50} ms, p95 ${e.imagine.p95} ms`,
+    );
+  } catch (error) {
+    engineStats = { error: (error as Error).message.slice(0, 300) };
+    console.log(`Engine jobs: not measured (${engineStats.error})`);
+  }
 
   const ceiling = await matmulCeiling();
-  console.log(`matrix-multiply ceiling (ONNX Runtime MatMul ${ceiling.size}³, ${threads} thread(s)): ${ceiling.gflops} GFLOP/s`);
+  console.log(
+    `matrix-multiply ceiling (ONNX Runtime MatMul ${ceiling.size}³, ${threads} thread(s)): ${ceiling.gflops} GFLOP/s`,
+  );
 
   const ref = args['no-reference'] ? { error: 'skipped (--no-reference)' } : await reference(bundle);
   let unetGflops: number | null = null;
@@ -168,7 +317,9 @@ async function main(): Promise<void> {
     const flopPerLoop = ref.unet_gflop_per_call * d.steps;
     unetGflops = round(flopPerLoop / (percentile(imagine.denoise, 50) / 1000));
     const refGflops = round(flopPerLoop / (percentile(ref.denoise_ms, 50) / 1000));
-    console.log(`PyTorch ${ref.torch} reference imagine: p50 ${refStats.p50} ms, p95 ${refStats.p95} ms → engine is ${ratio}× faster`);
+    console.log(
+      `PyTorch ${ref.torch} reference imagine: p50 ${refStats.p50} ms, p95 ${refStats.p95} ms → engine is ${ratio}× faster`,
+    );
     console.log(
       `UNet loop: ${round(ref.unet_gflop_per_call, 3)} GFLOP per call × ${d.steps} steps; engine ${unetGflops} GFLOP/s, PyTorch ${refGflops} GFLOP/s, ceiling ${ceiling.gflops} GFLOP/s (engine at ${round((100 * unetGflops) / ceiling.gflops)}%)`,
     );
@@ -177,11 +328,16 @@ async function main(): Promise<void> {
   }
   await bundle.close();
 
+  const load = loadavg()[0]!;
+  if (load > threads)
+    console.log(`note: load average ${round(load, 2)} on this machine; figures include contention`);
   console.log(
     JSON.stringify({
       bench: 'engine',
       bundle: bundle.manifest.name,
       threads,
+      loadAverage: round(load, 2),
+      engine: engineStats,
       imagine: { ...imagineStats, steps: d.steps, scheduler: d.scheduler, guidance: d.guidance },
       imagineDenoise: stats(imagine.denoise),
       reference: refStats ? { imagine: refStats } : { error: (ref as { error: string }).error },

@@ -22,7 +22,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gill_tiny.diffusion import ddim_sample  # noqa: E402
-from gill_tiny.presets import Preset  # noqa: E402
+from gill_tiny.presets import PRESETS  # noqa: E402
 from gill_tiny.stages import Context  # noqa: E402
 
 # The matrix-multiply and convolution kernels: what the GFLOP/s figure is about (elementwise ops are left out).
@@ -34,8 +34,8 @@ def load_models(work: Path, bundle: Path):
     unet_ckpt = work / "unet.pt"
     if not unet_ckpt.is_file():
         raise SystemExit(f"bench_reference: no trained UNet at {unet_ckpt} (run models/training/train.py first)")
-    preset = torch.load(unet_ckpt, map_location="cpu")["preset"]
-    ctx = Context(Preset(**preset), torch.device("cpu"), work, bundle, Path("."))
+    preset = PRESETS[torch.load(unet_ckpt, map_location="cpu")["preset"]["name"]]
+    ctx = Context(preset, torch.device("cpu"), work, bundle, Path("."))
     return ctx.tokenizer(), ctx.clip(), ctx.unet(), ctx.vae()
 
 
