@@ -27,7 +27,7 @@ MAX_BUNDLE_BYTES = 40 * 1024 * 1024
 
 
 class GillHeads(Protocol):
-    """What the GILL stage hands to the export (gill.py's trained model, or placeholder_heads for `untrained`).
+    """What the GILL stage hands to the export (gill.py builds it, randomly initialised for `untrained`).
 
     The LM's [IMG] embedding rows are NOT part of this: the GILL stage writes its trained rows into
     `lm.embed_tokens.weight[img_ids]` before export (the rows are tied input/output embeddings)."""

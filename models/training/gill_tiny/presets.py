@@ -31,6 +31,9 @@ class Preset:
     eval_every: int = 1000  # steps between validation metrics
     eval_samples: int = 128  # generations scored by the quick diffusion check
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    # Narrower VAE/UNet for the CPU smoke run (same inputs and outputs, so the same export path); None = default.
+    vae_channels: tuple[int, int, int] | None = None
+    unet_channels: tuple[int, int, int] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -40,9 +43,9 @@ PRESETS = {
     "full": Preset("full"),
     "smoke": Preset(
         "smoke", images={"train": 256, "val": 64, "test": 64}, docs={"train": 400, "val": 64, "test": 64},
-        emoji_limit=64, vocab_size=420, lm_steps=40, lm_batch=16, clip_steps=40, clip_batch=32, vae_steps=40,
-        vae_batch=16, unet_steps=40, unet_batch=16, eval_every=20, eval_samples=8, lm_lr=3e-3, clip_lr=2e-3,
-        vae_lr=2e-3, unet_lr=1e-3,
+        emoji_limit=48, vocab_size=420, lm_steps=20, lm_batch=8, clip_steps=20, clip_batch=24, vae_steps=20,
+        vae_batch=8, unet_steps=20, unet_batch=8, eval_every=20, eval_samples=4, lm_lr=3e-3, clip_lr=2e-3,
+        vae_lr=3e-3, unet_lr=2e-3, vae_channels=(16, 16, 32), unet_channels=(16, 32, 32),
     ),
     "untrained": Preset(
         "untrained", images={"train": 64, "val": 16, "test": 16}, docs={"train": 4000, "val": 16, "test": 16},

@@ -96,7 +96,7 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 def _load_checked(path: Path, preset: Preset) -> dict:
     try:
-        obj = torch.load(path, map_location="cpu")
+        obj = torch.load(path, map_location="cpu", weights_only=False)  # holds dataclasses (Scene); torch >= 2.6 defaults to True
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
         raise RuntimeError(f"checkpoint {path} cannot be read ({e}); delete it to redo the stage") from e
     if not isinstance(obj, dict) or obj.get("preset") != preset.to_dict():
@@ -311,7 +311,7 @@ def stage_vae(ctx: Context) -> None:
     train = torch.cat([data["shapes"]["train"]["images"], data["emoji"]["images"]]).to(dev)
     val = data["shapes"]["val"]["images"][:256].to(dev)
     torch.manual_seed(p.seed + 3)
-    cfg = VAEConfig()
+    cfg = VAEConfig(channels=p.vae_channels) if p.vae_channels else VAEConfig()
     vae = VAE(cfg).to(dev)
 
     def loss_fn(g):
@@ -361,7 +361,7 @@ def stage_unet(ctx: Context) -> None:
     empty = torch.tensor([tok.encode_text_condition("", TEXT_MAX_LENGTH)], device=dev)
     acp = alphas_cumprod().to(dev)
     torch.manual_seed(p.seed + 4)
-    cfg = UNetConfig(cond_dim=clip.cfg.text_width)
+    cfg = UNetConfig(cond_dim=clip.cfg.text_width, **({"channels": p.unet_channels} if p.unet_channels else {}))
     unet = UNet(cfg).to(dev)
     n_emoji = int(round(p.unet_batch * p.unet_emoji_frac))
 
