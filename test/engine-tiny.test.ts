@@ -19,7 +19,7 @@ import { openEngineStore } from './support/engine-store.ts';
  * must be found in the indexed gallery.
  */
 
-const BUNDLE = path.resolve('models/gill-tiny');
+const BUNDLE = path.resolve(process.env.GILL_PARITY_BUNDLE ?? 'models/gill-tiny');
 const TRAINED = existsSync(path.join(BUNDLE, 'fixtures'));
 if (!TRAINED)
   console.warn(
