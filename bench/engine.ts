@@ -234,45 +234,58 @@ interface ReferenceResult {
   error?: string;
 }
 
+function referenceRun(extra: string[]): Promise<string> {
+  const script = path.resolve('models/training/bench_reference.py');
+  return run(PYTHON, [script, '--bundle', bundleDir, '--threads', String(threads), ...extra], {
+    maxBuffer: 1 << 24,
+    env: {
+      ...process.env,
+      OMP_NUM_THREADS: String(threads),
+      OPENBLAS_NUM_THREADS: String(threads),
+      MKL_NUM_THREADS: String(threads),
+    },
+  }).then(({ stdout }) => stdout.trim().split('\n').at(-1) ?? '');
+}
+
+function failure(error: unknown): { error: string } {
+  const e = error as { stderr?: string; message: string };
+  return { error: (e.stderr?.trim().split('\n').at(-1) || e.message).slice(0, 500) };
+}
+
+/** The PyTorch pipeline on the training run's checkpoints, same steps, guidance, prompts and threads. */
 async function reference(bundle: Bundle): Promise<ReferenceResult | { error: string }> {
   const d = bundle.manifest.defaults;
-  const script = path.resolve('models/training/bench_reference.py');
   try {
-    const { stdout } = await run(
-      PYTHON,
-      [
-        script,
-        '--bundle',
-        bundleDir,
-        '--work',
-        path.resolve(args.work),
-        '--threads',
-        String(threads),
-        '--iters',
-        String(iters),
-        '--warmup',
-        String(warmup),
-        '--steps',
-        String(d.steps),
-        '--guidance',
-        String(d.guidance),
-        ...PROMPTS.flatMap((p) => ['--prompt', p]),
-      ],
-      {
-        maxBuffer: 1 << 24,
-        env: {
-          ...process.env,
-          OMP_NUM_THREADS: String(threads),
-          OPENBLAS_NUM_THREADS: String(threads),
-          MKL_NUM_THREADS: String(threads),
-        },
-      },
-    );
-    const last = stdout.trim().split('\n').at(-1) ?? '';
-    return JSON.parse(last) as ReferenceResult;
+    const line = await referenceRun([
+      '--work',
+      path.resolve(args.work),
+      '--iters',
+      String(iters),
+      '--warmup',
+      String(warmup),
+      '--steps',
+      String(d.steps),
+      '--guidance',
+      String(d.guidance),
+      ...PROMPTS.flatMap((p) => ['--prompt', p]),
+    ]);
+    return JSON.parse(line) as ReferenceResult;
   } catch (error) {
-    const e = error as { stderr?: string; message: string };
-    return { error: (e.stderr?.trim().split('\n').at(-1) ?? e.message).slice(0, 500) };
+    return failure(error);
+  }
+}
+
+/** UNet FLOPs per guided call, counted by the PyTorch profiler on the model code (no checkpoints needed). */
+async function unetFlops(bundle: Bundle): Promise<number | { error: string }> {
+  try {
+    const line = await referenceRun([
+      '--flops-only',
+      '--guidance',
+      String(bundle.manifest.defaults.guidance),
+    ]);
+    return (JSON.parse(line) as { unet_gflop_per_call: number }).unet_gflop_per_call;
+  } catch (error) {
+    return failure(error);
   }
 }
 
@@ -307,24 +320,30 @@ async function main(): Promise<void> {
   );
 
   const ref = args['no-reference'] ? { error: 'skipped (--no-reference)' } : await reference(bundle);
-  let unetGflops: number | null = null;
-  let ratio: number | null = null;
+  const flops = 'imagine_ms' in ref ? ref.unet_gflop_per_call : await unetFlops(bundle);
   let refStats: ReturnType<typeof stats> | null = null;
+  let ratio: number | null = null;
+  let unetGflops: number | null = null;
+  let refGflops: number | null = null;
+  // Guidance batches both branches into one UNet call per step.
+  const loopGflop = typeof flops === 'number' ? flops * d.steps : null;
+  if (loopGflop !== null) unetGflops = round(loopGflop / (percentile(imagine.denoise, 50) / 1000));
   if ('imagine_ms' in ref) {
     refStats = stats(ref.imagine_ms);
     ratio = round(refStats.p50 / imagineStats.p50, 2);
-    // Guidance batches two samples per UNet call, one call per step.
-    const flopPerLoop = ref.unet_gflop_per_call * d.steps;
-    unetGflops = round(flopPerLoop / (percentile(imagine.denoise, 50) / 1000));
-    const refGflops = round(flopPerLoop / (percentile(ref.denoise_ms, 50) / 1000));
+    if (loopGflop !== null) refGflops = round(loopGflop / (percentile(ref.denoise_ms, 50) / 1000));
     console.log(
-      `PyTorch ${ref.torch} reference imagine: p50 ${refStats.p50} ms, p95 ${refStats.p95} ms → engine is ${ratio}× faster`,
-    );
-    console.log(
-      `UNet loop: ${round(ref.unet_gflop_per_call, 3)} GFLOP per call × ${d.steps} steps; engine ${unetGflops} GFLOP/s, PyTorch ${refGflops} GFLOP/s, ceiling ${ceiling.gflops} GFLOP/s (engine at ${round((100 * unetGflops) / ceiling.gflops)}%)`,
+      `PyTorch ${ref.torch} reference imagine (same weights, ${ref.threads} threads): p50 ${refStats.p50} ms, p95 ${refStats.p95} ms → engine is ${ratio}× faster`,
     );
   } else {
     console.log(`PyTorch reference: not measured (${ref.error})`);
+  }
+  if (typeof flops === 'number' && unetGflops !== null) {
+    console.log(
+      `UNet loop: ${round(flops, 3)} GFLOP per call × ${d.steps} steps; engine ${unetGflops} GFLOP/s${refGflops === null ? '' : `, PyTorch ${refGflops} GFLOP/s`}; ceiling ${ceiling.gflops} GFLOP/s (engine at ${round((100 * unetGflops) / ceiling.gflops)}%)`,
+    );
+  } else if (typeof flops !== 'number') {
+    console.log(`UNet FLOPs: not counted (${flops.error})`);
   }
   await bundle.close();
 
@@ -340,9 +359,14 @@ async function main(): Promise<void> {
       engine: engineStats,
       imagine: { ...imagineStats, steps: d.steps, scheduler: d.scheduler, guidance: d.guidance },
       imagineDenoise: stats(imagine.denoise),
-      reference: refStats ? { imagine: refStats } : { error: (ref as { error: string }).error },
+      reference:
+        'imagine_ms' in ref && refStats
+          ? { imagine: refStats, torch: ref.torch, threads: ref.threads }
+          : { error: ref.error },
       speedupVsReference: ratio,
+      unetGflopPerCall: typeof flops === 'number' ? flops : null,
       unetGflops,
+      referenceUnetGflops: refGflops,
       matmulCeilingGflops: ceiling.gflops,
     }),
   );

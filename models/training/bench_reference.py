@@ -21,7 +21,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gill_tiny.diffusion import ddim_sample  # noqa: E402
+from gill_tiny.diffusion import UNet, UNetConfig, ddim_sample  # noqa: E402
 from gill_tiny.presets import PRESETS  # noqa: E402
 from gill_tiny.stages import Context  # noqa: E402
 
@@ -52,13 +52,15 @@ def unet_gflop_per_call(unet: UNet, batch: int, channels: int, size: int, length
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bundle", type=Path, required=True)
-    ap.add_argument("--work", type=Path, required=True, help="the training run's checkpoint folder")
+    ap.add_argument("--work", type=Path, help="the training run's checkpoint folder (required unless --flops-only)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--prompt", action="append", default=None)
+    ap.add_argument("--flops-only", action="store_true",
+                    help="only count the UNet's FLOPs, on the model code's UNet (no checkpoints needed)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
@@ -67,6 +69,14 @@ def main() -> None:
     manifest = json.loads((args.bundle / "manifest.json").read_text())
     d = manifest["diffusion"]
     L, C, h, scaling = d["textMaxLength"], d["latentChannels"], d["latentSize"], d["vaeScalingFactor"]
+    batch = 2 if args.guidance > 1 else 1
+    if args.flops_only:
+        # FLOPs depend on the architecture alone; every preset shares UNetConfig's shapes.
+        unet = UNet(UNetConfig(latent_channels=C, cond_dim=d["conditioningDim"])).eval()
+        print(json.dumps({"unet_gflop_per_call": unet_gflop_per_call(unet, batch, C, h, L, d["conditioningDim"])}))
+        return
+    if args.work is None:
+        ap.error("--work is required (the training run's checkpoint folder)")
     tok, clip, unet, vae = load_models(args.work, args.bundle)
 
     def encode(text: str) -> torch.Tensor:
@@ -90,7 +100,6 @@ def main() -> None:
                 total_ms.append((time.perf_counter() - started) * 1000)
                 denoise_ms.append(loop_ms)
 
-    batch = 2 if args.guidance != 1 else 1
     gflop = unet_gflop_per_call(unet, batch, C, h, L, d["conditioningDim"])
     print(json.dumps({
         "torch": torch.__version__, "threads": torch.get_num_threads(), "imagine_ms": total_ms, "denoise_ms": denoise_ms,
