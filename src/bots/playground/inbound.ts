@@ -1,0 +1,356 @@
+import { type CommunityRef, MAX_PROMPT_CHARS, UserInputError } from '../../engine/jobs.ts';
+import type { Logger } from '../../log.ts';
+import type { BotCore, SubmitOutcome } from '../core/bot-core.ts';
+import { BUTTON_LABELS, parseButtonId } from '../core/buttons.ts';
+import { parseGillText } from '../core/commands.ts';
+import { FetchRefusedError } from '../core/fetch-guard.ts';
+import type { Command, InboundTurn, ThreadMessage } from '../core/turn.ts';
+import { parseFind, parseImagine } from '../slack/commands.ts';
+import type { PlaygroundAdapter } from './adapter.ts';
+import {
+  isMessageId,
+  type PlaygroundMessage,
+  type PlaygroundMessages,
+  type PostedImage,
+} from './messages.ts';
+import type { UploadedFile, UploadShelf } from './uploads.ts';
+
+/**
+ * Posts and button presses from the page become Turns for the core, as Discord and Slack events do:
+ * `@gill` in a message (or any message in a thread the bot answers in) is a chat turn on the thread,
+ * `/imagine`, `/find` and `/gill` are the commands, and the person at the keyboard is the admin. Bad
+ * input is refused before anything is posted, with a message for the page.
+ */
+
+export const BOT_NAME = 'gill';
+/** Longer messages are refused rather than cut: the model reads at most this much of a prompt anyway. */
+export const MAX_MESSAGE_CHARS = MAX_PROMPT_CHARS;
+/** Images per message: a chat turn looks at no more than this many. */
+export const MAX_FILES = 4;
+/** Thread messages read for a chat turn; the core trims them to the community's setting. */
+const THREAD_MESSAGES = 100;
+
+const MENTION = /(^|[^\w@])@gill\b/gi;
+const COMMAND = /^\/([a-z]+)\b\s*([\s\S]*)$/i;
+const USER_ID = /^[\w-]{1,64}$/;
+const CLIENT_KEY = /^[\w-]{8,64}$/;
+
+/** A request the page made that is refused; `status` is the HTTP status, the message is for the person. */
+export class PlaygroundRefusal extends Error {
+  constructor(
+    message: string,
+    readonly status = 400,
+  ) {
+    super(message);
+    this.name = 'PlaygroundRefusal';
+  }
+}
+
+export interface PageUser {
+  id: string;
+  name: string;
+}
+
+export interface PostInput {
+  text: string;
+  threadId?: string;
+  clientKey: string;
+  user: PageUser;
+  files: UploadedFile[];
+}
+
+export interface PostResult {
+  message: PlaygroundMessage;
+  /** The thread the answer (if any) goes to. */
+  threadId: string;
+  /** Whether the bot answers (a job was started or an answer posted), so the page can open the thread. */
+  answering: boolean;
+  /** Something only the sender sees: why the bot did not answer. */
+  notice?: string;
+}
+
+export interface InboundDeps {
+  core: BotCore;
+  messages: PlaygroundMessages;
+  adapter: PlaygroundAdapter;
+  uploads: UploadShelf;
+  logger: Logger;
+  community: CommunityRef;
+  communityId: string;
+  channelId: string;
+  /** Called with each accepted job, whose queue position is then kept up to date. */
+  onAccepted?(jobId: string): void;
+}
+
+export function checkUser(user: { id?: unknown; name?: unknown }): PageUser {
+  const id = typeof user.id === 'string' ? user.id : '';
+  if (!USER_ID.test(id)) throw new PlaygroundRefusal('The page sent no valid user id; reload it.');
+  const name = typeof user.name === 'string' ? user.name.replace(/\s+/g, ' ').trim().slice(0, 40) : '';
+  return { id, name: name || 'you' };
+}
+
+export function checkClientKey(key: unknown): string {
+  if (typeof key !== 'string' || !CLIENT_KEY.test(key))
+    throw new PlaygroundRefusal('The page sent no valid request id; reload it.');
+  return key;
+}
+
+/** What the text asks for: a command, a chat turn (mentions), or nothing (a plain post). */
+function commandOf(text: string, channelId: string): Command | 'mention' | null {
+  const command = COMMAND.exec(text.trim());
+  if (command) {
+    const [, name, rest = ''] = command;
+    switch (name!.toLowerCase()) {
+      case 'imagine':
+        return parseImagine(rest);
+      case 'find':
+        return parseFind(rest);
+      case 'gill':
+        return parseGillText(rest, channelId);
+      default:
+        throw new UserInputError(
+          `There is no command /${name}. Try /imagine <prompt>, /find <what> or /gill help, or mention @${BOT_NAME}.`,
+        );
+    }
+  }
+  MENTION.lastIndex = 0;
+  return MENTION.test(text) ? 'mention' : null;
+}
+
+function withoutMention(text: string): string {
+  return text
+    .replace(MENTION, '$1')
+    .replace(/[ \t]+/g, ' ')
+    .trim();
+}
+
+export function createInbound(deps: InboundDeps) {
+  const { core, messages, adapter, uploads, logger } = deps;
+
+  function threadMessage(message: PlaygroundMessage): ThreadMessage | null {
+    if (message.role === 'user') {
+      return {
+        id: message.id,
+        role: 'user',
+        authorId: message.authorId,
+        authorName: message.authorName,
+        text: withoutMention(message.body),
+        attachments: message.attachments.map((image) => uploads.attachment(image)),
+      };
+    }
+    // Progress lines and failures say nothing to the model.
+    if ((message.jobId && !message.reply) || message.reply?.failed) return null;
+    const images = message.reply?.images ?? [];
+    return {
+      id: message.id,
+      role: 'assistant',
+      authorId: BOT_NAME,
+      authorName: BOT_NAME,
+      text: message.reply?.text ?? message.body,
+      attachments: images.map((image, i) =>
+        uploads.attachment({ ...image, name: `gill-${image.kind}-${i + 1}.png` }),
+      ),
+    };
+  }
+
+  async function conversation(rootId: string, upTo: PlaygroundMessage): Promise<ThreadMessage[]> {
+    const thread = await messages.thread(rootId, THREAD_MESSAGES);
+    return thread
+      .filter((m) => Number(m.id) <= Number(upTo.id))
+      .flatMap((m) => {
+        const item = threadMessage(m);
+        return item ? [item] : [];
+      });
+  }
+
+  /** Shows the outcome in the thread: progress message, immediate answer, or a notice for the sender. */
+  async function answer(outcome: SubmitOutcome, turn: InboundTurn, answerKey: string) {
+    const threadId = turn.threadId!;
+    switch (outcome.status) {
+      case 'accepted':
+        await adapter.announce(
+          { id: outcome.jobId, channelId: turn.channelId, threadId },
+          outcome.position === null ? { stage: 'thinking' } : { stage: 'queued', position: outcome.position },
+        );
+        deps.onAccepted?.(outcome.jobId);
+        return undefined;
+      case 'answered': {
+        const { message } = await messages.post({
+          communityId: deps.communityId,
+          channelId: turn.channelId,
+          threadId,
+          role: 'assistant',
+          authorId: BOT_NAME,
+          authorName: BOT_NAME,
+          body: outcome.text,
+          clientKey: `answer:${answerKey}`,
+        });
+        adapter.publish(message);
+        return undefined;
+      }
+      case 'refused':
+        return `⚠️ ${outcome.message}`;
+      case 'duplicate':
+        return undefined;
+    }
+  }
+
+  function turnFor(
+    user: PageUser,
+    threadId: string,
+    command: Command,
+    history: ThreadMessage[],
+    idempotencyKey: string,
+    data: Record<string, unknown>,
+  ): InboundTurn {
+    return {
+      platform: 'playground',
+      community: deps.community,
+      // The person at this machine runs the playground, so they may change its settings.
+      user: { id: user.id, displayName: user.name, isAdmin: true },
+      channelId: deps.channelId,
+      threadId,
+      command,
+      messages: history,
+      idempotencyKey,
+      replyTarget: {
+        platform: 'playground',
+        channelId: deps.channelId,
+        threadId,
+        data: { userId: user.id, ...data },
+      },
+    };
+  }
+
+  async function ingest(files: UploadedFile[]): Promise<PostedImage[]> {
+    const images: PostedImage[] = [];
+    for (const file of files) {
+      try {
+        images.push(await uploads.ingest(file));
+      } catch (error) {
+        if (!(error instanceof FetchRefusedError)) throw error;
+        const status =
+          error.reason === 'too_large'
+            ? 413
+            : error.reason === 'not_image' || error.reason === 'corrupt'
+              ? 415
+              : 400;
+        throw new PlaygroundRefusal(`${error.message}.`.replace(/\.\.$/, '.'), status);
+      }
+    }
+    return images;
+  }
+
+  return {
+    async post(input: PostInput): Promise<PostResult> {
+      const text = input.text.replace(/\r\n/g, '\n');
+      if (!text.trim() && input.files.length === 0) {
+        throw new PlaygroundRefusal('The message is empty: write something or attach an image.');
+      }
+      if (text.length > MAX_MESSAGE_CHARS) {
+        throw new PlaygroundRefusal(
+          `The message is ${text.length.toLocaleString('en-US')} characters long; the limit is ${MAX_MESSAGE_CHARS.toLocaleString('en-US')}.`,
+          413,
+        );
+      }
+      if (input.files.length > MAX_FILES) {
+        throw new PlaygroundRefusal(
+          `${input.files.length} images were attached; a message takes at most ${MAX_FILES}.`,
+          413,
+        );
+      }
+      let root: PlaygroundMessage | null = null;
+      if (input.threadId !== undefined) {
+        root = await messages.get(input.threadId);
+        if (!root || root.threadId !== null || root.channelId !== deps.channelId) {
+          throw new PlaygroundRefusal('That thread no longer exists.', 404);
+        }
+      }
+      let command: Command | 'mention' | null;
+      try {
+        command = commandOf(text, deps.channelId);
+      } catch (error) {
+        if (error instanceof UserInputError) throw new PlaygroundRefusal(error.message);
+        throw error;
+      }
+      const attachments = await ingest(input.files);
+
+      const { message, created } = await messages.post({
+        communityId: deps.communityId,
+        channelId: deps.channelId,
+        threadId: root?.id ?? null,
+        role: 'user',
+        authorId: input.user.id,
+        authorName: input.user.name,
+        body: text.trim(),
+        attachments,
+        clientKey: input.clientKey,
+      });
+      if (created) adapter.publish(message);
+      const threadId = message.threadId ?? message.id;
+      const log = logger.child({ messageId: message.id, threadId });
+
+      let notice: string | undefined;
+      if (attachments.length && (await core.isIndexedChannel(deps.community, deps.channelId))) {
+        const outcome = await core.indexImages({
+          community: deps.community,
+          channelId: deps.channelId,
+          messageId: message.id,
+          authorId: input.user.id,
+          permalink: `/?thread=${threadId}#m${message.id}`,
+          attachments: attachments.map((image) => uploads.attachment(image)),
+        });
+        if (outcome?.refused.length) notice = `Not added to the image index: ${outcome.refused.join('; ')}`;
+      }
+
+      const answersHere =
+        command === 'mention' || (command === null && root && (await messages.botInThread(root.id)));
+      if (!command && !answersHere)
+        return { message, threadId, answering: false, ...(notice ? { notice } : {}) };
+      const turn =
+        command === 'mention' || command === null
+          ? turnFor(
+              input.user,
+              threadId,
+              { kind: 'chat' },
+              await conversation(threadId, message),
+              `playground:message:${message.id}`,
+              {
+                messageId: message.id,
+              },
+            )
+          : turnFor(input.user, threadId, command, [], `playground:message:${message.id}`, {
+              messageId: message.id,
+            });
+      const refused = await answer(await core.submit(turn), turn, message.id);
+      if (refused) log.info({ notice: refused }, 'not answered');
+      const notices = [notice, refused].filter(Boolean).join('\n');
+      return { message, threadId, answering: !refused, ...(notices ? { notice: notices } : {}) };
+    },
+
+    async press(input: {
+      customId: unknown;
+      clickKey: string;
+      user: PageUser;
+    }): Promise<{ notice?: string }> {
+      const parsed = typeof input.customId === 'string' ? parseButtonId(input.customId) : null;
+      if (!parsed) throw new PlaygroundRefusal('That is not one of the bot’s buttons.');
+      const original = await messages.byJob(parsed.jobId);
+      if (!original?.threadId || !isMessageId(original.threadId)) {
+        throw new PlaygroundRefusal('That reply is no longer known, so its buttons no longer work.', 404);
+      }
+      const turn = turnFor(
+        input.user,
+        original.threadId,
+        { kind: 'button', action: parsed.action, jobId: parsed.jobId },
+        [],
+        `playground:button:${input.clickKey}`,
+        { header: `${input.user.name} pressed “${BUTTON_LABELS[parsed.action]}”` },
+      );
+      const refused = await answer(await core.submit(turn), turn, `button:${input.clickKey}`);
+      return refused ? { notice: refused } : {};
+    },
+  };
+}
+
+export type Inbound = ReturnType<typeof createInbound>;

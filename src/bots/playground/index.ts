@@ -1,0 +1,185 @@
+import { once } from 'node:events';
+import type { AddressInfo } from 'node:net';
+import { hostname } from 'node:os';
+import type { Config } from '../../config.ts';
+import type { CommunityRef } from '../../engine/jobs.ts';
+import type { JobQueue } from '../../engine/queue/queue.ts';
+import type { Logger } from '../../log.ts';
+import type { Store } from '../../store/types.ts';
+import { type BotCore, createBotCore } from '../core/bot-core.ts';
+import { startAdapterDelivery } from '../core/delivery.ts';
+import { createFetchGuard, DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS } from '../core/fetch-guard.ts';
+import { createImageIngest } from '../core/images.ts';
+import { PlaygroundAdapter } from './adapter.ts';
+import { EventHub } from './events.ts';
+import { createInbound, type Inbound } from './inbound.ts';
+import { PlaygroundMessages } from './messages.ts';
+import { PLAYGROUND_COMMUNITY } from './seed-gallery.ts';
+import { createPlaygroundServer } from './server.ts';
+import { UploadShelf } from './uploads.ts';
+
+/**
+ * The local playground: a chat channel with threads in the browser, served on loopback by `gill start`,
+ * on the same core, queue, engine and exactly-once delivery as Discord and Slack. Nothing to configure:
+ * no tokens, and the page loads nothing from outside this server.
+ */
+
+export { PLAYGROUND_COMMUNITY, seedGallery } from './seed-gallery.ts';
+
+/** The playground's one channel. */
+export const PLAYGROUND_CHANNEL = 'playground';
+
+/** How often waiting jobs' queue positions are refreshed on their progress messages. */
+const POSITION_REFRESH_MS = 2000;
+
+export interface PlaygroundOptions {
+  config: Pick<Config, 'GILL_HOST' | 'GILL_PORT'>;
+  store: Store;
+  queue: JobQueue;
+  /**
+   * A core to share with other adapters. It must read images through an ingest that can fetch from this
+   * server; left out, the playground makes its own (the usual case).
+   */
+  core?: BotCore;
+  logger: Logger;
+  /** Overrides GILL_HOST / GILL_PORT (port 0 picks a free one). */
+  listen?: { host?: string; port?: number };
+  community?: CommunityRef;
+  /** Delivery sweep interval (tests shorten it). */
+  sweepIntervalMs?: number;
+}
+
+export interface PlaygroundHandle {
+  url: string;
+  stop(): Promise<void>;
+}
+
+/** The address to put in URLs for a bound address: wildcards are reached through loopback. */
+function reachable(address: string): string {
+  if (address === '0.0.0.0') return '127.0.0.1';
+  if (address === '::') return '[::1]';
+  return address.includes(':') ? `[${address}]` : address;
+}
+
+export async function startPlayground(options: PlaygroundOptions): Promise<PlaygroundHandle> {
+  const { store, queue } = options;
+  const logger = options.logger.child({ platform: 'playground' });
+  const communityRef = options.community ?? PLAYGROUND_COMMUNITY;
+  const community = await store.communities.ensure(communityRef);
+  const messages = new PlaygroundMessages(store.sql);
+  const hub = new EventHub();
+  const uploads = new UploadShelf();
+  const adapter = new PlaygroundAdapter({ store, messages, hub, logger, communityId: community.id });
+  const limits = { maxBytes: DEFAULT_MAX_IMAGE_BYTES, maxPixels: DEFAULT_MAX_IMAGE_PIXELS };
+
+  let ready!: (inbound: Inbound) => void;
+  const inbound = new Promise<Inbound>((resolve) => {
+    ready = resolve;
+  });
+  let allowedHosts: Set<string> | null = new Set();
+  const server = createPlaygroundServer({
+    store,
+    messages,
+    inbound,
+    uploads,
+    hub,
+    logger,
+    communityId: community.id,
+    channelId: PLAYGROUND_CHANNEL,
+    limits,
+    hostAllowed: (host) =>
+      allowedHosts === null || (host !== undefined && allowedHosts.has(host.toLowerCase())),
+  });
+
+  const host = options.listen?.host ?? options.config.GILL_HOST;
+  server.listen(options.listen?.port ?? options.config.GILL_PORT, host);
+  await Promise.race([
+    once(server, 'listening'),
+    once(server, 'error').then(([error]) => {
+      const code = (error as NodeJS.ErrnoException).code;
+      throw new Error(
+        code === 'EADDRINUSE'
+          ? `the playground cannot listen on ${host}:${options.listen?.port ?? options.config.GILL_PORT}: the port is in use (set GILL_PORT to another one)`
+          : `the playground cannot listen on ${host}: ${(error as Error).message}`,
+        { cause: error },
+      );
+    }),
+  ]);
+  const bound = server.address() as AddressInfo;
+  const origin = `http://${reachable(bound.address)}:${bound.port}`;
+  // A wildcard bind means the operator wants other machines in: no Host check then.
+  allowedHosts =
+    bound.address === '0.0.0.0' || bound.address === '::'
+      ? null
+      : new Set(
+          [reachable(bound.address), 'localhost', host.includes(':') ? `[${host}]` : host].map((h) =>
+            `${h}:${bound.port}`.toLowerCase(),
+          ),
+        );
+
+  // Uploads are fetched back from this server by the bots' own fetch guard, under the bots' limits.
+  const images = createImageIngest({
+    store,
+    guard: createFetchGuard({ allowed: [origin], maxBytes: limits.maxBytes, maxPixels: limits.maxPixels }),
+  });
+  uploads.open(origin, images);
+  const core =
+    options.core ?? createBotCore({ store, queue, logger, images, channelMention: (id) => `#${id}` });
+  const delivery = startAdapterDelivery({
+    store,
+    queue,
+    logger,
+    adapter,
+    owner: `${hostname()}:${process.pid}:playground`,
+    sweepIntervalMs: options.sweepIntervalMs,
+  });
+
+  // Jobs waiting in the queue, whose progress message shows their position until they start.
+  const waiting = new Map<string, number>();
+  const refresh = setInterval(() => {
+    for (const [jobId, last] of waiting) {
+      queue
+        .position(jobId)
+        .then(async (position) => {
+          if (position === null) waiting.delete(jobId);
+          else if (position !== last) {
+            waiting.set(jobId, position);
+            await delivery.progress(jobId, { stage: 'queued', position });
+          }
+        })
+        .catch((error: unknown) => logger.warn({ err: error, jobId }, 'queue position refresh failed'));
+    }
+  }, POSITION_REFRESH_MS);
+  refresh.unref();
+
+  ready(
+    createInbound({
+      core,
+      messages,
+      adapter,
+      uploads,
+      logger,
+      community: communityRef,
+      communityId: community.id,
+      channelId: PLAYGROUND_CHANNEL,
+      onAccepted: (jobId) => {
+        waiting.set(jobId, -1);
+        if (waiting.size > 10_000) waiting.delete(waiting.keys().next().value as string);
+      },
+    }),
+  );
+  const url = `${origin}/`;
+  logger.info({ url }, 'playground listening');
+
+  return {
+    url,
+    async stop() {
+      clearInterval(refresh);
+      hub.close();
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeAllConnections();
+      await closed;
+      await delivery.close();
+    },
+  };
+}
