@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gill_tiny import gill, stages  # noqa: E402
+from gill_tiny import evaluate, fixtures, gill, stages  # noqa: E402
 from gill_tiny.export import Backbones, export_bundle  # noqa: E402
 from gill_tiny.presets import PRESETS  # noqa: E402
 
@@ -60,8 +60,10 @@ STAGES = [
     ("gill", gill.stage_gill),
     ("decision", gill.stage_decision),
     ("export", stage_export),
+    ("fixtures", fixtures.stage_fixtures),
+    ("eval", evaluate.stage_eval),
 ]
-ALWAYS_RUN = {"export"}  # cheap stages that write into --out rather than a checkpoint
+ALWAYS_RUN = {"export", "fixtures", "eval"}  # they write into --out rather than a checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:
