@@ -88,6 +88,8 @@ export class FakeSlack {
   /** JSON bodies posted to response_url endpoints, by the id in their path. */
   readonly responses: { id: string; body: Record<string, unknown> }[] = [];
   readonly fileDownloads: { fileId: string; authorized: boolean }[] = [];
+  /** Messages sent with chat.postEphemeral (visible to one user). */
+  readonly ephemerals: { channel: string; user: string; text: string }[] = [];
   private readonly users = new Map<string, { name: string; is_admin: boolean; is_owner: boolean }>();
   private readonly files = new Map<string, StoredFile>();
   private readonly pendingUploads = new Map<string, PendingUpload>();
@@ -365,6 +367,10 @@ export class FakeSlack {
       if (index < 0) throw new Error('message_not_found');
       this.messages.splice(index, 1);
       return { channel: p.channel, ts: p.ts };
+    },
+    'chat.postEphemeral': (p) => {
+      this.ephemerals.push({ channel: String(p.channel), user: String(p.user), text: String(p.text ?? '') });
+      return { message_ts: this.nextTs() };
     },
     'chat.getPermalink': (p) => ({
       channel: p.channel,
@@ -671,7 +677,14 @@ export function sendSlashCommand(
 export function sendBlockAction(
   fake: FakeSlack,
   target: SlackRequestTarget,
-  input: { user: string; channel: string; message: FakeMessage; actionId: string; value?: string },
+  input: {
+    user: string;
+    channel: string;
+    message: FakeMessage;
+    actionId: string;
+    label?: string;
+    value?: string;
+  },
   options: DeliveryOptions = {},
 ) {
   triggerCounter += 1;
@@ -696,7 +709,8 @@ export function sendBlockAction(
       {
         type: 'button',
         action_id: input.actionId,
-        block_id: 'actions',
+        block_id: 'gill-actions',
+        text: { type: 'plain_text', text: input.label ?? input.actionId },
         value: input.value ?? '',
         action_ts: `${Math.floor(Date.now() / 1000)}.000100`,
       },

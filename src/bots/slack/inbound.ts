@@ -4,7 +4,7 @@ import type { JobQueue } from '../../engine/queue/queue.ts';
 import type { Logger } from '../../log.ts';
 import type { Store } from '../../store/types.ts';
 import type { BotCore, SubmitOutcome } from '../core/bot-core.ts';
-import { parseButtonId } from '../core/buttons.ts';
+import { BUTTON_LABELS, parseButtonId } from '../core/buttons.ts';
 import { gillHelp, parseGillText } from '../core/commands.ts';
 import { renderProgress } from '../core/render.ts';
 import type { Command, InboundTurn, ThreadMessage } from '../core/turn.ts';
@@ -313,7 +313,7 @@ export function registerInbound(deps: InboundDeps): void {
           data: { userId: body.user.id },
         },
       };
-      const header = `<@${body.user.id}> pressed “${action.text.text}”`;
+      const header = `<@${body.user.id}> pressed “${BUTTON_LABELS[parsedId.action]}”`;
       const outcome = await submitAndAnnounce(turn, header);
       if (outcome.status === 'refused') await ephemeral(respond, `⚠️ ${outcome.message}`);
     } catch (error) {

@@ -172,7 +172,7 @@ export class SlackAdapter implements PlatformAdapter {
     });
     const ts = String(answer.ts);
     const job = await store.jobs.get(jobId);
-    if (job) await this.remember(job, { progressTs: ts });
+    if (job) await this.remember(job, { progressTs: ts, ...(header ? { header } : {}) });
     return ts;
   }
 

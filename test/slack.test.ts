@@ -1,0 +1,716 @@
+import { createHash } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { Writable } from 'node:stream';
+import sharp from 'sharp';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type SlackHandle, startSlack } from '../src/bots/slack/index.ts';
+import { type Config, loadConfig } from '../src/config.ts';
+import type { Engine, JobContext } from '../src/engine/engine.ts';
+import type { JobPayload, JobResult } from '../src/engine/jobs.ts';
+import { MemoryJobQueue } from '../src/engine/queue/memory.ts';
+import { runJobs } from '../src/engine/queue/worker.ts';
+import { createLogger } from '../src/log.ts';
+import { connect } from '../src/store/connect.ts';
+import type { Store } from '../src/store/types.ts';
+import {
+  type FakeMessage,
+  FakeSlack,
+  mentionEnvelope,
+  messageEnvelope,
+  type SlackRequestTarget,
+  sendBlockAction,
+  sendEvent,
+  sendSlashCommand,
+  signSlackRequest,
+} from './fakes/slack.ts';
+
+/**
+ * The Slack adapter end to end: a real Bolt app (HTTP receiver with its signature check, WebClient)
+ * against the loopback fake Slack, signed requests, the real store on PGlite, the in-process queue and
+ * worker loop, and an engine double that answers from what it was given.
+ */
+
+const SECRET = 'test-signing-secret';
+const DIM = 16;
+
+/** A bag-of-words vector: texts sharing words are near each other. */
+function embedText(text: string): Float32Array {
+  const v = new Float32Array(DIM);
+  for (const word of text
+    .toLowerCase()
+    .split(/[^a-z]+/)
+    .filter(Boolean)) {
+    const h = createHash('sha256').update(word).digest();
+    v[h[0]! % DIM]! += 1;
+  }
+  const norm = Math.hypot(...v) || 1;
+  return v.map((x) => x / norm);
+}
+
+/** Answers from its inputs, so tests can check what reached it; `hold` parks jobs until released. */
+class EchoEngine implements Engine {
+  readonly payloads: JobPayload[] = [];
+  private gate: Promise<void> | null = null;
+  private open: (() => void) | null = null;
+
+  constructor(private readonly store: Store) {}
+
+  hold(): void {
+    this.gate = new Promise((resolve) => {
+      this.open = resolve;
+    });
+  }
+
+  release(): void {
+    this.open?.();
+    this.gate = null;
+  }
+
+  async run(payload: JobPayload, ctx: JobContext): Promise<JobResult> {
+    this.payloads.push(payload);
+    if (this.gate && payload.kind !== 'index') await this.gate;
+    switch (payload.kind) {
+      case 'chat': {
+        const hashes = payload.context.flatMap((item) => (item.type === 'image' ? [item.hash] : []));
+        const texts = payload.context.flatMap((item) => (item.type === 'text' ? [item.text] : []));
+        return {
+          kind: 'chat',
+          text: `echo: ${texts.at(-1) ?? ''} | images: ${hashes.length ? hashes.join(',') : 'none'}`,
+          images: [],
+          decision: null,
+          notes: [],
+        };
+      }
+      case 'imagine': {
+        const steps = payload.steps ?? 8;
+        for (let step = 1; step <= steps; step++) {
+          await new Promise((resolve) => setTimeout(resolve, 200));
+          ctx.progress({ stage: 'generating', step, steps });
+        }
+        const png = await sharp({ create: { width: 32, height: 32, channels: 3, background: '#c03020' } })
+          .png()
+          .toBuffer();
+        const hash = await this.store.blobs.put(png, 'image/png');
+        return {
+          kind: 'imagine',
+          text: '',
+          images: [{ kind: 'generated', hash, mime: 'image/png', width: 32, height: 32, score: 0 }],
+          decision: null,
+          notes: [],
+          seed: payload.seed ?? 7,
+        };
+      }
+      case 'find': {
+        const community = await this.store.communities.ensure(payload.community);
+        const found = await this.store.images.search(
+          community.id,
+          embedText(payload.query),
+          payload.k,
+          payload.excludeImageIds,
+        );
+        return {
+          kind: 'find',
+          text: '',
+          images: found.map((image) => ({
+            kind: 'retrieved' as const,
+            hash: image.hash,
+            mime: image.mime,
+            width: image.width,
+            height: image.height,
+            score: image.score,
+            source: {
+              imageId: image.id,
+              permalink: image.permalink,
+              authorId: image.authorId,
+              channelId: image.channelId,
+              messageId: image.messageId,
+            },
+          })),
+          decision: null,
+          notes: [],
+        };
+      }
+      case 'index': {
+        const image = await this.store.images.get(payload.imageId);
+        await this.store.images.setEmbedding(payload.imageId, embedText(image?.title ?? ''));
+        return { kind: 'index', text: '', images: [], decision: null, notes: [] };
+      }
+    }
+  }
+
+  async close(): Promise<void> {}
+}
+
+function png(color: string, size = 24): Promise<Buffer> {
+  return sharp({ create: { width: size, height: size, channels: 3, background: color } })
+    .png()
+    .toBuffer();
+}
+
+const sha256 = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex');
+
+let dataDir: string;
+let fake: FakeSlack;
+let store: Store;
+let queue: MemoryJobQueue;
+let engine: EchoEngine;
+let worker: { close(): Promise<void> };
+let config: Config;
+let slack: SlackHandle;
+let target: SlackRequestTarget;
+const logLines: Record<string, unknown>[] = [];
+const logger = createLogger(
+  'info',
+  new Writable({
+    write(chunk, _encoding, done) {
+      for (const line of String(chunk).split('\n').filter(Boolean)) logLines.push(JSON.parse(line));
+      done();
+    },
+  }),
+);
+
+async function startBot(): Promise<void> {
+  slack = await startSlack({
+    config,
+    store,
+    queue,
+    logger,
+    listen: { host: '127.0.0.1', port: 0 },
+    sweepIntervalMs: 300,
+  });
+  target = { url: slack.eventsUrl!, signingSecret: SECRET };
+}
+
+/** The bot's message in a thread whose text contains `needle`, once it is there (edits included). */
+function botReply(channel: string, threadTs: string | undefined, needle: string): Promise<FakeMessage> {
+  return fake.waitFor(
+    () => fake.botMessages(channel, threadTs).find((m) => m.text.includes(needle)),
+    15_000,
+    `a bot message containing "${needle}" in ${channel}/${threadTs}`,
+  );
+}
+
+function responseTo(responseId: string) {
+  return fake.waitFor(
+    () => fake.responses.find((r) => r.id === responseId)?.body,
+    10_000,
+    `a response to ${responseId}`,
+  );
+}
+
+async function mention(
+  channel: string,
+  user: string,
+  text: string,
+  eventId: string,
+  extra: { threadTs?: string } = {},
+) {
+  const message = fake.userMessage({
+    channel,
+    user,
+    text: `<@${fake.botUserId}> ${text}`,
+    threadTs: extra.threadTs,
+  });
+  const response = await sendEvent(target, mentionEnvelope(fake, message, eventId));
+  expect(response.status).toBe(200);
+  // Slack also sends the plain message event for a mention; it must not produce a second answer.
+  await sendEvent(target, messageEnvelope(fake, message, `${eventId}-msg`));
+  return message;
+}
+
+beforeAll(async () => {
+  dataDir = await mkdtemp(path.join(tmpdir(), 'gill-slack-'));
+  fake = await FakeSlack.start();
+  fake.addUser('UADMIN', { admin: true });
+  fake.addUser('UOWNER', { owner: true });
+  fake.addUser('UPLAIN');
+  fake.addUser('ULISTED');
+  config = loadConfig({
+    SLACK_BOT_TOKEN: fake.botToken,
+    SLACK_SIGNING_SECRET: SECRET,
+    SLACK_API_URL: fake.apiUrl,
+    SLACK_ADMIN_USERS: 'ULISTED',
+    GILL_DATA_DIR: dataDir,
+  });
+  store = await connect(config);
+  // Many jobs come from few users here; the limits have their own tests in the core.
+  const community = await store.communities.ensure({ platform: 'slack', externalId: fake.teamId });
+  await store.communities.updateConfig(community.id, {
+    userJobsPerMinute: 120,
+    userConcurrentJobs: 20,
+    communityConcurrentJobs: 200,
+  });
+  queue = new MemoryJobQueue({ backoffMs: 50, logger });
+  engine = new EchoEngine(store);
+  worker = runJobs({ queue, store, engine, logger });
+  await startBot();
+});
+
+afterAll(async () => {
+  if (process.env.SLACK_TEST_LOG) {
+    const { writeFile } = await import('node:fs/promises');
+    await writeFile(process.env.SLACK_TEST_LOG, logLines.map((l) => JSON.stringify(l)).join('\n'));
+  }
+  await slack?.stop();
+  await worker?.close();
+  await queue?.close();
+  await store?.close();
+  await fake?.close();
+  if (dataDir) await rm(dataDir, { recursive: true, force: true });
+});
+
+describe('Slack adapter', () => {
+  it('checks the token at start and answers url_verification', async () => {
+    expect(fake.callsOf('auth.test').length).toBeGreaterThan(0);
+    const body = JSON.stringify({ token: 't', challenge: 'abc123', type: 'url_verification' });
+    const response = await fetch(target.url, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', ...signSlackRequest(SECRET, body) },
+      body,
+    });
+    expect(response.status).toBe(200);
+    expect(await response.json()).toEqual({ challenge: 'abc123' });
+  });
+
+  it('answers a mention in a channel in a thread under it, and follow-ups in that thread without a mention', async () => {
+    const root = await mention('CMENTION', 'UPLAIN', 'hello there', 'EvMention1');
+    const reply = await botReply('CMENTION', root.ts, 'echo: hello there');
+    expect(reply.thread_ts).toBe(root.ts);
+    // The progress message was edited into the reply: one bot message in the thread.
+    expect(fake.botMessages('CMENTION', root.ts)).toHaveLength(1);
+    expect(fake.callsOf('chat.update').some((c) => c.params.ts === reply.ts)).toBe(true);
+
+    const followUp = fake.userMessage({
+      channel: 'CMENTION',
+      user: 'UPLAIN',
+      text: 'and what about cats?',
+      threadTs: root.ts,
+    });
+    expect((await sendEvent(target, messageEnvelope(fake, followUp, 'EvFollow1'))).status).toBe(200);
+    await botReply('CMENTION', root.ts, 'echo: and what about cats?');
+    const chat = engine.payloads.filter((p) => p.kind === 'chat').at(-1)!;
+    expect(
+      chat.kind === 'chat' &&
+        chat.context.map((item) => [item.role, item.type === 'text' ? item.text : item.hash]),
+    ).toEqual([
+      ['user', 'hello there'],
+      ['assistant', expect.stringContaining('echo: hello there')],
+      ['user', 'and what about cats?'],
+    ]);
+    // Built from events: the thread was never re-read.
+    expect(fake.callsOf('conversations.replies')).toHaveLength(0);
+
+    // A message in a thread the bot is not part of is left alone.
+    const other = fake.userMessage({ channel: 'CMENTION', user: 'UPLAIN', text: 'just chatting' });
+    const aside = fake.userMessage({
+      channel: 'CMENTION',
+      user: 'UPLAIN',
+      text: 'between people',
+      threadTs: other.ts,
+    });
+    await sendEvent(target, messageEnvelope(fake, other, 'EvOther1'));
+    await sendEvent(target, messageEnvelope(fake, aside, 'EvOther2'));
+    const barrier = await mention('CMENTION', 'UPLAIN', 'barrier', 'EvBarrier1');
+    await botReply('CMENTION', barrier.ts, 'echo: barrier');
+    expect(fake.botMessages('CMENTION', other.ts)).toHaveLength(0);
+  });
+
+  it('reads a thread with two images (downloaded with the bot token) and uses them in the reply', async () => {
+    const red = await png('#ff0000');
+    const blue = await png('#0000ff');
+    const root = fake.userMessage({ channel: 'CIMAGES', user: 'UPLAIN', text: 'look at these' });
+    fake.userMessage({
+      channel: 'CIMAGES',
+      user: 'UPLAIN',
+      text: 'first',
+      threadTs: root.ts,
+      files: [fake.addFile({ name: 'red.png', mimetype: 'image/png', bytes: red })],
+    });
+    fake.userMessage({
+      channel: 'CIMAGES',
+      user: 'UOWNER',
+      text: 'second',
+      threadTs: root.ts,
+      files: [fake.addFile({ name: 'blue.png', mimetype: 'image/png', bytes: blue })],
+    });
+    // These were posted before the bot saw the thread: it reads the thread once.
+    const asked = await mention('CIMAGES', 'UPLAIN', 'which is warmer?', 'EvImages1', { threadTs: root.ts });
+    const reply = await botReply('CIMAGES', root.ts, 'echo: which is warmer?');
+    expect(reply.text).toContain(`images: ${sha256(red)},${sha256(blue)}`);
+    expect(fake.callsOf('conversations.replies')).toHaveLength(1);
+    expect(fake.fileDownloads.filter((d) => !d.authorized)).toHaveLength(0);
+    expect(fake.fileDownloads.length).toBeGreaterThanOrEqual(2);
+    expect(asked.thread_ts).toBe(root.ts);
+
+    // The next turn in the thread reuses the cached thread and the stored images.
+    const downloads = fake.fileDownloads.length;
+    await mention('CIMAGES', 'UPLAIN', 'and now?', 'EvImages2', { threadTs: root.ts });
+    await botReply('CIMAGES', root.ts, 'echo: and now?');
+    expect(fake.callsOf('conversations.replies')).toHaveLength(1);
+    expect(fake.fileDownloads.length).toBe(downloads);
+  });
+
+  it('/imagine acknowledges at once, shows progress at most once a second, then posts the image', async () => {
+    const updatesBefore = fake.callsOf('chat.update').length;
+    const { response } = await sendSlashCommand(fake, target, {
+      command: '/imagine',
+      text: 'a red square --seed 5 --steps 8',
+      user: 'UPLAIN',
+      channel: 'CIMAGINE',
+    });
+    expect(response.status).toBe(200);
+    const upload = await fake.waitFor(
+      () => fake.uploads.find((u) => u.channel === 'CIMAGINE'),
+      20_000,
+      'the upload',
+    );
+    expect(upload.threadTs).toBeUndefined();
+    const meta = await sharp(upload.bytes).metadata();
+    expect(meta.format).toBe('png');
+    const final = await botReply('CIMAGINE', undefined, 'generated (seed 5)');
+    expect(JSON.stringify(final.blocks)).toContain('<@UPLAIN> /imagine a red square');
+    expect(JSON.stringify(final.blocks)).toMatch(/gill:regenerate:/);
+
+    const imagine = engine.payloads.filter((p) => p.kind === 'imagine').at(-1);
+    expect(imagine).toMatchObject({ prompt: 'a red square', seed: 5, steps: 8 });
+    const progress = fake
+      .callsOf('chat.update')
+      .slice(updatesBefore)
+      .filter((c) => c.params.ts === final.ts && String(c.params.text).includes('Drawing… step'));
+    expect(progress.length).toBeGreaterThan(0);
+    // 8 steps arrive 200 ms apart; the throttle shows at most one a second.
+    expect(progress.length).toBeLessThan(8);
+    for (let i = 1; i < progress.length; i++) {
+      expect(progress[i]!.at - progress[i - 1]!.at).toBeGreaterThanOrEqual(900);
+    }
+    // The upload used the external upload flow.
+    expect(fake.callsOf('files.getUploadURLExternal').length).toBeGreaterThan(0);
+    expect(fake.callsOf('files.completeUploadExternal').at(-1)?.params.channel_id).toBe('CIMAGINE');
+  });
+
+  it('buttons under a reply keep working: Regenerate runs a new job in a thread under it', async () => {
+    await sendSlashCommand(fake, target, {
+      command: '/imagine',
+      text: 'a blue dot --steps 1',
+      user: 'UPLAIN',
+      channel: 'CBUTTON',
+    });
+    const result = await botReply('CBUTTON', undefined, 'generated');
+    const actionId = (JSON.stringify(result.blocks).match(/gill:regenerate:[^"]+/) ?? [])[0]!;
+    expect(actionId).toBeTruthy();
+    const { response } = await sendBlockAction(fake, target, {
+      user: 'UPLAIN',
+      channel: 'CBUTTON',
+      message: result,
+      actionId,
+    });
+    expect(response.status).toBe(200);
+    const again = await botReply('CBUTTON', result.ts, 'generated');
+    expect(JSON.stringify(again.blocks)).toContain('pressed');
+    await fake.waitFor(() => fake.uploads.find((u) => u.channel === 'CBUTTON' && u.threadTs === result.ts));
+    const imagines = engine.payloads.filter((p) => p.kind === 'imagine' && p.prompt === 'a blue dot');
+    expect(imagines).toHaveLength(2);
+  });
+
+  it('/find returns indexed images with links to the messages they were posted in', async () => {
+    const { responseId } = await sendSlashCommand(fake, target, {
+      command: '/gill',
+      text: 'indexing on',
+      user: 'UADMIN',
+      channel: 'CART',
+    });
+    expect(String((await responseTo(responseId)).text)).toContain('Settings updated');
+
+    const star = await png('#ffdd00');
+    const circle = await png('#00aa44');
+    const posts = [
+      fake.userMessage({
+        channel: 'CART',
+        user: 'UPLAIN',
+        text: 'my drawing',
+        files: [fake.addFile({ name: 'yellow star.png', mimetype: 'image/png', bytes: star })],
+      }),
+      fake.userMessage({
+        channel: 'CART',
+        user: 'UOWNER',
+        text: 'mine',
+        files: [fake.addFile({ name: 'green circle.png', mimetype: 'image/png', bytes: circle })],
+      }),
+    ];
+    for (const [i, post] of posts.entries()) {
+      await sendEvent(target, messageEnvelope(fake, { ...post }, `EvArt${i}`));
+    }
+    const community = await store.communities.ensure({ platform: 'slack', externalId: fake.teamId });
+    await expect.poll(() => store.images.count(community.id), { timeout: 10_000 }).toBe(2);
+    // Let the embeddings land.
+    await expect
+      .poll(async () => (await store.images.search(community.id, embedText('yellow star'), 1)).length, {
+        timeout: 10_000,
+      })
+      .toBe(1);
+
+    await sendSlashCommand(fake, target, {
+      command: '/find',
+      text: 'yellow star --k 1',
+      user: 'UPLAIN',
+      channel: 'CART',
+    });
+    const reply = await botReply('CART', undefined, 'retrieved from');
+    expect(reply.text).toContain(`<${fake.permalink('CART', posts[0]!.ts)}|original message>`);
+    const upload = await fake.waitFor(() => fake.uploads.find((u) => u.channel === 'CART'));
+    expect(sha256(upload.bytes)).toBe(sha256(star));
+
+    // Deleting the message removes its image from the index.
+    await sendEvent(
+      target,
+      {
+        ...messageEnvelope(fake, posts[0]!, 'EvArtDelete'),
+        event: {
+          type: 'message',
+          subtype: 'message_deleted',
+          channel: 'CART',
+          deleted_ts: posts[0]!.ts,
+          ts: posts[0]!.ts,
+          previous_message: { ts: posts[0]!.ts, user: 'UPLAIN', text: 'my drawing' },
+        },
+      },
+      {},
+    );
+    await expect.poll(() => store.images.count(community.id), { timeout: 10_000 }).toBe(1);
+  });
+
+  it('/gill changes settings only for workspace admins or the allowlist, and explains unknown subcommands', async () => {
+    const community = await store.communities.ensure({ platform: 'slack', externalId: fake.teamId });
+    const plain = await sendSlashCommand(fake, target, {
+      command: '/gill',
+      text: 'generation off',
+      user: 'UPLAIN',
+      channel: 'CCONF',
+    });
+    const refused = await responseTo(plain.responseId);
+    expect(refused.response_type).toBe('ephemeral');
+    expect(String(refused.text)).toMatch(/Only admins/);
+    expect((await store.communities.getConfig(community.id)).generationEnabled).toBe(true);
+
+    const listed = await sendSlashCommand(fake, target, {
+      command: '/gill',
+      text: 'bias 1.5',
+      user: 'ULISTED',
+      channel: 'CCONF',
+    });
+    expect(String((await responseTo(listed.responseId)).text)).toContain('Settings updated');
+    expect((await store.communities.getConfig(community.id)).retrieveBias).toBe(1.5);
+
+    const owner = await sendSlashCommand(fake, target, {
+      command: '/gill',
+      text: 'bias 0',
+      user: 'UOWNER',
+      channel: 'CCONF',
+    });
+    expect(String((await responseTo(owner.responseId)).text)).toContain('Settings updated');
+
+    const unknown = await sendSlashCommand(fake, target, {
+      command: '/gill',
+      text: 'frobnicate',
+      user: 'UADMIN',
+      channel: 'CCONF',
+    });
+    const help = String((await responseTo(unknown.responseId)).text);
+    expect(help).toContain('Unknown subcommand "frobnicate"');
+    expect(help).toContain('/gill indexing on|off');
+
+    const forget = await sendSlashCommand(fake, target, {
+      command: '/gill',
+      text: 'forget',
+      user: 'UPLAIN',
+      channel: 'CCONF',
+    });
+    expect(String((await responseTo(forget.responseId)).text)).toMatch(/index/);
+  });
+
+  it('a retried event (same event_id) gets one reply', async () => {
+    const message = fake.userMessage({
+      channel: 'CDUP',
+      user: 'UPLAIN',
+      text: `<@${fake.botUserId}> only once`,
+    });
+    const envelope = mentionEnvelope(fake, message, 'EvDup1');
+    const [first, retry] = await Promise.all([
+      sendEvent(target, envelope),
+      sendEvent(target, envelope, { retryNum: 1, retryReason: 'http_timeout' }),
+    ]);
+    expect([first.status, retry.status]).toEqual([200, 200]);
+    await botReply('CDUP', message.ts, 'echo: only once');
+    expect((await sendEvent(target, envelope, { retryNum: 2, retryReason: 'http_error' })).status).toBe(200);
+    // A later event in another channel is the barrier: by the time it is answered, a duplicate would be too.
+    const barrier = await mention('CDUP2', 'UPLAIN', 'barrier', 'EvDupBarrier');
+    await botReply('CDUP2', barrier.ts, 'echo: barrier');
+    expect(fake.botMessages('CDUP')).toHaveLength(1);
+    expect(
+      engine.payloads.filter((p) => p.kind === 'chat' && JSON.stringify(p.context).includes('only once')),
+    ).toHaveLength(1);
+  });
+
+  it('a restart mid-job still ends in exactly one reply, in the progress message', async () => {
+    engine.hold();
+    try {
+      const message = fake.userMessage({
+        channel: 'CRESTART',
+        user: 'UPLAIN',
+        text: `<@${fake.botUserId}> survive this`,
+      });
+      const envelope = mentionEnvelope(fake, message, 'EvRestart1');
+      await sendEvent(target, envelope);
+      const progress = await fake.waitFor(
+        () => fake.botMessages('CRESTART', message.ts)[0],
+        10_000,
+        'the progress message',
+      );
+      expect(progress.text).toMatch(/Next in line|Reading the conversation/);
+      await slack.stop();
+      await startBot();
+      // Slack retries while the bot was away; the new process knows the event from the store.
+      expect((await sendEvent(target, envelope, { retryNum: 1, retryReason: 'http_error' })).status).toBe(
+        200,
+      );
+      engine.release();
+      const reply = await botReply('CRESTART', message.ts, 'echo: survive this');
+      expect(reply.ts).toBe(progress.ts);
+      const barrier = await mention('CRESTART2', 'UPLAIN', 'barrier', 'EvRestartBarrier');
+      await botReply('CRESTART2', barrier.ts, 'echo: barrier');
+      expect(fake.botMessages('CRESTART')).toHaveLength(1);
+    } finally {
+      engine.release();
+    }
+  });
+
+  it('retries a Web API call answered 429 after its Retry-After', async () => {
+    fake.rateLimit('chat.postMessage', 1);
+    const message = await mention('CLIMIT', 'UPLAIN', 'slow down', 'EvLimit1');
+    await botReply('CLIMIT', message.ts, 'echo: slow down');
+    const posts = fake.callsOf('chat.postMessage').filter((c) => c.params.channel === 'CLIMIT');
+    expect(posts).toHaveLength(2);
+    expect(posts[1]!.at - posts[0]!.at).toBeGreaterThanOrEqual(1000);
+    expect(fake.botMessages('CLIMIT')).toHaveLength(1);
+  });
+
+  it('refuses forged and stale signatures with 401 and enqueues nothing', async () => {
+    const before = engine.payloads.length;
+    const message = fake.userMessage({
+      channel: 'CFORGED',
+      user: 'UPLAIN',
+      text: `<@${fake.botUserId}> let me in`,
+    });
+    const forged = await sendEvent(target, mentionEnvelope(fake, message, 'EvForged1'), {
+      signature: `v0=${'0'.repeat(64)}`,
+    });
+    expect(forged.status).toBe(401);
+    const wrongSecret = await sendEvent(
+      { ...target, signingSecret: 'not-the-secret' },
+      mentionEnvelope(fake, message, 'EvForged2'),
+    );
+    expect(wrongSecret.status).toBe(401);
+    const stale = await sendEvent(target, mentionEnvelope(fake, message, 'EvForged3'), {
+      timestamp: Math.floor(Date.now() / 1000) - 6 * 60,
+    });
+    expect(stale.status).toBe(401);
+    const command = await sendSlashCommand(
+      fake,
+      { ...target, signingSecret: 'nope' },
+      { command: '/imagine', text: 'a forged cat', user: 'UPLAIN', channel: 'CFORGED' },
+    );
+    expect(command.response.status).toBe(401);
+
+    const barrier = await mention('CFORGED2', 'UPLAIN', 'barrier', 'EvForgedBarrier');
+    await botReply('CFORGED2', barrier.ts, 'echo: barrier');
+    expect(fake.botMessages('CFORGED')).toHaveLength(0);
+    expect(
+      engine.payloads
+        .slice(before)
+        .filter((p) => JSON.stringify(p).includes('let me in') || JSON.stringify(p).includes('forged cat')),
+    ).toHaveLength(0);
+    // Replaying the forged event correctly signed proves the event ids were not recorded either.
+    await sendEvent(target, mentionEnvelope(fake, message, 'EvForged1'));
+    await botReply('CFORGED', message.ts, 'echo: let me in');
+  });
+
+  it('explains refused attachments: not an image, too large, corrupt, no permission, foreign hosts', async () => {
+    const good = await png('#123456');
+    const corrupt = (await png('#654321')).subarray(0, 60);
+    const files = [
+      fake.addFile({ name: 'good.png', mimetype: 'image/png', bytes: good }),
+      fake.addFile({ name: 'notes.txt', mimetype: 'text/plain', bytes: Buffer.from('just text') }),
+      fake.addFile({ name: 'huge.png', mimetype: 'image/png', bytes: good, size: 50 * 1024 * 1024 }),
+      fake.addFile({ name: 'broken.png', mimetype: 'image/png', bytes: corrupt }),
+      fake.addFile({ name: 'secret.png', mimetype: 'image/png', bytes: good, denied: true }),
+      {
+        ...fake.addFile({ name: 'elsewhere.png', mimetype: 'image/png', bytes: good }),
+        url_private_download: 'http://169.254.169.254/latest/meta-data.png',
+      },
+    ];
+    const message = fake.userMessage({
+      channel: 'CBAD',
+      user: 'UPLAIN',
+      text: `<@${fake.botUserId}> what do you see?`,
+      files,
+    });
+    await sendEvent(target, mentionEnvelope(fake, message, 'EvBad1'));
+    const reply = await botReply('CBAD', message.ts, 'echo: what do you see?');
+    expect(reply.text).toContain(`images: ${sha256(good)}`);
+    expect(reply.text).toMatch(/"notes\.txt" is not an image/);
+    expect(reply.text).toMatch(/"huge\.png" is 50 MiB/);
+    expect(reply.text).toMatch(/"broken\.png" .*damaged or truncated|"broken\.png" is not an image/);
+    expect(reply.text).toMatch(
+      /"secret\.png" could not be read: Slack answered with its sign-in page.*files:read/,
+    );
+    expect(reply.text).toMatch(/"elsewhere\.png": images are only taken from this platform's own file hosts/);
+    expect(logLines.some((l) => l.msg === 'attachment refused' && l.reason === 'foreign_host')).toBe(true);
+  });
+
+  it('explains bad command input: over-long prompts, missing prompts, bad options, unknown options', async () => {
+    const cases: [string, string, RegExp][] = [
+      ['/imagine', 'x'.repeat(4100), /over 4000 characters/],
+      ['/imagine', '   ', /Say what to draw/],
+      ['/imagine', 'a cat --steps 999', /--steps must be a whole number from 1 to 150/],
+      ['/find', 'cats --colour red', /Unknown option --colour/],
+      ['/find', '--k 3', /Say what to look for/],
+    ];
+    for (const [command, text, expected] of cases) {
+      const { response, responseId } = await sendSlashCommand(fake, target, {
+        command,
+        text,
+        user: 'UPLAIN',
+        channel: 'CINPUT',
+      });
+      expect(response.status).toBe(200);
+      const answer = await responseTo(responseId);
+      expect(answer.response_type).toBe('ephemeral');
+      expect(String(answer.text)).toMatch(expected);
+    }
+    expect(fake.botMessages('CINPUT')).toHaveLength(0);
+  });
+
+  it('tells the user when it may not post in the channel, and drops the job', async () => {
+    fake.failNext('chat.postMessage', 'not_in_channel');
+    const { responseId } = await sendSlashCommand(fake, target, {
+      command: '/imagine',
+      text: 'a hidden thing --steps 1',
+      user: 'UPLAIN',
+      channel: 'CPRIVATE',
+    });
+    expect(String((await responseTo(responseId)).text)).toMatch(/Invite me first with `\/invite @gill`/);
+    const logged = logLines.find(
+      (l) => l.msg === 'job cancelled: cannot post in channel' && l.channelId === 'CPRIVATE',
+    );
+    expect(logged?.code).toBe('not_in_channel');
+    const job = await store.jobs.get(String(logged?.jobId));
+    expect(job?.status).toBe('cancelled');
+    const barrier = await mention('CPRIVATE2', 'UPLAIN', 'barrier', 'EvPrivateBarrier');
+    await botReply('CPRIVATE2', barrier.ts, 'echo: barrier');
+    expect((await store.jobs.get(String(logged?.jobId)))?.status).toBe('cancelled');
+    expect(fake.uploads.some((u) => u.channel === 'CPRIVATE')).toBe(false);
+    expect(fake.botMessages('CPRIVATE')).toHaveLength(0);
+  });
+});
