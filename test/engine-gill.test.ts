@@ -270,6 +270,10 @@ describe.skipIf(!(await torchAvailable()))('GILL on a random bundle', () => {
     });
     expect(noRetrieval.decision?.choice).toBe('generate');
     expect(noRetrieval.notes.join(' ')).toMatch(/Retrieval is turned off/);
+    const onlyImage = await eager.chat({ ...base, imageMode: 'auto', retrieveBias: 10, maxNewTokens: 1 });
+    expect(onlyImage.tokens).toEqual(model.tokenizer.imgIds);
+    expect(onlyImage.text).toBe('');
+    expect(onlyImage.retrieved).toHaveLength(3);
     const emptyGallery = await eager.chat({
       ...base,
       imageMode: 'retrieve',

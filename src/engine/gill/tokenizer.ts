@@ -64,7 +64,8 @@ export class GillTokenizer {
   /** Text of generated ids without special tokens or [IMG] tokens. */
   decode(ids: readonly number[]): string {
     const plain = ids.filter((id) => !this.imgSet.has(id));
-    return this.tokenizer.decode(plain, { skip_special_tokens: true });
+    // The library refuses an empty list; a reply can be only an [IMG] block.
+    return plain.length ? this.tokenizer.decode(plain, { skip_special_tokens: true }) : '';
   }
 }
 
