@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import sharp from 'sharp';
@@ -20,11 +20,15 @@ import { openEngineStore } from './support/engine-store.ts';
  */
 
 const BUNDLE = path.resolve(process.env.GILL_PARITY_BUNDLE ?? 'models/gill-tiny');
-const TRAINED = existsSync(path.join(BUNDLE, 'fixtures'));
-if (!TRAINED)
+// The training's evaluation report names its preset: only the full preset trains the bundle enough to judge.
+const EVAL = path.join(BUNDLE, 'EVAL.md');
+const TRAINED =
+  existsSync(EVAL) && /^# gill-tiny evaluation \(full preset\)/.test(readFileSync(EVAL, 'utf8'));
+if (!TRAINED) {
   console.warn(
-    '\n*** SKIPPING tiny-bundle end-to-end tests: models/gill-tiny has no trained weights (fixtures/) yet ***\n',
+    `\n*** SKIPPING tiny-bundle end-to-end tests: ${BUNDLE} is not trained with the full preset yet (EVAL.md) ***\n`,
   );
+}
 
 /** The shapes world's palette (models/training/gill_tiny/data.py). */
 const PALETTE: Record<string, [number, number, number]> = {
