@@ -15,6 +15,7 @@ import { createLogger } from '../src/log.ts';
 import { connect } from '../src/store/connect.ts';
 import type { Store } from '../src/store/types.ts';
 import {
+  eventCallback,
   type FakeMessage,
   FakeSlack,
   mentionEnvelope,
@@ -712,5 +713,52 @@ describe('Slack adapter', () => {
     expect((await store.jobs.get(String(logged?.jobId)))?.status).toBe('cancelled');
     expect(fake.uploads.some((u) => u.channel === 'CPRIVATE')).toBe(false);
     expect(fake.botMessages('CPRIVATE')).toHaveLength(0);
+  });
+
+  it('in Socket Mode (SLACK_APP_TOKEN), acknowledges envelopes and answers a redelivered event once', async () => {
+    await slack.stop();
+    slack = await startSlack({
+      config: { ...config, SLACK_APP_TOKEN: fake.appToken },
+      store,
+      queue,
+      logger,
+      sweepIntervalMs: 300,
+    });
+    expect(slack.eventsUrl).toBeUndefined();
+    await fake.waitFor(() => fake.socketCount > 0, 10_000, 'a Socket Mode connection');
+    const message = fake.userMessage({
+      channel: 'CSOCKET',
+      user: 'UPLAIN',
+      text: `<@${fake.botUserId}> over the socket`,
+    });
+    const payload = eventCallback(
+      fake,
+      { type: 'app_mention', user: 'UPLAIN', text: message.text, ts: message.ts, channel: 'CSOCKET' },
+      'EvSocket1',
+    );
+    fake.sendSocketEvent(payload, { envelopeId: 'env-1' });
+    // Slack redelivers after a slow ack with a new envelope and retry_attempt, but the same event_id.
+    fake.sendSocketEvent(payload, { envelopeId: 'env-2', retryAttempt: 1, retryReason: 'timeout' });
+    await botReply('CSOCKET', message.ts, 'echo: over the socket');
+    await fake.waitFor(
+      () => fake.socketAcks.filter((a) => a.envelope_id.startsWith('env-')).length === 2,
+      10_000,
+      'both acks',
+    );
+    const barrier = fake.userMessage({
+      channel: 'CSOCKET2',
+      user: 'UPLAIN',
+      text: `<@${fake.botUserId}> barrier`,
+    });
+    fake.sendSocketEvent(
+      eventCallback(
+        fake,
+        { type: 'app_mention', user: 'UPLAIN', text: barrier.text, ts: barrier.ts, channel: 'CSOCKET2' },
+        'EvSocket2',
+      ),
+      { envelopeId: 'env-3' },
+    );
+    await botReply('CSOCKET2', barrier.ts, 'echo: barrier');
+    expect(fake.botMessages('CSOCKET')).toHaveLength(1);
   });
 });

@@ -1,12 +1,14 @@
 import { createHmac } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { type WebSocket, WebSocketServer } from 'ws';
 
 /**
  * A loopback stand-in for Slack: the Web API methods the app calls (reached through SLACK_API_URL), the
  * external upload URL of files.uploadV2, a file host that, like files.slack.com, answers a sign-in page
- * unless the bot token is presented, and response_url endpoints. Every call is recorded. The helpers at
- * the bottom send signed Events API, slash command and interactivity requests to the app under test.
+ * unless the bot token is presented, response_url endpoints, and the Socket Mode WebSocket that
+ * apps.connections.open points to. Every call is recorded. The helpers at the bottom send signed Events
+ * API, slash command and interactivity requests to the app under test.
  */
 
 export interface RecordedCall {
@@ -51,6 +53,7 @@ export interface CompletedUpload {
 
 export interface FakeSlackOptions {
   botToken?: string;
+  appToken?: string;
   teamId?: string;
   botUserId?: string;
   botId?: string;
@@ -78,6 +81,7 @@ const SIGN_IN_PAGE =
 
 export class FakeSlack {
   readonly botToken: string;
+  readonly appToken: string;
   readonly teamId: string;
   readonly botUserId: string;
   readonly botId: string;
@@ -97,12 +101,16 @@ export class FakeSlack {
   private readonly failures = new Map<string, { error: string; times: number }>();
   private readonly waiters = new Set<() => void>();
   private server!: Server;
+  private readonly sockets = new Set<WebSocket>();
+  /** Socket Mode acknowledgements received from the app, in order. */
+  readonly socketAcks: { envelope_id: string; payload?: unknown }[] = [];
   private counter = 0;
   private clock = Math.floor(Date.now() / 1000);
   origin = '';
 
   constructor(options: FakeSlackOptions = {}) {
     this.botToken = options.botToken ?? 'xoxb-fake-bot-token';
+    this.appToken = options.appToken ?? 'xapp-fake-app-token';
     this.teamId = options.teamId ?? 'T0FAKE';
     this.botUserId = options.botUserId ?? 'U0BOT';
     this.botId = options.botId ?? 'B0BOT';
@@ -116,6 +124,11 @@ export class FakeSlack {
         res.end(String(error));
       });
     });
+    const wss = new WebSocketServer({ noServer: true });
+    fake.server.on('upgrade', (req, socket, head) => {
+      if (req.url !== '/socket') return socket.destroy();
+      wss.handleUpgrade(req, socket, head, (ws) => fake.acceptSocket(ws));
+    });
     await new Promise<void>((resolve) => fake.server.listen(0, '127.0.0.1', resolve));
     fake.origin = `http://127.0.0.1:${(fake.server.address() as AddressInfo).port}`;
     return fake;
@@ -127,6 +140,7 @@ export class FakeSlack {
   }
 
   async close(): Promise<void> {
+    for (const ws of this.sockets) ws.terminate();
     this.server.closeAllConnections();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
@@ -247,6 +261,48 @@ export class FakeSlack {
     return `${this.origin}/archives/${channel}/p${ts.replace('.', '')}`;
   }
 
+  /** Open Socket Mode connections. */
+  get socketCount(): number {
+    return this.sockets.size;
+  }
+
+  /** Sends an Events API envelope over Socket Mode; a retry repeats the event with retry_attempt > 0. */
+  sendSocketEvent(
+    payload: Record<string, unknown>,
+    options: { envelopeId: string; retryAttempt?: number; retryReason?: string },
+  ) {
+    const envelope = {
+      envelope_id: options.envelopeId,
+      type: 'events_api',
+      accepts_response_payload: false,
+      retry_attempt: options.retryAttempt ?? 0,
+      retry_reason: options.retryReason ?? '',
+      payload,
+    };
+    for (const ws of this.sockets) ws.send(JSON.stringify(envelope));
+  }
+
+  private acceptSocket(ws: WebSocket): void {
+    this.sockets.add(ws);
+    ws.on('message', (data) => {
+      this.socketAcks.push(JSON.parse(String(data)));
+      this.notify();
+    });
+    ws.on('close', () => {
+      this.sockets.delete(ws);
+      this.notify();
+    });
+    ws.send(
+      JSON.stringify({
+        type: 'hello',
+        num_connections: 1,
+        connection_info: { app_id: 'A0FAKE' },
+        debug_info: { host: 'fake' },
+      }),
+    );
+    this.notify();
+  }
+
   private notify(): void {
     for (const listener of [...this.waiters]) listener();
   }
@@ -308,6 +364,10 @@ export class FakeSlack {
     params: Record<string, unknown>,
     token: string | null,
   ): Record<string, unknown> {
+    if (method === 'apps.connections.open') {
+      if (token !== this.appToken) return { ok: false, error: 'invalid_auth' };
+      return { ok: true, url: `${this.origin.replace('http:', 'ws:')}/socket` };
+    }
     if (token !== this.botToken) return { ok: false, error: token ? 'invalid_auth' : 'not_authed' };
     const failure = this.failures.get(method);
     if (failure && failure.times > 0) {

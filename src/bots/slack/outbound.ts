@@ -139,7 +139,7 @@ export interface SlackAdapterDeps {
 export class SlackAdapter implements PlatformAdapter {
   readonly platform = 'slack' as const;
   /** Progress messages being posted, by the job's idempotency key: delivery waits for them. */
-  private readonly announcing = new Map<string, Promise<void>>();
+  private readonly announcing = new Map<string, Set<Promise<void>>>();
 
   constructor(private readonly deps: SlackAdapterDeps) {}
 
@@ -152,10 +152,15 @@ export class SlackAdapter implements PlatformAdapter {
     const done = new Promise<void>((resolve) => {
       release = resolve;
     });
-    this.announcing.set(idempotencyKey, done);
+    // A retry of the same event may be in flight at the same time: each keeps its own marker.
+    const markers = this.announcing.get(idempotencyKey) ?? new Set<Promise<void>>();
+    markers.add(done);
+    this.announcing.set(idempotencyKey, markers);
     return () => {
       release();
-      this.announcing.delete(idempotencyKey);
+      markers.delete(done);
+      if (markers.size === 0 && this.announcing.get(idempotencyKey) === markers)
+        this.announcing.delete(idempotencyKey);
     };
   }
 
@@ -192,7 +197,7 @@ export class SlackAdapter implements PlatformAdapter {
     let job = initial;
     const pending = this.announcing.get(job.idempotencyKey);
     if (pending) {
-      await pending;
+      await Promise.all(pending);
       job = (await this.deps.store.jobs.get(job.id)) ?? job;
     }
     const log = this.deps.logger.child({ jobId: job.id, channelId: job.replyTarget.channelId });
