@@ -73,7 +73,7 @@ interface Backend {
   cleanup(): Promise<void>;
 }
 
-function contractSuite(name: string, setup: () => Promise<Backend>) {
+function contractSuite(name: string, setup: () => Promise<Backend>, embedded: boolean) {
   describe(`store contract on ${name}`, () => {
     let backend: Backend;
     let store: Store;
@@ -129,6 +129,19 @@ function contractSuite(name: string, setup: () => Promise<Backend>) {
         community.id,
       );
     });
+
+    it.runIf(embedded)(
+      'refuses a second open of its directory, and takes over a lock left by a dead process',
+      async () => {
+        await expect(connect(backend.config)).rejects.toThrow(
+          /cannot open embedded PGlite at .*pglite: it is in use by this process/,
+        );
+        await withStoreClosed(() => writeFile(path.join(backend.config.dataDir, 'pglite.lock'), '999999999'));
+        expect(
+          await store.images.count((await store.communities.ensure({ platform: 'cli', externalId: 'x' })).id),
+        ).toBe(0);
+      },
+    );
 
     it('refuses a migration edited after it was applied', async () => {
       const [first, ...rest] = await loadMigrations();
@@ -520,16 +533,24 @@ function contractSuite(name: string, setup: () => Promise<Backend>) {
   });
 }
 
-contractSuite('PGlite', async () => {
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'gill-store-'));
-  return { config: { dataDir: dir }, cleanup: () => rm(dir, { recursive: true, force: true }) };
-});
+contractSuite(
+  'PGlite',
+  async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'gill-store-'));
+    return { config: { dataDir: dir }, cleanup: () => rm(dir, { recursive: true, force: true }) };
+  },
+  true,
+);
 
 describe.skipIf(!postgresUp)('Postgres', () => {
-  contractSuite('Postgres', async () => {
-    const db = await createTempDatabase('gill_store_test');
-    return { config: { DATABASE_URL: db.url, dataDir: os.tmpdir() }, cleanup: db.drop };
-  });
+  contractSuite(
+    'Postgres',
+    async () => {
+      const db = await createTempDatabase('gill_store_test');
+      return { config: { DATABASE_URL: db.url, dataDir: os.tmpdir() }, cleanup: db.drop };
+    },
+    false,
+  );
 
   it('migrates a fresh database once when several processes start together', async () => {
     const db = await createTempDatabase('gill_store_race');
@@ -543,24 +564,6 @@ describe.skipIf(!postgresUp)('Postgres', () => {
       expect(rows[0]?.n).toBe((await loadMigrations()).length);
     } finally {
       await db.drop();
-    }
-  });
-});
-
-describe('embedded database directory', () => {
-  it('refuses a second open of the same directory, and takes over a lock left by a dead process', async () => {
-    const dir = await mkdtemp(path.join(os.tmpdir(), 'gill-lock-'));
-    try {
-      const first = await connect({ dataDir: dir });
-      await expect(connect({ dataDir: dir })).rejects.toThrow(
-        /cannot open embedded PGlite at .*pglite: it is in use by this process/,
-      );
-      await first.close();
-      await writeFile(path.join(dir, 'pglite.lock'), '999999999');
-      const second = await connect({ dataDir: dir });
-      await second.close();
-    } finally {
-      await rm(dir, { recursive: true, force: true });
     }
   });
 });
