@@ -40,6 +40,14 @@ const bundleDir = path.resolve(args.bundle);
 const threads = Number(args.threads);
 const iters = Number(args.iters);
 const warmup = Number(args.warmup);
+for (const [name, value, min] of [
+  ['threads', threads, 1],
+  ['iters', iters, 1],
+  ['warmup', warmup, 0],
+] as const) {
+  if (!Number.isInteger(value) || value < min) throw new Error(`--${name} must be an integer ≥ ${min}`);
+}
+const loadAtStart = loadavg()[0]!;
 
 const PROMPTS = [
   'a red circle',
@@ -347,7 +355,7 @@ async function main(): Promise<void> {
   }
   await bundle.close();
 
-  const load = loadavg()[0]!;
+  const load = Math.max(loadAtStart, loadavg()[0]!);
   if (load > threads)
     console.log(`note: load average ${round(load, 2)} on this machine; figures include contention`);
   console.log(
