@@ -8,6 +8,7 @@ import { UserInputError } from './engine/jobs.ts';
  */
 
 const EXIT_CONFIG = 2;
+const OPERATIONAL_ERRORS = new Set(['StoreConnectionError', 'QueueUnavailableError', 'BundleError']);
 
 function config(): Config {
   return loadConfig();
@@ -131,6 +132,10 @@ export async function main(argv: string[]): Promise<void> {
     } else if (error instanceof UserInputError) {
       process.stderr.write(`error: ${error.message}\n`);
       process.exitCode = EXIT_CONFIG;
+    } else if (error instanceof Error && OPERATIONAL_ERRORS.has(error.name)) {
+      // Unreachable services and broken bundles: the message says what and where; a stack adds nothing.
+      process.stderr.write(`error: ${error.message}\n`);
+      process.exitCode = 1;
     } else {
       process.stderr.write(
         `error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
