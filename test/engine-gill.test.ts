@@ -245,6 +245,12 @@ describe.skipIf(!(await torchAvailable()))('GILL on a random bundle', () => {
     expect(retrieved.decision!.pRetrieve).toBeGreaterThan(0.99);
     expect(retrieved.retrieved.map((r) => r.item)).toEqual(['img0', 'img1', 'img2']);
     expect(retrieved.generated).toHaveLength(0);
+    // The text after the [IMG] block is kept.
+    const r = model.tokenizer.imgIds.length;
+    expect(retrieved.tokens.slice(0, r)).toEqual(model.tokenizer.imgIds);
+    expect(retrieved.tokens.length).toBeGreaterThan(r + 1);
+    expect(retrieved.text).toBe(model.tokenizer.decode(retrieved.tokens.slice(r)).trim());
+    expect(model.tokenizer.decode(retrieved.tokens.slice(r)).length).toBeGreaterThan(0);
 
     const generated = await eager.chat({ ...base, imageMode: 'auto', retrieveBias: -10 });
     expect(generated.decision?.choice).toBe('generate');
