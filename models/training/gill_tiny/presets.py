@@ -18,16 +18,16 @@ class Preset:
     docs: dict[str, int] = field(default_factory=lambda: {"train": 60000, "val": 1000, "test": 1000})
     emoji_limit: int | None = None  # None = every usable emoji
     vocab_size: int = 1536
-    lm_steps: int = 2500
+    lm_steps: int = 2000
     lm_batch: int = 256
     lm_lr: float = 1e-3
-    clip_steps: int = 2500
+    clip_steps: int = 2000
     clip_batch: int = 512
     clip_lr: float = 1e-3
-    vae_steps: int = 2500
+    vae_steps: int = 2000
     vae_batch: int = 256
     vae_lr: float = 1e-3
-    unet_steps: int = 3000
+    unet_steps: int = 2600
     unet_batch: int = 1024
     unet_lr: float = 1e-3
     unet_emoji_frac: float = 0.1
