@@ -27,7 +27,7 @@ class Preset:
     vae_steps: int = 2000
     vae_batch: int = 256
     vae_lr: float = 1e-3
-    unet_steps: int = 2600
+    unet_steps: int = 2000
     unet_batch: int = 1024
     unet_lr: float = 1e-3
     unet_emoji_frac: float = 0.1
