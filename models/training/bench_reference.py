@@ -22,11 +22,23 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gill_tiny.diffusion import UNet, UNetConfig, ddim_sample  # noqa: E402
-from gill_tiny.presets import PRESETS  # noqa: E402
 from gill_tiny.stages import Context  # noqa: E402
 
 # The matrix-multiply and convolution kernels: what the GFLOP/s figure is about (elementwise ops are left out).
 FLOP_OPS = {"aten::conv2d", "aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear"}
+
+
+class _StoredPreset:
+    """The preset a run's checkpoints were made with, as stored in them: the benchmark loads exactly the weights
+    the bundle was exported from, even when presets.py has changed since (the stages still check that every
+    checkpoint of the run agrees with it)."""
+
+    def __init__(self, stored: dict):
+        self._stored = stored
+        self.name = stored["name"]
+
+    def to_dict(self) -> dict:
+        return self._stored
 
 
 def load_models(work: Path, bundle: Path):
@@ -34,8 +46,8 @@ def load_models(work: Path, bundle: Path):
     unet_ckpt = work / "unet.pt"
     if not unet_ckpt.is_file():
         raise SystemExit(f"bench_reference: no trained UNet at {unet_ckpt} (run models/training/train.py first)")
-    preset = PRESETS[torch.load(unet_ckpt, map_location="cpu")["preset"]["name"]]
-    ctx = Context(preset, torch.device("cpu"), work, bundle, Path("."))
+    ctx = Context(_StoredPreset(torch.load(unet_ckpt, map_location="cpu")["preset"]), torch.device("cpu"), work, bundle,
+                  Path("."))
     return ctx.tokenizer(), ctx.clip(), ctx.unet(), ctx.vae()
 
 
