@@ -64,6 +64,9 @@ STAGES = [
     ("eval", evaluate.stage_eval),
 ]
 ALWAYS_RUN = {"export", "fixtures", "eval"}  # they write into --out rather than a checkpoint
+# Caches that only one later stage reads: not rebuilt once that stage is done (latents are 250 MB of
+# VAE encodings that only the UNet stage trains on).
+CACHE_FOR = {"latents": "unet"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, fn in STAGES:
         if name not in ALWAYS_RUN and ctx.done(name):
             print(f"[{name}] done ({ctx.path(name)}), skipping", flush=True)
+        elif name in CACHE_FOR and ctx.done(CACHE_FOR[name]):
+            print(f"[{name}] not needed: {CACHE_FOR[name]} is done, skipping", flush=True)
         else:
             t0 = time.time()
             print(f"[{name}] running", flush=True)
