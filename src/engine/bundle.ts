@@ -141,6 +141,11 @@ export interface LoadBundleOptions {
   threads?: number;
   /** Run each graph once on dummy inputs (checks dimensions; first real job is not slowed). Default true. */
   warmUp?: boolean;
+  /**
+   * Let idle intra-op threads spin between ops (ONNX Runtime's default, true): a little faster on cores of
+   * its own, much slower on cores shared with other busy processes.
+   */
+  spinWait?: boolean;
 }
 
 interface GraphSpec {
@@ -312,6 +317,7 @@ function sessionOptions(options: LoadBundleOptions): ort.InferenceSession.Sessio
     ...(options.threads ? { intraOpNumThreads: options.threads } : {}),
     interOpNumThreads: 1,
     graphOptimizationLevel: 'all',
+    ...(options.spinWait === false ? { extra: { session: { intra_op: { allow_spinning: '0' } } } } : {}),
   };
 }
 
