@@ -1,10 +1,16 @@
-"""Times the PyTorch reference text-to-image pipeline of models/training for bench/engine.ts: text tower on the
+"""The PyTorch reference text-to-image pipeline of models/training, timed for bench/engine.ts: text tower on the
 prompt -> DDIM with classifier-free guidance (`gill_tiny.diffusion.ddim_sample`) -> VAE decode -> PNG, the same
-work the engine's `imagine` does (the "" embedding is computed once, as the engine caches it). Also counts the
-UNet's multiply-add FLOPs per call with the PyTorch profiler. Prints one JSON line.
+work the engine's `imagine` does (the "" embedding is computed once, as the engine caches it).
 
-Usage: /usr/bin/python3 models/training/bench_reference.py --bundle models/gill-tiny --work models/training/runs/full
-       --threads 2 --steps 25 --guidance 5 --iters 20 --warmup 3 [--prompt TEXT ...]
+It serves one timed run per request, so the benchmark can alternate engine and reference runs and both meet the
+same load on a shared machine. After loading it prints {"ready": true, ...}; then each stdin line
+{"prompt": TEXT, "seed": N} gets one line {"ms": total, "denoise_ms": the DDIM loop}.
+
+    /usr/bin/python3 models/training/bench_reference.py --bundle models/gill-tiny --work models/training/runs/full \
+        --threads 2 --steps 25 --guidance 5
+    /usr/bin/python3 models/training/bench_reference.py --bundle models/gill-tiny --flops-only
+
+`--flops-only` prints the UNet's multiply-add FLOPs per call, counted by the PyTorch profiler.
 """
 
 from __future__ import annotations
@@ -68,15 +74,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--guidance", type=float, default=5.0)
-    ap.add_argument("--iters", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--prompt", action="append", default=None)
     ap.add_argument("--flops-only", action="store_true",
                     help="only count the UNet's FLOPs, on the model code's UNet (no checkpoints needed)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
-    prompts = args.prompt or ["a red circle"]
 
     manifest = json.loads((args.bundle / "manifest.json").read_text())
     d = manifest["diffusion"]
@@ -94,29 +96,22 @@ def main() -> None:
     def encode(text: str) -> torch.Tensor:
         return clip.encode_text_states(torch.tensor([tok.encode_text_condition(text, L)]))
 
-    total_ms: list[float] = []
-    denoise_ms: list[float] = []
     with torch.no_grad():
         uncond = encode("")
-        for i in range(args.warmup + args.iters):
+        print(json.dumps({"ready": True, "torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
+        for line in sys.stdin:
+            request = json.loads(line)
             started = time.perf_counter()
-            cond = encode(prompts[i % len(prompts)])
-            noise = torch.randn(1, C, h, h, generator=torch.Generator().manual_seed(i))
+            cond = encode(request["prompt"])
+            noise = torch.randn(1, C, h, h, generator=torch.Generator().manual_seed(int(request["seed"])))
             loop = time.perf_counter()
             latent = ddim_sample(unet, cond, uncond, noise, steps=args.steps, guidance=args.guidance)
             loop_ms = (time.perf_counter() - loop) * 1000
             image = vae.decode(latent / scaling)[0]
             rgb = ((image / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
             Image.fromarray(rgb).save(io.BytesIO(), format="PNG")
-            if i >= args.warmup:
-                total_ms.append((time.perf_counter() - started) * 1000)
-                denoise_ms.append(loop_ms)
-
-    gflop = unet_gflop_per_call(unet, batch, C, h, L, d["conditioningDim"])
-    print(json.dumps({
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "imagine_ms": total_ms, "denoise_ms": denoise_ms,
-        "unet_gflop_per_call": gflop,
-    }))
+            total_ms = (time.perf_counter() - started) * 1000
+            print(json.dumps({"ms": total_ms, "denoise_ms": loop_ms}), flush=True)
 
 
 if __name__ == "__main__":
