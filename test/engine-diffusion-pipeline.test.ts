@@ -1,8 +1,3 @@
-import { execFile } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
-import { promisify } from 'node:util';
 import * as ort from 'onnxruntime-node';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -16,29 +11,22 @@ import {
   unconditionalEmbedding,
 } from '../src/engine/diffusion/pipeline.ts';
 import { createSampler } from '../src/engine/diffusion/schedulers.ts';
-import { serviceAvailable } from './support/services.ts';
+import { makeRandomBundle, torchAvailable } from './support/random-bundle.ts';
 
-const run = promisify(execFile);
-const PYTHON = '/usr/bin/python3';
-
-const torchUp = await serviceAvailable(
-  'PyTorch (/usr/bin/python3 with torch, for the random test bundle)',
-  () => run(PYTHON, ['-c', 'import torch, onnx']),
-);
+const torchUp = await torchAvailable();
 
 /** The pipeline's plumbing on a bundle of small random graphs (test/support/random_bundle.py). */
 describe.skipIf(!torchUp)('diffusion pipeline on a random bundle', () => {
-  let dir: string;
+  let made: Awaited<ReturnType<typeof makeRandomBundle>>;
   let bundle: Bundle;
 
   beforeAll(async () => {
-    dir = await mkdtemp(path.join(tmpdir(), 'gill-diffusion-'));
-    await run(PYTHON, ['test/support/random_bundle.py', dir, '3']);
-    bundle = await loadBundle(dir, { threads: 1 });
+    made = await makeRandomBundle(3);
+    bundle = await loadBundle(made.dir, { threads: 1 });
   });
   afterAll(async () => {
     await bundle?.close();
-    if (dir) await rm(dir, { recursive: true, force: true });
+    await made?.remove();
   });
 
   const d = () => bundle.manifest.diffusion;
