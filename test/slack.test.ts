@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -7,8 +6,6 @@ import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type SlackHandle, startSlack } from '../src/bots/slack/index.ts';
 import { type Config, loadConfig } from '../src/config.ts';
-import type { Engine, JobContext } from '../src/engine/engine.ts';
-import type { JobPayload, JobResult } from '../src/engine/jobs.ts';
 import { MemoryJobQueue } from '../src/engine/queue/memory.ts';
 import { runJobs } from '../src/engine/queue/worker.ts';
 import { createLogger } from '../src/log.ts';
@@ -26,6 +23,7 @@ import {
   sendSlashCommand,
   signSlackRequest,
 } from './fakes/slack.ts';
+import { EchoEngine, embedText, png, sha256 } from './support/echo-engine.ts';
 
 /**
  * The Slack adapter end to end: a real Bolt app (HTTP receiver with its signature check, WebClient)
@@ -34,123 +32,6 @@ import {
  */
 
 const SECRET = 'test-signing-secret';
-const DIM = 16;
-
-/** A bag-of-words vector: texts sharing words are near each other. */
-function embedText(text: string): Float32Array {
-  const v = new Float32Array(DIM);
-  for (const word of text
-    .toLowerCase()
-    .split(/[^a-z]+/)
-    .filter(Boolean)) {
-    const h = createHash('sha256').update(word).digest();
-    v[h[0]! % DIM]! += 1;
-  }
-  const norm = Math.hypot(...v) || 1;
-  return v.map((x) => x / norm);
-}
-
-/** Answers from its inputs, so tests can check what reached it; `hold` parks jobs until released. */
-class EchoEngine implements Engine {
-  readonly payloads: JobPayload[] = [];
-  private gate: Promise<void> | null = null;
-  private open: (() => void) | null = null;
-
-  constructor(private readonly store: Store) {}
-
-  hold(): void {
-    this.gate = new Promise((resolve) => {
-      this.open = resolve;
-    });
-  }
-
-  release(): void {
-    this.open?.();
-    this.gate = null;
-  }
-
-  async run(payload: JobPayload, ctx: JobContext): Promise<JobResult> {
-    this.payloads.push(payload);
-    if (this.gate && payload.kind !== 'index') await this.gate;
-    switch (payload.kind) {
-      case 'chat': {
-        const hashes = payload.context.flatMap((item) => (item.type === 'image' ? [item.hash] : []));
-        const texts = payload.context.flatMap((item) => (item.type === 'text' ? [item.text] : []));
-        return {
-          kind: 'chat',
-          text: `echo: ${texts.at(-1) ?? ''} | images: ${hashes.length ? hashes.join(',') : 'none'}`,
-          images: [],
-          decision: null,
-          notes: [],
-        };
-      }
-      case 'imagine': {
-        const steps = payload.steps ?? 8;
-        for (let step = 1; step <= steps; step++) {
-          await new Promise((resolve) => setTimeout(resolve, 200));
-          ctx.progress({ stage: 'generating', step, steps });
-        }
-        const png = await sharp({ create: { width: 32, height: 32, channels: 3, background: '#c03020' } })
-          .png()
-          .toBuffer();
-        const hash = await this.store.blobs.put(png, 'image/png');
-        return {
-          kind: 'imagine',
-          text: '',
-          images: [{ kind: 'generated', hash, mime: 'image/png', width: 32, height: 32, score: 0 }],
-          decision: null,
-          notes: [],
-          seed: payload.seed ?? 7,
-        };
-      }
-      case 'find': {
-        const community = await this.store.communities.ensure(payload.community);
-        const found = await this.store.images.search(
-          community.id,
-          embedText(payload.query),
-          payload.k,
-          payload.excludeImageIds,
-        );
-        return {
-          kind: 'find',
-          text: '',
-          images: found.map((image) => ({
-            kind: 'retrieved' as const,
-            hash: image.hash,
-            mime: image.mime,
-            width: image.width,
-            height: image.height,
-            score: image.score,
-            source: {
-              imageId: image.id,
-              permalink: image.permalink,
-              authorId: image.authorId,
-              channelId: image.channelId,
-              messageId: image.messageId,
-            },
-          })),
-          decision: null,
-          notes: [],
-        };
-      }
-      case 'index': {
-        const image = await this.store.images.get(payload.imageId);
-        await this.store.images.setEmbedding(payload.imageId, embedText(image?.title ?? ''));
-        return { kind: 'index', text: '', images: [], decision: null, notes: [] };
-      }
-    }
-  }
-
-  async close(): Promise<void> {}
-}
-
-function png(color: string, size = 24): Promise<Buffer> {
-  return sharp({ create: { width: size, height: size, channels: 3, background: color } })
-    .png()
-    .toBuffer();
-}
-
-const sha256 = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex');
 
 let dataDir: string;
 let fake: FakeSlack;
@@ -244,7 +125,8 @@ beforeAll(async () => {
     communityConcurrentJobs: 200,
   });
   queue = new MemoryJobQueue({ backoffMs: 50, logger });
-  engine = new EchoEngine(store);
+  // Eight steps 200 ms apart: more than the one-a-second progress throttle lets through.
+  engine = new EchoEngine(store, { steps: 8, stepMs: 200 });
   worker = runJobs({ queue, store, engine, logger });
   await startBot();
 });

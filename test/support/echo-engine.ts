@@ -33,7 +33,11 @@ export class EchoEngine implements Engine {
   private open: (() => void) | null = null;
   started = 0;
 
-  constructor(private readonly store: Store) {}
+  constructor(
+    private readonly store: Store,
+    /** Diffusion steps an imagine job reports when the payload names none, and the time between them. */
+    private readonly imagine: { steps: number; stepMs: number } = { steps: 4, stepMs: 150 },
+  ) {}
 
   hold(): void {
     this.gate = new Promise((resolve) => {
@@ -64,9 +68,9 @@ export class EchoEngine implements Engine {
         };
       }
       case 'imagine': {
-        const steps = payload.steps ?? 4;
+        const steps = payload.steps ?? this.imagine.steps;
         for (let step = 1; step <= steps; step++) {
-          await new Promise((resolve) => setTimeout(resolve, 150));
+          await new Promise((resolve) => setTimeout(resolve, this.imagine.stepMs));
           ctx.progress({ stage: 'generating', step, steps });
         }
         const png = await sharp({ create: { width: 32, height: 32, channels: 3, background: '#c03020' } })

@@ -14,7 +14,12 @@ import { type PlatformAdapter, throttleProgress } from './adapter.ts';
 export interface AdapterDelivery extends DeliveryHandle {
   /** Shows progress the bot knows itself (the queue position at submit), through the same throttle. */
   progress(jobId: string, progress: JobProgress): Promise<void>;
+  /** Keeps a waiting job's queue position up to date on its progress message until the job starts. */
+  watchPosition(jobId: string): void;
 }
+
+/** Waiting jobs watched at most, so a queue that never drains cannot grow the map without bound. */
+const MAX_WATCHED = 10_000;
 
 export function startAdapterDelivery(options: {
   store: Store;
@@ -25,6 +30,8 @@ export function startAdapterDelivery(options: {
   owner: string;
   progressIntervalMs?: number;
   sweepIntervalMs?: number;
+  /** How often waiting jobs' queue positions are read again. */
+  positionRefreshMs?: number;
 }): AdapterDelivery {
   const { adapter, logger, store } = options;
   const throttle = throttleProgress(
@@ -49,13 +56,38 @@ export function startAdapterDelivery(options: {
       if (job.kind !== 'index') throttle.push(job, progress);
     },
   });
+  async function progress(jobId: string, update: JobProgress): Promise<void> {
+    const job = await store.jobs.get(jobId);
+    if (job && (job.status === 'queued' || job.status === 'running')) throttle.push(job, update);
+  }
+
+  // Last position shown per waiting job (-1: none yet); a job leaves the map when the queue no longer has it waiting.
+  const waiting = new Map<string, number>();
+  const refresh = setInterval(() => {
+    for (const [jobId, last] of waiting) {
+      options.queue
+        .position(jobId)
+        .then(async (position) => {
+          if (position === null) waiting.delete(jobId);
+          else if (position !== last) {
+            waiting.set(jobId, position);
+            await progress(jobId, { stage: 'queued', position });
+          }
+        })
+        .catch((error: unknown) => logger.warn({ err: error, jobId }, 'queue position refresh failed'));
+    }
+  }, options.positionRefreshMs ?? 2000);
+  refresh.unref();
+
   return {
     sweep: handle.sweep,
-    async progress(jobId, progress) {
-      const job = await store.jobs.get(jobId);
-      if (job && (job.status === 'queued' || job.status === 'running')) throttle.push(job, progress);
+    progress,
+    watchPosition(jobId) {
+      waiting.set(jobId, -1);
+      if (waiting.size > MAX_WATCHED) waiting.delete(waiting.keys().next().value as string);
     },
     async close() {
+      clearInterval(refresh);
       await handle.close();
       throttle.stop();
     },

@@ -29,9 +29,6 @@ export { PLAYGROUND_COMMUNITY, seedGallery } from './seed-gallery.ts';
 /** The playground's one channel. */
 export const PLAYGROUND_CHANNEL = 'playground';
 
-/** How often waiting jobs' queue positions are refreshed on their progress messages. */
-const POSITION_REFRESH_MS = 2000;
-
 export interface PlaygroundOptions {
   config: Pick<Config, 'GILL_HOST' | 'GILL_PORT'>;
   store: Store;
@@ -134,24 +131,6 @@ export async function startPlayground(options: PlaygroundOptions): Promise<Playg
     sweepIntervalMs: options.sweepIntervalMs,
   });
 
-  // Jobs waiting in the queue, whose progress message shows their position until they start.
-  const waiting = new Map<string, number>();
-  const refresh = setInterval(() => {
-    for (const [jobId, last] of waiting) {
-      queue
-        .position(jobId)
-        .then(async (position) => {
-          if (position === null) waiting.delete(jobId);
-          else if (position !== last) {
-            waiting.set(jobId, position);
-            await delivery.progress(jobId, { stage: 'queued', position });
-          }
-        })
-        .catch((error: unknown) => logger.warn({ err: error, jobId }, 'queue position refresh failed'));
-    }
-  }, POSITION_REFRESH_MS);
-  refresh.unref();
-
   ready(
     createInbound({
       core,
@@ -162,10 +141,7 @@ export async function startPlayground(options: PlaygroundOptions): Promise<Playg
       community: communityRef,
       communityId: community.id,
       channelId: PLAYGROUND_CHANNEL,
-      onAccepted: (jobId) => {
-        waiting.set(jobId, -1);
-        if (waiting.size > 10_000) waiting.delete(waiting.keys().next().value as string);
-      },
+      onAccepted: (jobId) => delivery.watchPosition(jobId),
     }),
   );
   const url = `${origin}/`;
@@ -174,7 +150,6 @@ export async function startPlayground(options: PlaygroundOptions): Promise<Playg
   return {
     url,
     async stop() {
-      clearInterval(refresh);
       hub.close();
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeAllConnections();

@@ -50,8 +50,6 @@ export interface SlackHandle {
 
 export const SLACK_EVENTS_PATH = '/slack/events';
 const SLACK_FILES_ORIGIN = 'https://files.slack.com';
-/** How often the queue positions of waiting jobs are refreshed on their progress messages. */
-const POSITION_REFRESH_MS = 3000;
 
 /** Slack's sign-in page instead of a file means the token lacks files:read or the file isn't shared with the bot. */
 function slackFileGuard(guard: FetchGuard): FetchGuard {
@@ -142,24 +140,6 @@ export async function startSlack(options: SlackOptions): Promise<SlackHandle> {
     sweepIntervalMs: options.sweepIntervalMs,
   });
 
-  // Jobs waiting in the queue, whose progress message shows their position until they start.
-  const waiting = new Map<string, number>();
-  const refresh = setInterval(() => {
-    for (const [jobId, last] of waiting) {
-      queue
-        .position(jobId)
-        .then(async (position) => {
-          if (position === null) waiting.delete(jobId);
-          else if (position !== last) {
-            waiting.set(jobId, position);
-            await delivery.progress(jobId, { stage: 'queued', position });
-          }
-        })
-        .catch((error) => logger.warn({ err: error, jobId }, 'queue position refresh failed'));
-    }
-  }, POSITION_REFRESH_MS);
-  refresh.unref();
-
   registerInbound({
     app,
     core,
@@ -171,10 +151,7 @@ export async function startSlack(options: SlackOptions): Promise<SlackHandle> {
     logger,
     botUserId,
     teamId,
-    onAnnounced: (jobId) => {
-      waiting.set(jobId, -1);
-      if (waiting.size > 10_000) waiting.delete(waiting.keys().next().value as string);
-    },
+    onAnnounced: (jobId) => delivery.watchPosition(jobId),
   });
 
   let eventsUrl: string | undefined;
@@ -192,7 +169,6 @@ export async function startSlack(options: SlackOptions): Promise<SlackHandle> {
   return {
     eventsUrl,
     async stop() {
-      clearInterval(refresh);
       await app.stop();
       await delivery.close();
     },
