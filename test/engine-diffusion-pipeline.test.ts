@@ -7,10 +7,12 @@ import {
   decodeLatent,
   encodePrompt,
   generate,
+  progressWithPreviews,
   tokenizePrompt,
   unconditionalEmbedding,
 } from '../src/engine/diffusion/pipeline.ts';
 import { createSampler } from '../src/engine/diffusion/schedulers.ts';
+import type { JobProgress } from '../src/engine/jobs.ts';
 import { makeRandomBundle, torchAvailable } from './support/random-bundle.ts';
 
 const torchUp = await torchAvailable();
@@ -55,6 +57,29 @@ describe.skipIf(!torchUp)('diffusion pipeline on a random bundle', () => {
     expect(unconditionalEmbedding(bundle)).toBe(first);
     expect(await first).toEqual(await encodePrompt(bundle, ''));
     expect((await first).length).toBe(d().textMaxLength * d().conditioningDim);
+  });
+
+  it('reports every step in order, with a few PNG previews of the forming image before the last', async () => {
+    const updates: JobProgress[] = [];
+    const conditioning = await encodePrompt(bundle, 'ab');
+    const image = await generate({
+      bundle,
+      conditioning,
+      seed: 5,
+      steps: 6,
+      guidance: 3,
+      onStep: progressWithPreviews(bundle, (p) => updates.push(p), 2),
+    });
+    const steps = updates.map((u) => (u.stage === 'generating' ? u.step : -1));
+    expect(steps).toEqual([1, 2, 3, 4, 5, 6]);
+    const previews = updates.flatMap((u) => (u.stage === 'generating' && u.previewPng ? [u] : []));
+    expect(previews.map((u) => (u.stage === 'generating' ? u.step : 0))).toEqual([2, 4]);
+    for (const preview of previews) {
+      const meta = await sharp(
+        Buffer.from(preview.stage === 'generating' ? preview.previewPng! : '', 'base64'),
+      ).metadata();
+      expect([meta.format, meta.width, meta.height]).toEqual(['png', image.width, image.height]);
+    }
   });
 
   it('reproduces an image from its seed, and another seed gives another image', async () => {

@@ -2,6 +2,7 @@ import { Tokenizer } from '@huggingface/tokenizers';
 import * as ort from 'onnxruntime-node';
 import sharp from 'sharp';
 import { type Bundle, inputType } from '../bundle.ts';
+import type { JobProgress } from '../jobs.ts';
 import { fillGaussian } from './noise.ts';
 import { alphasCumprod, createSampler, type SchedulerName } from './schedulers.ts';
 
@@ -25,9 +26,10 @@ export interface GenerateOptions {
   initialLatent?: Float32Array;
   /**
    * Called after each step. `previewLatent` is the current clean-latent estimate [1, C, h, w]; it is reused
-   * by the next step, so copy it to keep it (e.g. for `decodeLatent`).
+   * by the next step, so copy it to keep it (e.g. for `decodeLatent`). A returned promise is awaited before
+   * the next step.
    */
-  onStep?: (step: number, steps: number, previewLatent: Float32Array) => void;
+  onStep?: (step: number, steps: number, previewLatent: Float32Array) => void | Promise<void>;
   /** Checked between steps; an abort rejects with the signal's reason. */
   signal?: AbortSignal;
 }
@@ -184,7 +186,7 @@ export async function generate(options: GenerateOptions): Promise<GeneratedImage
       modelOutput = guidedOut;
     }
     sampler.step(modelOutput, sample);
-    onStep?.(i + 1, sampler.timesteps.length, sampler.denoised);
+    await onStep?.(i + 1, sampler.timesteps.length, sampler.denoised);
   }
   const denoiseMs = performance.now() - started;
   signal?.throwIfAborted();
@@ -229,4 +231,29 @@ export function encodePng(image: DecodedImage): Promise<Buffer> {
   return sharp(image.rgb, { raw: { width: image.width, height: image.height, channels: 3 } })
     .png()
     .toBuffer();
+}
+
+/**
+ * Progress reporting for a generation, with a few previews of the forming image: at evenly spaced steps
+ * (not the last) the sampler's clean-latent estimate is VAE-decoded to a PNG before the next step, so a
+ * chat shows the image taking shape and steps arrive in order. Costs `previews` extra VAE decodes.
+ */
+export function progressWithPreviews(
+  bundle: Bundle,
+  report: (progress: JobProgress) => void,
+  previews = 4,
+): NonNullable<GenerateOptions['onStep']> {
+  return async (step, steps, previewLatent) => {
+    const every = Math.max(1, Math.floor(steps / (previews + 1)));
+    if (step % every !== 0 || step === steps) {
+      report({ stage: 'generating', step, steps });
+      return;
+    }
+    try {
+      const png = await encodePng(await decodeLatent(bundle, previewLatent));
+      report({ stage: 'generating', step, steps, previewPng: png.toString('base64') });
+    } catch {
+      report({ stage: 'generating', step, steps }); // a preview is a nicety: the step still counts
+    }
+  };
 }

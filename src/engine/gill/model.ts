@@ -1,5 +1,5 @@
 import type { Bundle } from '../bundle.ts';
-import { type GeneratedImage, generate } from '../diffusion/pipeline.ts';
+import { type GeneratedImage, generate, progressWithPreviews } from '../diffusion/pipeline.ts';
 import type { SchedulerName } from '../diffusion/schedulers.ts';
 import { imageToPixelValues } from '../images.ts';
 import { type JobProgress, UserInputError } from '../jobs.ts';
@@ -311,7 +311,7 @@ export class GillModel {
       guidance: options.guidance,
       scheduler: options.scheduler,
       signal: options.signal,
-      onStep: (step, steps) => options.onProgress?.({ stage: 'generating', step, steps }),
+      onStep: progressWithPreviews(this.bundle, (p) => options.onProgress?.(p)),
     });
     const score = embedding ? cosine(await this.imageEmbedding(image.png), embedding) : 0;
     return { ...image, score };
