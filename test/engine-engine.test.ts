@@ -135,6 +135,35 @@ describe.skipIf(!torchUp)('GillEngine on a random bundle and a real store', () =
     expect(ctx.events.map((e) => e.stage)).toEqual(['thinking', 'retrieving']);
   });
 
+  it("generates instead when its own choice to retrieve finds nothing above the bundle's similarity floor", async () => {
+    const defaults = engine.model.bundle.manifest.defaults;
+    const retScale = defaults.retScaleFactor;
+    defaults.retScaleFactor = 1e5; // the paper's evaluation trick: [IMG0] first, so there is a decision
+    const chat = (floor: number) => {
+      defaults.minRetrieveSimilarity = floor;
+      const payload = parsePayload({
+        kind: 'chat',
+        community: here,
+        context: [{ type: 'text', role: 'user', text: 'show me something green' }],
+        retrieveBias: 10, // the decision head chooses "retrieve"
+        seed: 4,
+      });
+      return engine.run(payload, context());
+    };
+    try {
+      const above = await chat(-1);
+      expect(above.decision?.choice).toBe('retrieve');
+      expect(above.images.map((i) => i.kind)).toEqual(['retrieved']);
+      const below = await chat(1);
+      expect(below.decision?.choice).toBe('generate');
+      expect(below.images.map((i) => i.kind)).toEqual(['generated']);
+      expect(below.notes.join(' ')).toMatch(/not close enough \(similarity -?\d\.\d\d\)/);
+    } finally {
+      delete defaults.minRetrieveSimilarity;
+      defaults.retScaleFactor = retScale;
+    }
+  });
+
   it('chat forced to generate stores a PNG and reports each diffusion step', async () => {
     const payload = parsePayload({
       kind: 'chat',

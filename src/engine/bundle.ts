@@ -102,6 +102,12 @@ export const manifestSchema = z.object({
     scheduler: z.enum(['ddim', 'dpm++']),
     steps: dim,
     guidance: z.number().min(0),
+    /**
+     * When the decision head picks "retrieve" on its own but the closest gallery image is less similar than
+     * this (cosine), the image is generated instead. The paper's first decision model saw the best retrieval
+     * score as a feature; this keeps that safeguard for bundles whose decision head does not. Absent: no floor.
+     */
+    minRetrieveSimilarity: z.number().min(-1).max(1).optional(),
   }),
 });
 export type Manifest = z.infer<typeof manifestSchema>;

@@ -277,7 +277,21 @@ export class GillModel {
       request.signal?.throwIfAborted();
       request.onProgress?.({ stage: 'retrieving' });
       turn.retrieved = await request.search(embedding, request.retrieveCount);
-      if (turn.retrieved.length === 0) {
+      const floor = this.bundle.manifest.defaults.minRetrieveSimilarity;
+      const best = turn.retrieved[0]?.score;
+      if (
+        request.imageMode === 'auto' &&
+        request.allowGeneration &&
+        floor !== undefined &&
+        best !== undefined &&
+        best < floor
+      ) {
+        notes.push(
+          `The closest gallery image was not close enough (similarity ${best.toFixed(2)}), so the image was generated.`,
+        );
+        turn.retrieved = [];
+        choice = 'generate';
+      } else if (turn.retrieved.length === 0) {
         if (request.allowGeneration) {
           notes.push('Nothing in the gallery matched, so the image was generated.');
           choice = 'generate';
