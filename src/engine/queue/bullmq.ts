@@ -9,6 +9,7 @@ import {
   QueueUnavailableError,
   WorkerShutdownError,
 } from './errors.ts';
+import { QueueListeners } from './listeners.ts';
 import type { JobProcessor, JobQueue, QueuedJob, QueueEvent, WorkerHandle, WorkerOptions } from './queue.ts';
 import { checkRedis, consumerConnectionOptions, producerConnection, redactRedisUrl } from './redis.ts';
 
@@ -85,10 +86,11 @@ export class BullJobQueue implements JobQueue {
   private readonly control: Redis;
   private readonly queue: Queue<JobData, JobResult>;
   private events?: QueueEvents;
-  private readonly listeners = new Set<(event: QueueEvent) => void>();
+  private readonly listeners: QueueListeners;
   private readonly handles = new Set<WorkerHandle>();
 
   constructor(private readonly options: BullJobQueueOptions) {
+    this.listeners = new QueueListeners(options.logger);
     this.name = options.queueName ?? 'gill-jobs';
     this.prefix = options.prefix ?? 'gill';
     this.control = producerConnection(options.redisUrl, options.logger);
@@ -151,9 +153,9 @@ export class BullJobQueue implements JobQueue {
   }
 
   subscribe(listener: (event: QueueEvent) => void): () => void {
-    this.listeners.add(listener);
+    const unsubscribe = this.listeners.add(listener);
     this.events ??= this.openEvents();
-    return () => this.listeners.delete(listener);
+    return unsubscribe;
   }
 
   process(processor: JobProcessor, options: WorkerOptions = {}): WorkerHandle {
@@ -252,28 +254,15 @@ export class BullJobQueue implements JobQueue {
     });
     events.on('error', (error) => this.options.logger?.warn({ err: error }, 'job events error'));
     events.on('progress', ({ jobId, data }) => {
-      this.emit({ type: 'progress', jobId, progress: data as JobProgress });
+      this.listeners.emit({ type: 'progress', jobId, progress: data as JobProgress });
     });
     events.on('completed', ({ jobId, returnvalue }) => {
-      this.emit({ type: 'completed', jobId, result: returnvalue as unknown as JobResult });
+      this.listeners.emit({ type: 'completed', jobId, result: returnvalue as unknown as JobResult });
     });
     events.on('failed', ({ jobId, failedReason }) => {
-      this.emit({ type: 'failed', jobId, error: decodeFailure(failedReason) });
+      this.listeners.emit({ type: 'failed', jobId, error: decodeFailure(failedReason) });
     });
     return events;
-  }
-
-  private emit(event: QueueEvent): void {
-    for (const listener of this.listeners) {
-      try {
-        listener(event);
-      } catch (error) {
-        this.options.logger?.error(
-          { err: error, event: event.type, jobId: event.jobId },
-          'queue listener failed',
-        );
-      }
-    }
   }
 
   private cancelKey(jobId: string): string {

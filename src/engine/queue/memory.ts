@@ -1,6 +1,7 @@
 import type { Logger } from '../../log.ts';
 import type { JobResult } from '../jobs.ts';
 import { backoffDelay, JobCancelledError, judgeFailure, WorkerShutdownError } from './errors.ts';
+import { QueueListeners } from './listeners.ts';
 import type { JobProcessor, JobQueue, QueuedJob, QueueEvent, WorkerHandle, WorkerOptions } from './queue.ts';
 
 /**
@@ -48,13 +49,14 @@ export class MemoryJobQueue implements JobQueue {
   private readonly entries = new Map<string, Entry>();
   private readonly finished: string[] = [];
   private readonly waiting: string[] = [];
-  private readonly listeners = new Set<(event: QueueEvent) => void>();
+  private readonly listeners: QueueListeners;
   private readonly consumers = new Set<Consumer>();
   private readonly handles = new Set<WorkerHandle>();
   private dispatchScheduled = false;
   private closed = false;
 
   constructor(private readonly options: MemoryQueueOptions = {}) {
+    this.listeners = new QueueListeners(options.logger);
     this.attempts = options.attempts ?? 3;
     this.backoffMs = options.backoffMs ?? 2000;
     this.keepFinished = options.keepFinished ?? 10_000;
@@ -96,8 +98,7 @@ export class MemoryJobQueue implements JobQueue {
   }
 
   subscribe(listener: (event: QueueEvent) => void): () => void {
-    this.listeners.add(listener);
-    return () => this.listeners.delete(listener);
+    return this.listeners.add(listener);
   }
 
   process(processor: JobProcessor, options: WorkerOptions = {}): WorkerHandle {
@@ -178,7 +179,7 @@ export class MemoryJobQueue implements JobQueue {
         { id, payload, attempt: entry.attempt, maxAttempts: this.attempts },
         {
           progress: (progress) => {
-            if (entry.state === 'active') this.emit({ type: 'progress', jobId: id, progress });
+            if (entry.state === 'active') this.listeners.emit({ type: 'progress', jobId: id, progress });
           },
           signal: controller.signal,
         },
@@ -203,7 +204,7 @@ export class MemoryJobQueue implements JobQueue {
         );
       } else {
         this.finish(entry, controller.signal.reason instanceof JobCancelledError ? 'cancelled' : 'failed');
-        this.emit({ type: 'failed', jobId: id, error: verdict.failure });
+        this.listeners.emit({ type: 'failed', jobId: id, error: verdict.failure });
       }
       return;
     } finally {
@@ -211,25 +212,12 @@ export class MemoryJobQueue implements JobQueue {
       entry.owner = undefined;
     }
     this.finish(entry, 'completed');
-    this.emit({ type: 'completed', jobId: id, result });
+    this.listeners.emit({ type: 'completed', jobId: id, result });
   }
 
   private finish(entry: Entry, state: 'completed' | 'failed' | 'cancelled'): void {
     entry.state = state;
     this.finished.push(entry.job.id);
     if (this.finished.length > this.keepFinished) this.entries.delete(this.finished.shift()!);
-  }
-
-  private emit(event: QueueEvent): void {
-    for (const listener of this.listeners) {
-      try {
-        listener(event);
-      } catch (error) {
-        this.options.logger?.error(
-          { err: error, event: event.type, jobId: event.jobId },
-          'queue listener failed',
-        );
-      }
-    }
   }
 }
