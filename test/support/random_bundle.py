@@ -12,6 +12,10 @@ import sys
 import torch
 from torch import nn
 
+# GPT-2's byte table, shared with the training code's tokenizer.
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..', 'models', 'training'))
+from gill_tiny.tokenizer import _bytes_to_unicode as bytes_to_unicode  # noqa: E402
+
 H, LAYERS, HEADS, HEAD_DIM = 32, 2, 2, 16
 DV, S, K, R = 24, 16, 2, 16
 L, DC, C, LS = 8, 12, 4, 4
@@ -19,16 +23,6 @@ SPECIALS = ["<pad>", "<s>", "</s>"]
 N_IMG = 8
 
 
-def bytes_to_unicode():
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
 
 
 def tokenizer_json():
