@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="folder with emoji.json and img/google/64/*.png")
     ap.add_argument("--until", choices=[n for n, _ in STAGES], help="stop after this stage")
     ap.add_argument("--threads", type=int, help="torch CPU threads")
+    ap.add_argument("--gill", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a GillConfig field of the preset (e.g. steps=4000), repeatable")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda but torch.cuda.is_available() is false")
@@ -87,7 +89,18 @@ def main(argv: list[str] | None = None) -> int:
     preset = PRESETS[args.preset]
     work = args.work or ROOT / "models" / "training" / "runs" / preset.name
     work.mkdir(parents=True, exist_ok=True)
-    ctx = stages.Context(preset, torch.device(args.device), work, args.out, args.emoji_dir)
+    overrides = {}
+    for item in args.gill:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--gill expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = value.strip()
+    try:
+        gill.gill_config(preset.name, overrides)
+    except ValueError as e:
+        ap.error(str(e))
+    ctx = stages.Context(preset, torch.device(args.device), work, args.out, args.emoji_dir,
+                         gill_overrides=overrides)
     t_all = time.time()
     for name, fn in STAGES:
         if name not in ALWAYS_RUN and ctx.done(name):

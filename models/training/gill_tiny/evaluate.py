@@ -359,7 +359,7 @@ def _limits(r: dict) -> list[str]:
 
 
 def evaluate(ctx, cfg: EvalConfig) -> dict:
-    gcfg = gill_config(ctx.preset.name)
+    gcfg = gill_config(ctx.preset.name, ctx.gill_overrides)
     b = backbones(ctx)
     model = gill_model(ctx, b, gcfg, trained=True).eval()
     pipe = GillPipeline(model, b.vae, b.unet, str(ctx.device))

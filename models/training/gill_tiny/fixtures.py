@@ -119,7 +119,7 @@ def stage_fixtures(ctx) -> None:
     ctx.device = torch.device("cpu")
     try:
         b = backbones(ctx)
-        model = gill_model(ctx, b, gill_config(ctx.preset.name), trained=True)
+        model = gill_model(ctx, b, gill_config(ctx.preset.name, ctx.gill_overrides), trained=True)
         fx = build_fixtures(GillPipeline(model.eval(), b.vae, b.unet, "cpu"), Path(ctx.out) / "fixtures")
     finally:
         ctx.device = cpu

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import random
 import time
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -54,6 +55,12 @@ class GillConfig:
     decay_frac: float = 0.6
     grad_clip: float = 1.0
     emoji_frac: float = 0.3  # share of emoji pairs in a batch
+    # Context pairs (an addition to the paper's caption-only stage): a training-split dialogue or story with its
+    # final scene, extra rows per step for the retrieval, [IMG] and mapper losses. The paper's 7B LM already
+    # reads a dialogue into the state its caption would give; the stand-in LM needs these rows to learn that.
+    context_rows: int = 0
+    context_pairs: int = 20000
+    context_max_len: int = 128
     eval_every: int = 250
     # decision stage
     decision_prompts: int = 900
@@ -323,6 +330,15 @@ class GillModel(nn.Module):
         return {"loss": total, "cap": cap, "ce_ret": ce_ret, "ce_gen": ce_gen, "ret": ret, "gen": gen,
                 "t2i_acc": t2i_acc}
 
+    def context_losses(self, pooled: torch.Tensor, ids: torch.Tensor, lens: list[int],
+                       cond_target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Context rows: 0.5 CE (the prompt and its [IMG0]) + two-way contrastive + ℓ_g; no captioning."""
+        ce, h, e = self.img_mode(ids, lens, False)
+        ret, acc = contrastive_loss(self.heads.text_retrieval(h[:, 0]), self.heads.image_retrieval(pooled),
+                                    self.heads.logit_scale)
+        gen = l2_distance_loss(self.heads.mapper(h, e), cond_target)
+        return {"ctx_loss": 0.5 * ce + ret + gen, "ctx_ce": ce, "ctx_ret": ret, "ctx_gen": gen, "ctx_t2i_acc": acc}
+
     # helpers used by inference, fixtures and evaluation ----------------------------------------------------
     @torch.no_grad()
     def pooled(self, images: np.ndarray, batch: int = 256) -> torch.Tensor:
@@ -387,6 +403,47 @@ def make_pairs(model: GillModel, data: dict, split: str, max_len: int) -> Pairs:
                  cond.reshape(n, v, -1).to(dev), torch.arange(n) >= len(sh["captions"]), caps)
 
 
+@dataclass
+class ContextPairs:
+    """Dialogue / story prompts (`BOS prompt[IMG0..7] pad`) with the render and caption of their final scene."""
+
+    pooled: torch.Tensor  # [N,Dv]
+    ids: torch.Tensor  # [N,context_max_len]
+    lens: torch.Tensor  # [N] (CPU)
+    cond_ids: torch.Tensor  # [N,L] text-tower ids of the final scene's caption
+    prompts: list[str]
+
+
+def make_context_pairs(model: GillModel, split: str, n: int, seed: int, max_len: int) -> ContextPairs:
+    """`n` seeded contexts of `split`, alternating dialogues (GILL's `Q: ... A:` template, as evaluated) and
+    stories. A prompt longer than `max_len` tokens raises ValueError (truncating would cut its last turn)."""
+    rng = random.Random(seed)
+    prompts, scenes = [], []
+    for i in range(n):
+        c = D.make_dialogue(rng, split) if i % 2 == 0 else D.make_story(rng, split)
+        prompts.append(c.prompt() if isinstance(c, D.Dialogue) else c.text())
+        scenes.append(c.final_scene)
+    rows = [model.tok.encode(t + IMG_SUFFIX, add_bos=True) for t in prompts]
+    longest = max(range(n), key=lambda i: len(rows[i]), default=None)
+    if longest is not None and len(rows[longest]) > max_len:
+        raise ValueError(f"context prompt of {len(rows[longest])} tokens exceeds context_max_len {max_len}: "
+                         f"{prompts[longest][:80]!r}...")
+    dev = model.embed_weight.device
+    ids = torch.tensor([x + [model.tok.pad_id] * (max_len - len(x)) for x in rows], dtype=torch.long)
+    L = model.clip.cfg.text_max_length
+    cond = torch.tensor([model.tok.encode_text_condition(D.caption(sc, rng), L) for sc in scenes])
+    images = np.stack([D.render(sc, rng) for sc in scenes]) if n else np.zeros((0, D.IMAGE_SIZE, D.IMAGE_SIZE, 3), np.uint8)
+    return ContextPairs(model.pooled(images), ids.to(dev), torch.tensor([len(x) for x in rows]), cond.to(dev), prompts)
+
+
+def sample_context_batch(p: ContextPairs, g: torch.Generator, batch: int) -> tuple[torch.Tensor, ...]:
+    """-> pooled, ids (trimmed to the longest row), lens (list), cond_ids."""
+    idx = torch.randint(len(p.prompts), (batch,), generator=g)
+    dev_idx = idx.to(p.pooled.device)
+    width = int(p.lens[idx].max())
+    return p.pooled[dev_idx], p.ids[dev_idx, :width], p.lens[idx].tolist(), p.cond_ids[dev_idx]
+
+
 def sample_batch(p: Pairs, g: torch.Generator, batch: int, emoji_frac: float) -> tuple[torch.Tensor, ...]:
     """A batch with `emoji_frac` emoji pairs, a random wording each, shuffled so concatenated pairs mix kinds.
     -> pooled, ids, lens (list), cond_ids."""
@@ -414,10 +471,24 @@ PRESET_CONFIGS = {
 }
 
 
-def gill_config(preset_name: str) -> GillConfig:
+def gill_config(preset_name: str, overrides: dict[str, str] | None = None) -> GillConfig:
+    """The preset's GILL configuration with `overrides` (field name -> value as text, train.py's --gill)."""
     if preset_name not in PRESET_CONFIGS:
         raise ValueError(f"no GILL configuration for preset {preset_name!r}; known: {sorted(PRESET_CONFIGS)}")
-    return PRESET_CONFIGS[preset_name]
+    cfg = PRESET_CONFIGS[preset_name]
+    fields = {f.name: type(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    changes = {}
+    for key, text in (overrides or {}).items():
+        if key not in fields:
+            raise ValueError(f"unknown GILL setting {key!r}; known: {sorted(fields)}")
+        kind = fields[key]
+        if kind in (tuple, bool):
+            raise ValueError(f"GILL setting {key!r} cannot be overridden from the command line")
+        try:
+            changes[key] = kind(text)
+        except ValueError as e:
+            raise ValueError(f"GILL setting {key}={text!r} is not a valid {kind.__name__}") from e
+    return dataclasses.replace(cfg, **changes)
 
 
 def _lr_lambda(cfg: GillConfig) -> Callable[[int], float]:
@@ -439,10 +510,15 @@ def make_optimizer(model: GillModel, cfg: GillConfig) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def validate(model: GillModel, batch: tuple[torch.Tensor, ...]) -> dict[str, float]:
-    """Held-out batch: every loss term, text->image top-1 and teacher-forced caption token accuracy."""
+def validate(model: GillModel, batch: tuple[torch.Tensor, ...],
+             context: tuple[torch.Tensor, ...] | None = None) -> dict[str, float]:
+    """Held-out batch: every loss term, text->image top-1 and teacher-forced caption token accuracy (and the
+    context rows' losses when given)."""
     pooled, ids, lens, cond_ids = batch
     out = model.step_losses(pooled, ids, lens, model.clip.encode_text_states(cond_ids), (False, False, False))
+    if context is not None:
+        c_pooled, c_ids, c_lens, c_cond = context
+        out.update(model.context_losses(c_pooled, c_ids, c_lens, model.clip.encode_text_states(c_cond)))
     k = model.heads.num_visual_tokens
     logits, _ = model.run_lm(torch.cat([model.heads.visual_prefix(pooled), model.lm.embed(ids)], 1))
     pred = logits[:, k - 1 : -1].argmax(-1)  # predictions of BOS and the caption tokens
@@ -477,8 +553,7 @@ def stage_gill(ctx) -> None:
     """The GILL stage (stages.Context): resumable from `<work>/gill.partial.pt`, writes `<work>/gill.pt`."""
     from .stages import _atomic_save, _load_checked  # the run's checkpoint conventions
 
-    cfg = gill_config(ctx.preset.name)
-    dev = ctx.device
+    cfg = gill_config(ctx.preset.name, ctx.gill_overrides)
     b = backbones(ctx)
     model = gill_model(ctx, b, cfg, trained=False)
     model.enable_img_row_training()
@@ -498,13 +573,19 @@ def stage_gill(ctx) -> None:
     train = make_pairs(model, data, "train", cfg.max_len)
     val = make_pairs(model, data, "val", cfg.max_len)
     val_batch = sample_batch(val, torch.Generator().manual_seed(7), min(256, len(val.captions)), cfg.emoji_frac)
+    ctx_train = ctx_val = None
+    if cfg.context_rows:
+        ctx_train = make_context_pairs(model, "train", cfg.context_pairs, ctx.preset.seed + 40, cfg.context_max_len)
+        ctx_val = sample_context_batch(
+            make_context_pairs(model, "val", 256, ctx.preset.seed + 41, cfg.context_max_len),
+            torch.Generator().manual_seed(8), 256)
     params = [p for grp in opt.param_groups for p in grp["params"]]
     model.train()
     t0, last_save = time.time(), time.time()
     log_every = max(1, cfg.steps // 50)
     if start == 0 and cfg.steps > 0:
         model.eval()
-        ctx.metric("gill", step=0, elapsed_s=0.0, **validate(model, val_batch))
+        ctx.metric("gill", step=0, elapsed_s=0.0, **validate(model, val_batch, ctx_val))
         model.train()
     for step in range(start, cfg.steps):
         g = torch.Generator().manual_seed(ctx.preset.seed * 1_000_003 + step)
@@ -512,6 +593,10 @@ def stage_gill(ctx) -> None:
         draws = (torch.rand(3, generator=g) < cfg.concat_prob).tolist()
         target = model.clip.encode_text_states(cond_ids)  # frozen tower, no grad (its params are frozen)
         out = model.step_losses(pooled, ids, lens, target, draws)
+        if ctx_train is not None:
+            c_pooled, c_ids, c_lens, c_cond = sample_context_batch(ctx_train, g, cfg.context_rows)
+            out.update(model.context_losses(c_pooled, c_ids, c_lens, model.clip.encode_text_states(c_cond)))
+            out["loss"] = out["loss"] + out["ctx_loss"]
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -525,7 +610,7 @@ def stage_gill(ctx) -> None:
                        **{n: round(float(v), 5) for n, v in out.items()})
         if (step + 1) % cfg.eval_every == 0 or last:
             model.eval()
-            ctx.metric("gill", step=step + 1, elapsed_s=round(time.time() - t0, 1), **validate(model, val_batch))
+            ctx.metric("gill", step=step + 1, elapsed_s=round(time.time() - t0, 1), **validate(model, val_batch, ctx_val))
             model.train()
         if time.time() - last_save > ctx.checkpoint_seconds and not last:
             _atomic_save({**gill_state(model, cfg, ctx.preset), "optimizer": opt.state_dict(),
@@ -641,7 +726,7 @@ def f1_scores(pred: Sequence[int], gold: Sequence[int]) -> dict[str, float]:
 def stage_decision(ctx) -> None:
     """Label prompts honestly, then train the decision head as the notebook: full-batch AdamW (lr 1e-3, wd 0,
     seed 1337), first 2/3 train, last 1/3 test, CE; macro-F1 at argmax. Writes `<work>/decision.pt`."""
-    cfg = gill_config(ctx.preset.name)
+    cfg = gill_config(ctx.preset.name, ctx.gill_overrides)
     b = backbones(ctx)
     model = gill_model(ctx, b, cfg, trained=True)
     pipe = GillPipeline(model, b.vae, b.unet, str(ctx.device))
@@ -682,7 +767,7 @@ def stage_decision(ctx) -> None:
 
 def export_heads(ctx, b: Backbones) -> GillHeads:
     """The trained heads for export.export_bundle; writes the trained [IMG] rows into `b.lm`'s tied embedding."""
-    cfg = gill_config(ctx.preset.name)
+    cfg = gill_config(ctx.preset.name, ctx.gill_overrides)
     heads = build_heads(cfg, b)
     model = GillModel(b, heads)
     load_gill_state(ctx.load("gill"), model, ctx.path("gill"))

@@ -43,6 +43,7 @@ class Context:
     out: Path
     emoji_dir: Path
     checkpoint_seconds: float = 120.0
+    gill_overrides: dict[str, str] = field(default_factory=dict)  # GillConfig fields set on the command line
     _cache: dict[str, Any] = field(default_factory=dict)
 
     def path(self, name: str) -> Path:
