@@ -138,6 +138,11 @@ export interface Bundle {
   textTokenizerJson: Record<string, unknown>;
   executionProvider: 'cpu' | 'cuda';
   threads: number | undefined;
+  /**
+   * The decision graph also takes `retrieval_score` [B,1], the best gallery cosine for the [IMG0] (GILL's first
+   * decision model); read from the graph, so older bundles keep their single input.
+   */
+  decisionUsesRetrievalScore: boolean;
   close(): Promise<void>;
 }
 
@@ -214,6 +219,7 @@ const GRAPHS: Record<GraphName, GraphSpec> = {
     manifestField: 'gill.decision',
     file: (m) => m.gill.decision,
     inputs: () => ['hidden'],
+    optionalInputs: ['retrieval_score'],
     outputs: () => ['logits'],
   },
   textEncoder: {
@@ -464,7 +470,12 @@ async function warmUp(sessions: BundleSessions, m: Manifest): Promise<void> {
     { hidden: zeros('float32', [1, r, H]), token_embeds: zeros('float32', [1, r, H]) },
     { cond: [1, L, d.conditioningDim] },
   );
-  await checkRun(sessions, 'decision', { hidden: zeros('float32', [1, H]) }, { logits: [1, 2] });
+  await checkRun(
+    sessions,
+    'decision',
+    { hidden: zeros('float32', [1, H]), retrieval_score: zeros('float32', [1, 1]) },
+    { logits: [1, 2] },
+  );
   await checkRun(
     sessions,
     'textEncoder',
@@ -525,6 +536,7 @@ export async function loadBundle(dirInput: string, options: LoadBundleOptions = 
       textTokenizerJson,
       executionProvider: provider,
       threads: options.threads,
+      decisionUsesRetrievalScore: sessions.decision.inputNames.includes('retrieval_score'),
       close: closeAll,
     };
   } catch (error) {

@@ -60,10 +60,26 @@ export async function textRetrievalEmbedding(
   return normalise(await runOne(bundle.sessions.textRetrieval, { hidden: input }, 'embedding'));
 }
 
-/** Decision head logits [generate, retrieve] from the hidden state at [IMG0]. */
-export async function decisionLogits(bundle: Bundle, hiddenImg0: Float32Array): Promise<[number, number]> {
-  const input = new ort.Tensor('float32', hiddenImg0, [1, bundle.manifest.lm.hiddenSize]);
-  const logits = await runOne(bundle.sessions.decision, { hidden: input }, 'logits');
+/**
+ * Decision head logits [generate, retrieve] from the hidden state at [IMG0], and, for a graph that takes it
+ * (`bundle.decisionUsesRetrievalScore`), the cosine of the best gallery match for that [IMG0].
+ */
+export async function decisionLogits(
+  bundle: Bundle,
+  hiddenImg0: Float32Array,
+  retrievalScore?: number,
+): Promise<[number, number]> {
+  const feeds: Record<string, ort.Tensor> = {
+    hidden: new ort.Tensor('float32', hiddenImg0, [1, bundle.manifest.lm.hiddenSize]),
+  };
+  if (bundle.decisionUsesRetrievalScore) {
+    if (retrievalScore === undefined)
+      throw new Error(
+        `the decision graph ${bundle.manifest.gill.decision} takes retrieval_score, and none was given`,
+      );
+    feeds.retrieval_score = new ort.Tensor('float32', Float32Array.of(retrievalScore), [1, 1]);
+  }
+  const logits = await runOne(bundle.sessions.decision, feeds, 'logits');
   return [logits[0]!, logits[1]!];
 }
 

@@ -49,6 +49,7 @@ export interface ChatRequest<S> {
   seed: number;
   /** Gallery images returned when the turn retrieves. */
   retrieveCount: number;
+  /** The community's gallery, best match first. */
   search: (embedding: Float32Array, k: number) => Promise<Retrieved<S>[]>;
   temperature?: number;
   topP?: number;
@@ -253,7 +254,15 @@ export class GillModel {
     const img0 = block.hidden.subarray(0, H);
     const embedding = await textRetrievalEmbedding(this.bundle, img0);
     turn.retrievalEmbedding = embedding;
-    const logits = await decisionLogits(this.bundle, img0);
+    // A decision graph that weighs the best gallery match needs the search first; a "retrieve" choice reuses
+    // its results. Where retrieval is off there is no gallery to match: score 0.
+    let found: Retrieved<S>[] | undefined;
+    let retrievalScore: number | undefined;
+    if (this.bundle.decisionUsesRetrievalScore) {
+      if (request.allowRetrieval) found = await this.searchGallery(request, embedding);
+      retrievalScore = found?.[0]?.score ?? 0;
+    }
+    const logits = await decisionLogits(this.bundle, img0, retrievalScore);
     const [pGenerate, pRetrieve] = softmax2([logits[0], logits[1] + request.retrieveBias]);
     let choice: 'generate' | 'retrieve' =
       request.imageMode === 'auto' ? (pRetrieve > pGenerate ? 'retrieve' : 'generate') : request.imageMode;
@@ -274,9 +283,7 @@ export class GillModel {
     }
 
     if (choice === 'retrieve') {
-      request.signal?.throwIfAborted();
-      request.onProgress?.({ stage: 'retrieving' });
-      turn.retrieved = await request.search(embedding, request.retrieveCount);
+      turn.retrieved = found ?? (await this.searchGallery(request, embedding));
       const floor = this.bundle.manifest.defaults.minRetrieveSimilarity;
       const best = turn.retrieved[0]?.score;
       if (
@@ -306,6 +313,12 @@ export class GillModel {
     }
     turn.decision = { choice, pGenerate, pRetrieve };
     return turn;
+  }
+
+  private searchGallery<S>(request: ChatRequest<S>, embedding: Float32Array): Promise<Retrieved<S>[]> {
+    request.signal?.throwIfAborted();
+    request.onProgress?.({ stage: 'retrieving' });
+    return request.search(embedding, request.retrieveCount);
   }
 
   /** Runs diffusion on a conditioning and scores the image against a retrieval embedding (§3 step 8). */
