@@ -68,8 +68,26 @@ describe.skipIf(!torchUp)('bundle loading and validation', () => {
       );
       expect(bundle.manifest.name).toBe('random-test');
       expect(bundle.threads).toBe(1);
+      expect(bundle.decisionUsesRetrievalScore).toBe(false);
     } finally {
       await bundle.close();
+    }
+  });
+
+  it('loads a decision graph that also takes retrieval_score, and refuses any other extra input', async () => {
+    const scored = await makeRandomBundle(1, { decisionInputs: ['hidden', 'retrieval_score'] });
+    const misnamed = await makeRandomBundle(1, { decisionInputs: ['hidden', 'best_score'] });
+    try {
+      // The warm-up runs the graph, so this also checks that the score is fed.
+      const bundle = await loadBundle(scored.dir, { threads: 1 });
+      expect(bundle.decisionUsesRetrievalScore).toBe(true);
+      await bundle.close();
+      const error = await loadError(misnamed.dir);
+      expect(error.message).toContain('gill.decision');
+      expect(error.message).toContain('unexpected inputs best_score');
+    } finally {
+      await scored.remove();
+      await misnamed.remove();
     }
   });
 

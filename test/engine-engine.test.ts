@@ -1,7 +1,9 @@
 import sharp from 'sharp';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { loadBundle } from '../src/engine/bundle.ts';
 import type { JobContext } from '../src/engine/engine.ts';
-import type { GillEngine } from '../src/engine/gill-engine.ts';
+import { GillModel } from '../src/engine/gill/model.ts';
+import { GillEngine } from '../src/engine/gill-engine.ts';
 import { createEngine } from '../src/engine/index.ts';
 import { type JobProgress, type JobResult, parsePayload, UserInputError } from '../src/engine/jobs.ts';
 import { createLogger } from '../src/log.ts';
@@ -161,6 +163,47 @@ describe.skipIf(!torchUp)('GillEngine on a random bundle and a real store', () =
     } finally {
       delete defaults.minRetrieveSimilarity;
       defaults.retScaleFactor = retScale;
+    }
+  });
+
+  it("feeds the best gallery match's cosine, from the turn's one search, to a decision graph that takes it", async () => {
+    // Seed 4 again: the same graphs as the engine's (so the same gallery embeddings) but decision.onnx, whose
+    // retrieve-minus-generate margin gains 20 × the score.
+    const source = await makeRandomBundle(4, { decisionInputs: ['hidden', 'retrieval_score'] });
+    const bundle = await loadBundle(source.dir, { threads: 1 });
+    const scored = new GillEngine(new GillModel(bundle), store, createLogger('silent'));
+    const searches = vi.spyOn(store.images, 'search');
+    const chat = async (community: typeof here) => {
+      const ctx = context();
+      const payload = parsePayload({
+        kind: 'chat',
+        community,
+        context: [{ type: 'text', role: 'user', text: 'show me something green' }],
+        imageMode: 'retrieve',
+        seed: 4,
+      });
+      const result = await scored.run(payload, ctx);
+      return { result, stages: ctx.events.map((e) => e.stage).filter((s) => s !== 'generating') };
+    };
+    const margin = (r: JobResult) => Math.log(r.decision!.pRetrieve / r.decision!.pGenerate);
+    try {
+      const gallery = await chat(here);
+      expect(searches).toHaveBeenCalledTimes(1);
+      expect(gallery.stages).toEqual(['thinking', 'retrieving']);
+      expect(gallery.result.decision?.choice).toBe('retrieve');
+      const best = gallery.result.images[0]!.score;
+      expect(Math.abs(best)).toBeGreaterThan(0.01); // the score has a visible part to find
+
+      searches.mockClear();
+      const empty = await chat({ platform: 'cli', externalId: 'empty-gallery' });
+      expect(searches).toHaveBeenCalledTimes(1);
+      expect(empty.result.notes.join(' ')).toMatch(/Nothing in the gallery matched/);
+      // Same prompt and [IMG0], so the margins differ by exactly the score's part: 20 × (best − 0).
+      expect(margin(gallery.result) - margin(empty.result)).toBeCloseTo(20 * best, 2);
+    } finally {
+      searches.mockRestore();
+      await bundle.close();
+      await source.remove();
     }
   });
 

@@ -2,11 +2,12 @@ import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Bundle, loadBundle } from '../src/engine/bundle.ts';
 import { applyImgRules, type DecodeOptions, decode } from '../src/engine/gill/decode.ts';
+import { decisionLogits } from '../src/engine/gill/heads.ts';
 import { embedTokens, LmSequence } from '../src/engine/gill/lm.ts';
-import { GillModel } from '../src/engine/gill/model.ts';
+import { type ChatRequest, GillModel } from '../src/engine/gill/model.ts';
 import { type ConversationItem, dialoguePieces, fitPrompt } from '../src/engine/gill/prompt.ts';
 import { argmax, createRng, pickToken } from '../src/engine/gill/sampling.ts';
-import { UserInputError } from '../src/engine/jobs.ts';
+import { type JobProgress, UserInputError } from '../src/engine/jobs.ts';
 import { makeRandomBundle, torchAvailable } from './support/random-bundle.ts';
 
 describe('sampling', () => {
@@ -314,5 +315,136 @@ describe.skipIf(!(await torchAvailable()))('GILL on a random bundle', () => {
     expect(norm(embedding)).toBeCloseTo(1, 5);
     expect(norm(await model.imageEmbedding(png))).toBeCloseTo(1, 5);
     expect((await model.queryEmbedding('word '.repeat(500))).truncated).toBe(true);
+  });
+
+  describe('with a decision graph that also takes the retrieval score', () => {
+    // The same seed as the outer bundle: every graph is the same but decision.onnx, whose hidden-state part
+    // is the same Linear, plus 20 × (score − 0.5) on the retrieve-minus-generate margin.
+    let scoredSource: { dir: string; remove(): Promise<void> };
+    let scored: Bundle;
+
+    beforeAll(async () => {
+      scoredSource = await makeRandomBundle(2, { decisionInputs: ['hidden', 'retrieval_score'] });
+      scored = await loadBundle(scoredSource.dir, { threads: 1 });
+    });
+    afterAll(async () => {
+      await scored?.close();
+      await scoredSource?.remove();
+    });
+
+    /** A model that always emits [IMG0] first, so every turn has a decision. */
+    const eager = (b: Bundle) =>
+      new GillModel({
+        ...b,
+        manifest: { ...b.manifest, defaults: { ...b.manifest.defaults, genScaleFactor: 1e5 } },
+      });
+
+    /** A turn whose gallery answers with `scores` (best first), counting searches and progress stages. */
+    async function turn(b: Bundle, scores: number[], options: Partial<ChatRequest<string>> = {}) {
+      const log: string[] = [];
+      const result = await eager(b).chat<string>({
+        conversation: [text('draw a star')],
+        imageMode: 'auto',
+        retrieveBias: 0,
+        allowGeneration: true,
+        allowRetrieval: true,
+        seed: 5,
+        retrieveCount: 2,
+        search: async (_e, k) => {
+          log.push('search');
+          return scores.slice(0, k).map((score, i) => ({ score, item: `img${i}` }));
+        },
+        onProgress: (p: JobProgress) => {
+          if (p.stage !== 'generating') log.push(p.stage);
+        },
+        ...options,
+      });
+      return { ...result, log, searches: log.filter((e) => e === 'search').length };
+    }
+
+    it('feeds the score beside the hidden state, and refuses to run without one', async () => {
+      const hidden = Float32Array.from({ length: scored.manifest.lm.hiddenSize }, (_, i) => Math.sin(i));
+      const margin = ([g, r]: [number, number]) => r - g;
+      const plain = margin(await decisionLogits(bundle, hidden));
+      expect(margin(await decisionLogits(scored, hidden, 0.5))).toBeCloseTo(plain, 4);
+      expect(margin(await decisionLogits(scored, hidden, 0.9))).toBeCloseTo(plain + 8, 3);
+      expect(margin(await decisionLogits(scored, hidden, 0))).toBeCloseTo(plain - 10, 3);
+      await expect(decisionLogits(scored, hidden)).rejects.toThrow(
+        /takes retrieval_score, and none was given/,
+      );
+    });
+
+    it('searches before deciding, once, and a near gallery match tips the decision to retrieve', async () => {
+      const near = await turn(scored, [0.9, 0.8]);
+      expect(near.decision?.choice).toBe('retrieve');
+      expect(near.searches).toBe(1);
+      expect(near.log).toEqual(['thinking', 'retrieving', 'search']);
+      expect(near.retrieved).toEqual([
+        { score: 0.9, item: 'img0' },
+        { score: 0.8, item: 'img1' },
+      ]);
+      expect(near.generated).toHaveLength(0);
+
+      const unrelated = await turn(scored, [0.1, 0.05]);
+      expect(unrelated.decision?.choice).toBe('generate');
+      expect(unrelated.searches).toBe(1);
+      expect(unrelated.retrieved).toHaveLength(0);
+      expect(unrelated.generated).toHaveLength(1);
+      // Only the score differs between the two turns: 20 × (0.9 − 0.1) on the margin.
+      const margin = (t: typeof near) => Math.log(t.decision!.pRetrieve / t.decision!.pGenerate);
+      expect(margin(near) - margin(unrelated)).toBeCloseTo(16, 2);
+      expect(near.text).toBe(unrelated.text);
+    });
+
+    it('scores an empty gallery, and a community without retrieval, as 0', async () => {
+      const empty = await turn(scored, []);
+      expect(empty.searches).toBe(1);
+      expect(empty.decision?.choice).toBe('generate');
+      const off = await turn(scored, [0.9], { allowRetrieval: false });
+      expect(off.searches).toBe(0);
+      expect(off.log).not.toContain('retrieving');
+      expect(off.decision?.choice).toBe('generate');
+      expect(off.decision!.pRetrieve).toBeCloseTo(empty.decision!.pRetrieve, 6);
+      const near = await turn(scored, [0.9]);
+      expect(near.decision!.pRetrieve).toBeGreaterThan(empty.decision!.pRetrieve);
+    });
+
+    it('keeps forced modes, permissions and the similarity floor', async () => {
+      const forced = await turn(scored, [0.1], { imageMode: 'retrieve' });
+      expect(forced.decision?.choice).toBe('retrieve');
+      expect(forced.searches).toBe(1);
+      expect(forced.retrieved.map((r) => r.item)).toEqual(['img0']);
+
+      const noGeneration = await turn(scored, [0.1], { allowGeneration: false });
+      expect(noGeneration.decision?.choice).toBe('retrieve');
+      expect(noGeneration.searches).toBe(1);
+      expect(noGeneration.notes.join(' ')).toMatch(/Image generation is turned off/);
+
+      const floored = await turn(
+        {
+          ...scored,
+          manifest: {
+            ...scored.manifest,
+            defaults: { ...scored.manifest.defaults, minRetrieveSimilarity: 0.95 },
+          },
+        },
+        [0.9],
+      );
+      expect(floored.searches).toBe(1);
+      expect(floored.decision?.choice).toBe('generate');
+      expect(floored.notes.join(' ')).toMatch(/not close enough \(similarity 0\.90\)/);
+    });
+
+    it('a single-input decision graph searches only after choosing to retrieve', async () => {
+      const generated = await turn(bundle, [0.9], { retrieveBias: -10 });
+      expect(generated.decision?.choice).toBe('generate');
+      expect(generated.searches).toBe(0);
+      const retrieved = await turn(bundle, [0.9], { retrieveBias: 10 });
+      expect(retrieved.decision?.choice).toBe('retrieve');
+      expect(retrieved.searches).toBe(1);
+      // Without the score, the gallery does not move the decision.
+      const unrelated = await turn(bundle, [0.1], { retrieveBias: 10 });
+      expect(unrelated.decision!.pRetrieve).toBe(retrieved.decision!.pRetrieve);
+    });
   });
 });

@@ -16,8 +16,20 @@ export function torchAvailable(): Promise<boolean> {
   );
 }
 
-export async function makeRandomBundle(seed = 0): Promise<{ dir: string; remove(): Promise<void> }> {
+export interface RandomBundleOptions {
+  /**
+   * Inputs of decision.onnx: ['hidden'] (the default) or ['hidden', name], where the [B,1] input `name`
+   * (`retrieval_score` for the engine) strongly moves the decision: "retrieve" above 0.5, "generate" below.
+   */
+  decisionInputs?: string[];
+}
+
+export async function makeRandomBundle(
+  seed = 0,
+  options: RandomBundleOptions = {},
+): Promise<{ dir: string; remove(): Promise<void> }> {
   const dir = await mkdtemp(path.join(tmpdir(), 'gill-random-bundle-'));
-  await run(PYTHON, [path.join(import.meta.dirname, 'random_bundle.py'), dir, String(seed)]);
+  const decision = options.decisionInputs ? ['--decision-inputs', options.decisionInputs.join(',')] : [];
+  await run(PYTHON, [path.join(import.meta.dirname, 'random_bundle.py'), dir, String(seed), ...decision]);
   return { dir, remove: () => rm(dir, { recursive: true, force: true }) };
 }

@@ -2,8 +2,10 @@
 
 The engine tests use it to exercise loading, validation and the inference plumbing without depending on
 the trained tiny bundle. Usage: /usr/bin/python3 test/support/random_bundle.py OUT_DIR [SEED]
+[--decision-inputs hidden[,NAME]] (default hidden; NAME, e.g. retrieval_score, adds a [B,1] input to decision.onnx).
 """
 
+import argparse
 import json
 import math
 import os
@@ -133,6 +135,19 @@ class Prefix(nn.Module):
         return self.fc(pooled).view(-1, K, H)
 
 
+class ScoredDecision(nn.Module):
+    """The hidden-state Linear(H, 2) plus a second [B,1] input that moves the retrieve-minus-generate margin by
+    20 per unit (0 at 0.5), far more than the random Linear does, so tests can see whether it is fed."""
+
+    def __init__(self, linear):
+        super().__init__()
+        self.linear = linear
+        self.register_buffer("push", torch.tensor([-10.0, 10.0]))
+
+    def forward(self, hidden, score):
+        return self.linear(hidden) + (score - 0.5) * self.push
+
+
 class TextEncoder(nn.Module):
     def __init__(self, vocab):
         super().__init__()
@@ -173,8 +188,16 @@ def export(module, args, path, inputs, outputs, dynamic):
 
 
 def main():
-    out = sys.argv[1]
-    torch.manual_seed(int(sys.argv[2]) if len(sys.argv) > 2 else 0)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("seed", nargs="?", type=int, default=0)
+    parser.add_argument("--decision-inputs", default="hidden")
+    args = parser.parse_args()
+    decision_inputs = args.decision_inputs.split(",")
+    if decision_inputs[0] != "hidden" or len(decision_inputs) > 2:
+        parser.error("--decision-inputs is hidden or hidden,NAME")
+    out = args.out
+    torch.manual_seed(args.seed)
     os.makedirs(out, exist_ok=True)
     tok, vocab, b2u = tokenizer_json()
     v = len(vocab)
@@ -209,8 +232,14 @@ def main():
                {"hidden": {0: "B"}, "embedding": {0: "B"}})
         export(Mapper(N_IMG), (torch.randn(1, N_IMG, H), torch.randn(1, N_IMG, H)), f"{out}/gill_mapper.onnx",
                ["hidden", "token_embeds"], ["cond"], {"hidden": {0: "B"}, "token_embeds": {0: "B"}, "cond": {0: "B"}})
-        export(nn.Linear(H, 2), (torch.randn(1, H),), f"{out}/decision.onnx", ["hidden"], ["logits"],
-               {"hidden": {0: "B"}, "logits": {0: "B"}})
+        # The same random Linear either way, so a seed gives the same graphs with or without the score.
+        decision = nn.Linear(H, 2)
+        if len(decision_inputs) == 1:
+            export(decision, (torch.randn(1, H),), f"{out}/decision.onnx", ["hidden"], ["logits"],
+                   {"hidden": {0: "B"}, "logits": {0: "B"}})
+        else:
+            export(ScoredDecision(decision), (torch.randn(1, H), torch.full((1, 1), 0.5)), f"{out}/decision.onnx",
+                   decision_inputs, ["logits"], {name: {0: "B"} for name in [*decision_inputs, "logits"]})
         export(TextEncoder(v), (torch.zeros(1, L, dtype=torch.long),), f"{out}/text_encoder.onnx", ["input_ids"],
                ["last_hidden_state"], {"input_ids": {0: "B"}, "last_hidden_state": {0: "B"}})
         export(UNet(), (torch.randn(2, C, LS, LS), torch.tensor([10, 10]), torch.randn(2, L, DC)), f"{out}/unet.onnx",
