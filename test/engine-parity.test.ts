@@ -64,6 +64,8 @@ interface DecodeCase {
 }
 interface Fixtures {
   format: string;
+  /** The retrieval_score fed with every [IMG0], when the bundle's decision graph takes one. */
+  decisionRetrievalScore?: number | null;
   tokens: { text: string; ids: number[]; idsNoBos: number[] }[];
   image: {
     file: string;
@@ -189,7 +191,7 @@ describe.skipIf(!HAVE_FIXTURES)('GILL parity with the PyTorch reference', () => 
       'GILLMapper conditioning',
     );
     expectClose(
-      softmax2(await decisionLogits(bundle, img0)),
+      softmax2(await decisionLogits(bundle, img0, fx.decisionRetrievalScore ?? undefined)),
       p.decisionProbs,
       TOL.probabilities,
       'decision probabilities',
@@ -239,7 +241,7 @@ describe.skipIf(!HAVE_FIXTURES)('GILL parity with the PyTorch reference', () => 
       expectClose(block.hidden, c.imgHidden!, TOL.hidden, `${c.name}: [IMG] hidden states`);
       const img0 = block.hidden.subarray(0, H);
       expectClose(
-        softmax2(await decisionLogits(bundle, img0)),
+        softmax2(await decisionLogits(bundle, img0, fx.decisionRetrievalScore ?? undefined)),
         c.decisionProbs!,
         TOL.probabilities,
         `${c.name}: decision`,
