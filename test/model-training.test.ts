@@ -17,7 +17,7 @@ import { IN_CI } from './support/services.ts';
 
 const PYTHON = '/usr/bin/python3';
 const TRAIN = path.resolve('models/training/train.py');
-const TRAINED_STAGES = ['lm', 'clip', 'vae', 'unet', 'gill', 'decision'];
+const TRAINED_STAGES = ['lm', 'clip', 'vae', 'unet', 'gill', 'retrieval', 'decision'];
 
 function torchAvailable(): string | null {
   const probe = spawnSync(PYTHON, ['-c', 'import torch, onnx, numpy, PIL'], { encoding: 'utf8' });
@@ -105,6 +105,8 @@ describe.skipIf(missing !== null)('model training smoke run', () => {
       expect(m.gill.logitScale).toBeCloseTo(Math.log(1 / 0.07), 1); // learned, starts at ln(1/0.07), few smoke steps
       expect(m.lm.imgTokenIds).toHaveLength(8);
       expect(m.lm.imgTokenIds.at(-1)).toBe(m.lm.vocabSize - 1);
+      // The paper's first decision model: [h_IMG0 ; best retrieval cosine].
+      expect(bundle.decisionUsesRetrievalScore).toBe(true);
     } finally {
       await bundle.close();
     }
@@ -120,6 +122,7 @@ describe.skipIf(missing !== null)('model training smoke run', () => {
     expect(fx.imgPrompt.mapperCond.dims).toEqual([L, Dc]);
     expect(fx.imgPrompt.textRetrievalEmbedding.dims).toEqual([manifest.gill.retrievalDim]);
     expect(fx.imgPrompt.decisionProbs.data.reduce((a: number, b: number) => a + b, 0)).toBeCloseTo(1, 5);
+    expect(fx.decisionRetrievalScore).toBe(0.5);
     expect(fx.image.visualPrefix.dims).toEqual([1, manifest.gill.numVisualTokens, H]);
     expect(fx.diffusion.initialNoise.dims).toEqual([C, S, S]);
     expect(fx.imgPrompt.ids.slice(-imgTokenIds.length)).toEqual(imgTokenIds);

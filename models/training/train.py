@@ -58,6 +58,7 @@ STAGES = [
     ("latents", stages.stage_latents),
     ("unet", stages.stage_unet),
     ("gill", gill.stage_gill),
+    ("retrieval", gill.stage_retrieval),
     ("decision", gill.stage_decision),
     ("export", stage_export),
     ("fixtures", fixtures.stage_fixtures),

@@ -370,10 +370,15 @@ def load_emoji(emoji_dir: Path, limit: int | None = None) -> EmojiSet:
     return EmojiSet(names, np.stack(images), splits, files)
 
 
+def emoji_wordings(name: str) -> tuple[str, str, str]:
+    """Every way a name is put in a prompt: the bare name first (what people type into /find)."""
+    return (name, f"a picture of {name}", f"an emoji of {name}")
+
+
 def emoji_caption(name: str, rng: random.Random | None = None) -> str:
     if rng is None:
         return name
-    return rng.choice((name, f"a picture of {name}", f"an emoji of {name}"))
+    return rng.choice(emoji_wordings(name))
 
 
 # corpora -----------------------------------------------------------------------------------------------

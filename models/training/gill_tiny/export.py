@@ -38,7 +38,9 @@ class GillHeads(Protocol):
     image_retrieval: nn.Module  # pooled [B,Dv] -> [B,R], not normalised
     text_retrieval: nn.Module  # hidden at [IMG0] [B,H] -> [B,R], not normalised
     mapper: nn.Module  # (hidden [B,r,H], token_embeds [B,r,H]) -> cond [B,L,Dc]
-    decision: nn.Module  # hidden at [IMG0] [B,H] -> logits [B,2] (0 = generate, 1 = retrieve)
+    # hidden at [IMG0] [B,H] (and, when `decision.uses_score`, the best gallery cosine [B,1]) -> logits [B,2]
+    # (0 = generate, 1 = retrieve)
+    decision: nn.Module
     logit_scale: torch.Tensor
 
 
@@ -152,7 +154,12 @@ def export_bundle(out: Path, b: Backbones, heads: GillHeads, name: str = "gill-t
           {"hidden": {0: "batch"}, "embedding": {0: "batch"}})
     graph("gill_mapper.onnx", heads.mapper, (torch.randn(2, r, H, generator=g), torch.randn(2, r, H, generator=g)),
           ["hidden", "token_embeds"], ["cond"], {"hidden": {0: "batch"}, "token_embeds": {0: "batch"}, "cond": {0: "batch"}})
-    graph("decision.onnx", heads.decision, (hid,), ["hidden"], ["logits"], {"hidden": {0: "batch"}, "logits": {0: "batch"}})
+    if getattr(heads.decision, "uses_score", False):
+        score = torch.rand(2, 1, generator=g)
+        graph("decision.onnx", heads.decision, (hid, score), ["hidden", "retrieval_score"], ["logits"],
+              {"hidden": {0: "batch"}, "retrieval_score": {0: "batch"}, "logits": {0: "batch"}})
+    else:
+        graph("decision.onnx", heads.decision, (hid,), ["hidden"], ["logits"], {"hidden": {0: "batch"}, "logits": {0: "batch"}})
 
     # Diffusion.
     text_ids = torch.tensor([tok.encode_text_condition("a big red star on the left", L), tok.encode_text_condition("", L)])

@@ -45,6 +45,7 @@ TOKEN_STRINGS = [
 FIXED_SCENE = D.Scene((D.Obj("star", "red", "big", "left"), D.Obj("circle", "blue", "small", "right")), "left of")
 IMG_PROMPT = "a big green triangle at the bottom"
 DIFFUSION = {"seed": 1234, "steps": 25, "guidance": 5.0}
+DECISION_RETRIEVAL_SCORE = 0.5
 
 
 def _t(x: torch.Tensor | np.ndarray, digits: int = 7) -> dict:
@@ -59,6 +60,9 @@ def build_fixtures(pipe: GillPipeline, out_dir: Path) -> dict:
     model, tok = pipe.model, pipe.model.tok
     heads = model.heads.eval()
     fx: dict = {"format": FORMAT}
+    # The best-gallery-cosine input of a decision head that takes one: a fixed value, fed with every [IMG0] below.
+    score = torch.tensor([DECISION_RETRIEVAL_SCORE]) if heads.decision.uses_score else None
+    fx["decisionRetrievalScore"] = DECISION_RETRIEVAL_SCORE if score is not None else None
 
     fx["tokens"] = [{"text": s, "ids": tok.encode(s, add_bos=True), "idsNoBos": tok.encode(s)} for s in TOKEN_STRINGS]
     fx["textEncoderTokens"] = [{"text": s, "ids": tok.encode_text_condition(s, model.clip.cfg.text_max_length)}
@@ -81,7 +85,7 @@ def build_fixtures(pipe: GillPipeline, out_dir: Path) -> dict:
         "text": IMG_PROMPT + IMG_SUFFIX, "ids": tok.encode(IMG_PROMPT + IMG_SUFFIX, add_bos=True),
         "imgHidden": _t(h[0]), "imgTokenEmbeds": _t(e[0]), "textRetrievalEmbedding": _t(ret[0]),
         "textRetrievalNormalised": _t(torch.nn.functional.normalize(ret, dim=-1)[0]),
-        "mapperCond": _t(cond[0]), "decisionProbs": _t(pipe.decision_probs(h[:, 0])[0]),
+        "mapperCond": _t(cond[0]), "decisionProbs": _t(pipe.decision_probs(h[:, 0], score)[0]),
         "logitScale": float(heads.logit_scale),
     }
 
@@ -96,7 +100,7 @@ def build_fixtures(pipe: GillPipeline, out_dir: Path) -> dict:
         rec = {**case, "promptLength": emb.shape[1], "ids": res.ids, "text": res.text, "stop": res.stop,
                "imgPosition": res.img_position}
         if res.img_hidden is not None:
-            probs = pipe.decision_probs(res.img_hidden[None, 0])[0]
+            probs = pipe.decision_probs(res.img_hidden[None, 0], score)[0]
             rec.update(imgHidden=_t(res.img_hidden), decisionProbs=_t(probs),
                        decision="gen" if int(probs.argmax()) == GEN else "ret",
                        textRetrievalEmbedding=_t(heads.text_retrieval(res.img_hidden[None, 0])[0]))
