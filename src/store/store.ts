@@ -87,13 +87,14 @@ function toImage(row: ImageRow): ImageRecord {
   };
 }
 
-const JOB_COLUMNS = `id::text AS id, idempotency_key, community_id::text AS community_id, kind, payload, reply_target,
+const JOB_COLUMNS = `id::text AS id, idempotency_key, community_id::text AS community_id, author_key, kind, payload, reply_target,
   status, result, error, attempts, created_at, updated_at, delivered_at`;
 
 interface JobRow extends Row {
   id: string;
   idempotency_key: string;
   community_id: string | null;
+  author_key: string | null;
   kind: JobRecord['kind'];
   payload: JobRecord['payload'];
   reply_target: JobRecord['replyTarget'];
@@ -111,6 +112,7 @@ function toJob(row: JobRow): JobRecord {
     id: row.id,
     idempotencyKey: row.idempotency_key,
     communityId: row.community_id,
+    authorKey: row.author_key,
     kind: row.kind,
     payload: row.payload,
     replyTarget: row.reply_target,
@@ -403,7 +405,7 @@ export function createStore(db: SqlClient): Store {
       },
 
       async cancel(id) {
-        await updateJob(
+        return updateJob(
           id,
           `UPDATE jobs SET status = 'cancelled', updated_at = now()
            WHERE id = $1 AND status IN ('queued', 'running') RETURNING 1`,

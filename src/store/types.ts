@@ -70,6 +70,8 @@ export interface JobRecord {
   id: string;
   idempotencyKey: string;
   communityId: string | null;
+  /** Who asked (e.g. `discord:<user id>`), as given to createOrGet; null for jobs no one asked for (indexing). */
+  authorKey: string | null;
   kind: JobKind;
   payload: JobPayload;
   replyTarget: ReplyTarget;
@@ -132,7 +134,8 @@ export interface Store {
     markRunning(id: string): Promise<void>;
     complete(id: string, result: JobResult): Promise<void>;
     fail(id: string, error: { message: string; userFacing: boolean }): Promise<void>;
-    cancel(id: string): Promise<void>;
+    /** Marks a queued or running job cancelled; false when it had already finished (or was cancelled). */
+    cancel(id: string): Promise<boolean>;
     /** Updates the adapter's reply-target data (e.g. the id of the progress message). */
     updateReplyTarget(id: string, data: Record<string, unknown>): Promise<void>;
     /**

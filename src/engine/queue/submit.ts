@@ -28,15 +28,17 @@ export async function submitJob(
   return { job, created };
 }
 
-/** Cancels a job that has not finished; false if it already had. */
+/**
+ * Cancels a job that has not finished; false if it already had (or was cancelled before). The store is
+ * marked first, so whatever happens next (a worker taking the job, the engine finishing) finds it
+ * cancelled: a worker replays the cancellation instead of running it, a late result is not recorded, and
+ * delivery never posts a reply for it. Then the queue drops the waiting job or aborts the running one.
+ */
 export async function cancelJob(
   { store, queue }: { store: Store; queue: JobQueue },
   jobId: string,
 ): Promise<boolean> {
-  const job = await store.jobs.get(jobId);
-  if (!job || (job.status !== 'queued' && job.status !== 'running')) return false;
+  if (!(await store.jobs.cancel(jobId))) return false;
   await queue.cancel(jobId);
-  // A waiting job never reaches a worker, so no one else records it; a running one is recorded by its worker too.
-  await store.jobs.cancel(jobId);
   return true;
 }
