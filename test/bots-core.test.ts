@@ -84,6 +84,7 @@ function job(partial: Partial<JobRecord>): JobRecord {
     id: 'job-1',
     idempotencyKey: 'k',
     communityId: 'c',
+    authorKey: 'discord:u',
     kind: 'chat',
     payload: {
       kind: 'chat',

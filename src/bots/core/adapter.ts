@@ -18,8 +18,13 @@ export interface PlatformAdapter {
    * renderReply. Called once per job under a delivery claim; throwing leaves it to be retried.
    */
   deliver(job: JobRecord): Promise<DeliveryReceipt>;
-  /** Shows progress (render it with renderProgress). Called at most once a second per job. */
+  /**
+   * Shows progress (render it with renderProgress), with the Cancel button (PROGRESS_BUTTONS). Called at
+   * most once a second per job.
+   */
   showProgress(job: JobRecord, progress: JobProgress): Promise<void>;
+  /** Replaces a cancelled job's progress message with `text`, without buttons; nothing if there is none. */
+  showCancelled(job: JobRecord, text: string): Promise<void>;
 }
 
 export interface ProgressThrottle {

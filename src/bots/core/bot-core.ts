@@ -8,14 +8,16 @@ import {
   UserInputError,
 } from '../../engine/jobs.ts';
 import type { JobQueue } from '../../engine/queue/queue.ts';
+import { cancelJob } from '../../engine/queue/submit.ts';
 import type { Logger } from '../../log.ts';
-import type { Community, CommunityConfig, Store } from '../../store/types.ts';
+import type { Community, CommunityConfig, JobRecord, Store } from '../../store/types.ts';
 import { payloadForButton } from './buttons.ts';
 import { configPatch, describeConfig, gillHelp, validateConfigChange } from './commands.ts';
 import { buildContext, type ContextBudget, DEFAULT_CONTEXT_BUDGET } from './context.ts';
 import { FetchRefusedError } from './fetch-guard.ts';
 import { type ImageIngest, looksLikeImage } from './images.ts';
 import { checkLimits, RateLimiter } from './limits.ts';
+import { renderCancelled } from './render.ts';
 import { authorKey, type InboundTurn, type PostedImages } from './turn.ts';
 
 /**
@@ -46,8 +48,31 @@ export interface IndexOutcome {
   refused: string[];
 }
 
+/** Someone pressed Cancel on a job's progress message. */
+export interface CancelRequest {
+  community: CommunityRef;
+  jobId: string;
+  user: { id: string; displayName: string };
+  /** Whether the user administers the community; only asked when they are not the one who asked. */
+  isAdmin(): boolean | Promise<boolean>;
+}
+
+export type CancelOutcome =
+  /**
+   * The job was cancelled: nothing will be delivered for it. The adapter replaces its progress message
+   * with `progressText` (no buttons) and may tell the person who pressed Cancel `answer`.
+   */
+  | { status: 'cancelled'; job: JobRecord; progressText: string; answer: string }
+  /** Nothing changed; the message (for the person who pressed, only) says why. */
+  | { status: 'refused'; reason: 'not_allowed' | 'finished' | 'not_found'; message: string };
+
 export interface BotCore {
   submit(turn: InboundTurn): Promise<SubmitOutcome>;
+  /**
+   * Cancels a waiting or running job for the person who asked for it (or an admin of the community):
+   * a waiting job leaves the queue, a running one is aborted, and no reply is delivered for it.
+   */
+  cancel(request: CancelRequest): Promise<CancelOutcome>;
   /** Indexes the images of a posted message if its channel has indexing on; null when it has not. */
   indexImages(post: PostedImages): Promise<IndexOutcome | null>;
   /** Removes a deleted message's images from the index; returns how many. */
@@ -66,6 +91,8 @@ export interface BotCoreOptions {
   limiter?: RateLimiter;
   /** How a channel id is written in the platform's markup, for configuration answers. */
   channelMention?: (channelId: string) => string;
+  /** How a user is named in the platform's markup (Discord and Slack `<@id>`), for Cancel answers. */
+  userMention?: (userId: string, displayName: string | undefined) => string;
 }
 
 /** Refusal keys remembered so a duplicate of a refused event is not answered twice. */
@@ -76,6 +103,8 @@ export function createBotCore(options: BotCoreOptions): BotCore {
   const limiter = options.limiter ?? new RateLimiter();
   const budget = { ...DEFAULT_CONTEXT_BUDGET, ...options.contextBudget };
   const channelMention = options.channelMention ?? ((id: string) => `#${id}`);
+  const userMention =
+    options.userMention ?? ((_id: string, name: string | undefined) => name || 'the person who asked');
   const refusedKeys = new Set<string>();
 
   function remember(key: string) {
@@ -177,7 +206,11 @@ export function createBotCore(options: BotCoreOptions): BotCore {
     if (disabled) return refuse('disabled', disabled);
 
     const key = authorKey(turn.platform, turn.user.id);
-    const replyTarget: ReplyTarget = { ...turn.replyTarget, data: { ...turn.replyTarget.data, notes } };
+    const replyTarget: ReplyTarget = {
+      ...turn.replyTarget,
+      // askedBy names the asker in Cancel answers on platforms without user mentions (the playground).
+      data: { ...turn.replyTarget.data, notes, askedBy: turn.user.displayName },
+    };
     const { job, created } = await store.jobs.createOrGet({
       idempotencyKey: turn.idempotencyKey,
       communityId: community.id,
@@ -211,7 +244,59 @@ export function createBotCore(options: BotCoreOptions): BotCore {
     return { status: 'accepted', jobId: job.id, position };
   }
 
+  /** The person who asked for a job, in the platform's markup. */
+  function askerOf(job: JobRecord): string {
+    const key = job.authorKey ?? '';
+    const userId = key.includes(':')
+      ? key.slice(key.indexOf(':') + 1)
+      : String(job.replyTarget.data.userId ?? '');
+    const name = job.replyTarget.data.askedBy;
+    return userMention(userId, typeof name === 'string' ? name : undefined);
+  }
+
+  function alreadyDone(job: JobRecord): CancelOutcome {
+    return {
+      status: 'refused',
+      reason: 'finished',
+      message:
+        job.status === 'cancelled'
+          ? 'This request was already cancelled.'
+          : 'This request has already finished, so there is nothing to cancel.',
+    };
+  }
+
   return {
+    async cancel(request) {
+      const log = logger.child({
+        jobId: request.jobId,
+        platform: request.community.platform,
+        user: request.user.id,
+      });
+      const community = await store.communities.ensure(request.community);
+      const job = await store.jobs.get(request.jobId);
+      if (!job || job.communityId !== community.id || job.kind === 'index') {
+        return { status: 'refused', reason: 'not_found', message: 'That request is no longer known.' };
+      }
+      if (job.status !== 'queued' && job.status !== 'running') return alreadyDone(job);
+      const own = job.authorKey === authorKey(request.community.platform, request.user.id);
+      if (!own && !(await request.isAdmin())) {
+        log.info('cancel refused: not the asker');
+        return { status: 'refused', reason: 'not_allowed', message: `Only ${askerOf(job)} can cancel this.` };
+      }
+      const wasRunning = job.status === 'running';
+      if (!(await cancelJob({ store, queue }, job.id))) {
+        return alreadyDone((await store.jobs.get(job.id)) ?? job);
+      }
+      log.info({ byAsker: own, wasRunning }, 'job cancelled');
+      const by = own ? undefined : userMention(request.user.id, request.user.displayName);
+      return {
+        status: 'cancelled',
+        job: (await store.jobs.get(job.id)) ?? job,
+        progressText: renderCancelled(by),
+        answer: own ? 'Cancelled.' : `Cancelled the request of ${askerOf(job)}.`,
+      };
+    },
+
     async submit(turn) {
       const community = await store.communities.ensure(turn.community);
       const config = await store.communities.getConfig(community.id);

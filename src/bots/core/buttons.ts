@@ -3,8 +3,9 @@ import type { JobRecord } from '../../store/types.ts';
 import type { ButtonAction } from './turn.ts';
 
 /**
- * The buttons under a reply. Their ids carry everything needed to act on them (`gill:<action>:<jobId>`,
- * the job's payload is in the store), so they keep working after a restart and on any bot process.
+ * The buttons under a reply, and the Cancel button on a progress message. Their ids carry everything
+ * needed to act on them (`gill:<action>:<jobId>`, the job's payload is in the store), so they keep working
+ * after a restart and on any bot process.
  */
 
 export const BUTTON_LABELS: Record<ButtonAction, string> = {
@@ -14,24 +15,33 @@ export const BUTTON_LABELS: Record<ButtonAction, string> = {
   more: 'More like this',
 };
 
-const ACTIONS = Object.keys(BUTTON_LABELS) as ButtonAction[];
+/** Every persistent button: the reply buttons, and Cancel on a job's progress message while it is unfinished. */
+export type PersistentAction = ButtonAction | 'cancel';
+
+export const ACTION_LABELS: Record<PersistentAction, string> = { ...BUTTON_LABELS, cancel: 'Cancel' };
+
+/** The buttons on a progress message. */
+export const PROGRESS_BUTTONS: readonly PersistentAction[] = ['cancel'];
+
+const ACTIONS = Object.keys(ACTION_LABELS) as PersistentAction[];
 const PREFIX = 'gill';
 
 /** The custom id of a button (at most 100 characters, as Discord and Slack allow). */
-export function buttonId(action: ButtonAction, jobId: string): string {
+export function buttonId(action: PersistentAction, jobId: string): string {
   const id = `${PREFIX}:${action}:${jobId}`;
   if (id.length > 100) throw new Error(`button id over 100 characters for job ${jobId}`);
   return id;
 }
 
 /** Reads a custom id written by buttonId; null for ids that are not ours. */
-export function parseButtonId(customId: string): { action: ButtonAction; jobId: string } | null {
+export function parseButtonId(customId: string): { action: PersistentAction; jobId: string } | null {
   const [prefix, action, jobId, ...rest] = customId.split(':');
-  if (prefix !== PREFIX || !jobId || rest.length || !ACTIONS.includes(action as ButtonAction)) return null;
-  return { action: action as ButtonAction, jobId };
+  if (prefix !== PREFIX || !jobId || rest.length || !ACTIONS.includes(action as PersistentAction))
+    return null;
+  return { action: action as PersistentAction, jobId };
 }
 
-/** Which buttons make sense under this finished job's reply. */
+/** Which buttons make sense under this finished job's reply (never Cancel: the job is done). */
 export function buttonsFor(job: JobRecord): ButtonAction[] {
   if (job.status === 'failed') return job.error?.userFacing ? [] : ['regenerate'];
   if (job.status !== 'completed') return [];

@@ -2,7 +2,7 @@ import type { JobProgress } from '../../engine/jobs.ts';
 import { type DeliveryHandle, startDelivery } from '../../engine/queue/delivery.ts';
 import type { JobQueue } from '../../engine/queue/queue.ts';
 import type { Logger } from '../../log.ts';
-import type { Store } from '../../store/types.ts';
+import type { JobRecord, Store } from '../../store/types.ts';
 import { type PlatformAdapter, throttleProgress } from './adapter.ts';
 
 /**
@@ -16,6 +16,11 @@ export interface AdapterDelivery extends DeliveryHandle {
   progress(jobId: string, progress: JobProgress): Promise<void>;
   /** Keeps a waiting job's queue position up to date on its progress message until the job starts. */
   watchPosition(jobId: string): void;
+  /**
+   * Turns a job cancelled through the core into `text` on its progress message, after any progress edit
+   * in flight, and stops further progress edits for it.
+   */
+  cancelled(job: JobRecord, text: string): Promise<void>;
 }
 
 /** Waiting jobs watched at most, so a queue that never drains cannot grow the map without bound. */
@@ -35,8 +40,12 @@ export function startAdapterDelivery(options: {
 }): AdapterDelivery {
   const { adapter, logger, store } = options;
   const throttle = throttleProgress(
-    // Read fresh: an earlier update may have recorded the progress message's id.
-    async (job, progress) => adapter.showProgress((await store.jobs.get(job.id)) ?? job, progress),
+    // Read fresh: an earlier update may have recorded the progress message's id, or the job may have been
+    // cancelled (from another bot process too), when its message must no longer show progress.
+    async (job, progress) => {
+      const fresh = (await store.jobs.get(job.id)) ?? job;
+      if (fresh.status !== 'cancelled') await adapter.showProgress(fresh, progress);
+    },
     (error, job) => logger.warn({ err: error, jobId: job.id }, 'progress update failed'),
     options.progressIntervalMs,
   );
@@ -85,6 +94,11 @@ export function startAdapterDelivery(options: {
     watchPosition(jobId) {
       waiting.set(jobId, -1);
       if (waiting.size > MAX_WATCHED) waiting.delete(waiting.keys().next().value as string);
+    },
+    async cancelled(job, text) {
+      waiting.delete(job.id);
+      await throttle.settle(job.id);
+      await adapter.showCancelled((await store.jobs.get(job.id)) ?? job, text);
     },
     async close() {
       clearInterval(refresh);

@@ -1,9 +1,26 @@
 /** The platform-neutral bot core, as the adapters use it. */
 export type { DeliveryReceipt, PlatformAdapter, ProgressThrottle } from './adapter.ts';
 export { throttleProgress } from './adapter.ts';
-export type { BotCore, BotCoreOptions, IndexOutcome, RefusalReason, SubmitOutcome } from './bot-core.ts';
+export type {
+  BotCore,
+  BotCoreOptions,
+  CancelOutcome,
+  CancelRequest,
+  IndexOutcome,
+  RefusalReason,
+  SubmitOutcome,
+} from './bot-core.ts';
 export { createBotCore } from './bot-core.ts';
-export { BUTTON_LABELS, buttonId, buttonsFor, parseButtonId, payloadForButton } from './buttons.ts';
+export type { PersistentAction } from './buttons.ts';
+export {
+  ACTION_LABELS,
+  BUTTON_LABELS,
+  buttonId,
+  buttonsFor,
+  PROGRESS_BUTTONS,
+  parseButtonId,
+  payloadForButton,
+} from './buttons.ts';
 export {
   CONFIG_RANGES,
   configPatch,
@@ -33,6 +50,7 @@ export {
   DISCORD_MAX_CHARS,
   isProgressText,
   jobNotes,
+  renderCancelled,
   renderProgress,
   renderReply,
   SLACK_MAX_CHARS,

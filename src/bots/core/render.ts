@@ -181,11 +181,16 @@ export function renderReply(job: JobRecord, style: RenderStyle): RenderedReply {
   return { chunks: chunks.length ? chunks : ['Done.'], images, buttons };
 }
 
-const PROGRESS_MARKS = ['⏳ ', '💭 ', '🔎 ', '🎨 ', '📦 '];
+const PROGRESS_MARKS = ['⏳ ', '💭 ', '🔎 ', '🎨 ', '📦 ', '🚫 '];
 
 /** Whether a bot message is a progress line (left out of thread context: it says nothing to the model). */
 export function isProgressText(text: string): boolean {
   return PROGRESS_MARKS.some((mark) => text.startsWith(mark)) && !text.includes('\n');
+}
+
+/** What a cancelled job's progress message turns into; `by` names who cancelled it when not the asker. */
+export function renderCancelled(by?: string): string {
+  return by ? `🚫 Cancelled by ${by}.` : '🚫 Cancelled.';
 }
 
 /** One line for a progress message; each starts with one of PROGRESS_MARKS. */

@@ -89,6 +89,7 @@ export async function startDiscord(options: StartDiscordOptions): Promise<Discor
     logger,
     images: createImageIngest({ store, guard }),
     channelMention: (id) => `<#${id}>`,
+    userMention: (id) => `<@${id}>`,
   });
   const adapter = new DiscordAdapter({
     rest: client.rest,
@@ -278,6 +279,33 @@ export async function startDiscord(options: StartDiscordOptions): Promise<Discor
     }
   }
 
+  /** Cancel on a progress message: the answer is only for the person who pressed it. */
+  async function onCancel(interaction: ButtonInteraction<'cached' | 'raw'>, jobId: string): Promise<void> {
+    try {
+      await interaction.deferReply({ flags: MessageFlags.Ephemeral });
+    } catch (error) {
+      const code = discordCode(error);
+      if (code === ALREADY_ACKNOWLEDGED) return;
+      if (code === UNKNOWN_INTERACTION) {
+        logger.error({ err: error, interactionId: interaction.id }, 'cancel expired before it was deferred');
+        return;
+      }
+      throw error;
+    }
+    const outcome = await core.cancel({
+      community: { platform: 'discord', externalId: interaction.guildId },
+      jobId,
+      user: { id: interaction.user.id, displayName: interaction.user.displayName },
+      isAdmin: () => isAdmin(interaction.memberPermissions),
+    });
+    if (outcome.status === 'cancelled') {
+      await delivery.cancelled(outcome.job, outcome.progressText);
+      await interaction.editReply(outcome.answer);
+    } else {
+      await interaction.editReply(`⚠️ ${outcome.message}`);
+    }
+  }
+
   async function onInteraction(interaction: Interaction): Promise<void> {
     if (!interaction.inGuild()) return;
     if (interaction.isChatInputCommand()) {
@@ -286,7 +314,9 @@ export async function startDiscord(options: StartDiscordOptions): Promise<Discor
     } else if (interaction.isButton()) {
       const button = parseButtonId(interaction.customId);
       if (!button) return;
-      await onCommandOrButton(interaction, () => ({ kind: 'button', ...button }), false);
+      const { action, jobId } = button;
+      if (action === 'cancel') await onCancel(interaction, jobId);
+      else await onCommandOrButton(interaction, () => ({ kind: 'button', action, jobId }), false);
     }
   }
 

@@ -11,10 +11,9 @@ import type { JobProgress } from '../../engine/jobs.ts';
 import type { Logger } from '../../log.ts';
 import type { JobRecord, Store } from '../../store/types.ts';
 import type { DeliveryReceipt, PlatformAdapter } from '../core/adapter.ts';
-import { BUTTON_LABELS, buttonId } from '../core/buttons.ts';
+import { ACTION_LABELS, buttonId, type PersistentAction, PROGRESS_BUTTONS } from '../core/buttons.ts';
 import { formatBytes } from '../core/fetch-guard.ts';
 import { DISCORD_MAX_CHARS, type RenderStyle, renderProgress, renderReply } from '../core/render.ts';
-import type { ButtonAction } from '../core/turn.ts';
 import {
   discordCode,
   INVALID_WEBHOOK_TOKEN,
@@ -68,15 +67,15 @@ export function targetData(job: JobRecord): DiscordTargetData {
   return job.replyTarget.data as unknown as DiscordTargetData;
 }
 
-function buttonRow(actions: ButtonAction[], jobId: string): unknown[] {
+function buttonRow(actions: readonly PersistentAction[], jobId: string): unknown[] {
   if (!actions.length) return [];
   return [
     {
       type: ComponentType.ActionRow,
       components: actions.map((action) => ({
         type: ComponentType.Button,
-        style: ButtonStyle.Secondary,
-        label: BUTTON_LABELS[action],
+        style: action === 'cancel' ? ButtonStyle.Danger : ButtonStyle.Secondary,
+        label: ACTION_LABELS[action],
         custom_id: buttonId(action, jobId),
       })),
     },
@@ -240,9 +239,26 @@ export class DiscordAdapter implements PlatformAdapter {
   }
 
   async showProgress(job: JobRecord, progress: JobProgress): Promise<void> {
+    await this.editProgress(
+      job,
+      { content: renderProgress(progress), components: buttonRow(PROGRESS_BUTTONS, job.id) },
+      true,
+    );
+  }
+
+  async showCancelled(job: JobRecord, text: string): Promise<void> {
+    await this.editProgress(job, { content: text, components: [] }, false);
+  }
+
+  /** Edits the progress message (the interaction's response, or a thread message), posting it first if allowed. */
+  private async editProgress(
+    job: JobRecord,
+    content: { content: string; components: unknown[] },
+    create: boolean,
+  ): Promise<void> {
     const { rest, applicationId } = this.deps;
     const data = targetData(job);
-    const body = { content: renderProgress(progress), allowed_mentions: NO_PINGS };
+    const body = { ...content, allowed_mentions: NO_PINGS };
     if (data.mode === 'interaction' && this.tokenValid(data)) {
       const message = (await rest.patch(
         Routes.webhookMessage(applicationId, data.interactionToken!, '@original'),
@@ -266,7 +282,7 @@ export class DiscordAdapter implements PlatformAdapter {
         if (data.mode === 'interaction') return;
       }
     }
-    if (data.mode === 'interaction') return;
+    if (data.mode === 'interaction' || !create) return;
     const message = (await rest.post(Routes.channelMessages(channelId), {
       body: { ...body, flags: MessageFlags.SuppressNotifications },
     })) as APIMessage;

@@ -60,6 +60,12 @@ export class PlaygroundAdapter implements PlatformAdapter {
     });
   }
 
+  async showCancelled(job: JobRecord, text: string): Promise<void> {
+    if (job.deliveredAt) return;
+    const message = await this.deps.messages.cancelReply(job.id, text);
+    if (message) this.publish(message);
+  }
+
   async deliver(job: JobRecord): Promise<DeliveryReceipt> {
     const threadId = job.replyTarget.threadId;
     if (!threadId) {

@@ -1,5 +1,6 @@
 import { type CommunityRef, MAX_PROMPT_CHARS, UserInputError } from '../../engine/jobs.ts';
 import type { Logger } from '../../log.ts';
+import type { JobRecord } from '../../store/types.ts';
 import type { BotCore, SubmitOutcome } from '../core/bot-core.ts';
 import { BUTTON_LABELS, parseButtonId } from '../core/buttons.ts';
 import { parseGillText } from '../core/commands.ts';
@@ -80,6 +81,8 @@ export interface InboundDeps {
   channelId: string;
   /** Called with each accepted job, whose queue position is then kept up to date. */
   onAccepted?(jobId: string): void;
+  /** Shows a job cancelled through the core on its progress message (the delivery's `cancelled`). */
+  onCancelled(job: JobRecord, text: string): Promise<void>;
 }
 
 export function checkUser(user: { id?: unknown; name?: unknown }): PageUser {
@@ -138,8 +141,8 @@ export function createInbound(deps: InboundDeps) {
         attachments: message.attachments.map((image) => uploads.attachment(image)),
       };
     }
-    // Progress lines and failures say nothing to the model.
-    if ((message.jobId && !message.reply) || message.reply?.failed) return null;
+    // Progress lines, cancellations and failures say nothing to the model.
+    if ((message.jobId && !message.reply) || message.reply?.failed || message.reply?.cancelled) return null;
     const images = message.reply?.images ?? [];
     return {
       id: message.id,
@@ -335,17 +338,30 @@ export function createInbound(deps: InboundDeps) {
     }): Promise<{ notice?: string }> {
       const parsed = typeof input.customId === 'string' ? parseButtonId(input.customId) : null;
       if (!parsed) throw new PlaygroundRefusal('That is not one of the bot’s buttons.');
-      const original = await messages.byJob(parsed.jobId);
+      const { action, jobId } = parsed;
+      const original = await messages.byJob(jobId);
       if (!original?.threadId || !isMessageId(original.threadId)) {
         throw new PlaygroundRefusal('That reply is no longer known, so its buttons no longer work.', 404);
+      }
+      if (action === 'cancel') {
+        const outcome = await core.cancel({
+          community: deps.community,
+          jobId,
+          user: { id: input.user.id, displayName: input.user.name },
+          // Everyone at the playground may change its settings, but a request is cancelled only by its asker.
+          isAdmin: () => false,
+        });
+        if (outcome.status !== 'cancelled') return { notice: `⚠️ ${outcome.message}` };
+        await deps.onCancelled(outcome.job, outcome.progressText);
+        return {};
       }
       const turn = turnFor(
         input.user,
         original.threadId,
-        { kind: 'button', action: parsed.action, jobId: parsed.jobId },
+        { kind: 'button', action, jobId },
         [],
         `playground:button:${input.clickKey}`,
-        { header: `${input.user.name} pressed “${BUTTON_LABELS[parsed.action]}”` },
+        { header: `${input.user.name} pressed “${BUTTON_LABELS[action]}”` },
       );
       const refused = await answer(await core.submit(turn), turn, `button:${input.clickKey}`);
       return refused ? { notice: refused } : {};

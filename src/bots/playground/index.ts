@@ -121,7 +121,16 @@ export async function startPlayground(options: PlaygroundOptions): Promise<Playg
   });
   uploads.open(origin, images);
   const core =
-    options.core ?? createBotCore({ store, queue, logger, images, channelMention: (id) => `#${id}` });
+    options.core ??
+    createBotCore({
+      store,
+      queue,
+      logger,
+      images,
+      channelMention: (id) => `#${id}`,
+      // The page's default name is "you", which would read wrongly in someone else's refusal.
+      userMention: (_id, name) => (name && name !== 'you' ? name : 'the person who asked'),
+    });
   const delivery = startAdapterDelivery({
     store,
     queue,
@@ -142,6 +151,7 @@ export async function startPlayground(options: PlaygroundOptions): Promise<Playg
       communityId: community.id,
       channelId: PLAYGROUND_CHANNEL,
       onAccepted: (jobId) => delivery.watchPosition(jobId),
+      onCancelled: (job, text) => delivery.cancelled(job, text),
     }),
   );
   const url = `${origin}/`;

@@ -35,6 +35,8 @@ export interface ReplyContent {
   header?: string;
   text: string;
   failed: boolean;
+  /** The job was cancelled before it finished: the text says so, and nothing else follows. */
+  cancelled?: boolean;
   decision: { choice: 'generate' | 'retrieve'; pGenerate: number; pRetrieve: number } | null;
   images: ReplyImage[];
   notes: string[];
@@ -174,6 +176,28 @@ export class PlaygroundMessages {
       `UPDATE playground_messages SET body = $2, updated_at = now()
        WHERE job_id = $1 AND reply IS NULL RETURNING ${COLUMNS}`,
       [jobId, clean(body)],
+    );
+    return row ? toMessage(row) : null;
+  }
+
+  /**
+   * Turns a job's progress message into a cancellation notice (a reply with no buttons, so it shows no
+   * progress); null when the message is gone or already holds a reply.
+   */
+  async cancelReply(jobId: string, body: string): Promise<PlaygroundMessage | null> {
+    const reply: ReplyContent = {
+      text: body,
+      failed: false,
+      cancelled: true,
+      decision: null,
+      images: [],
+      notes: [],
+      buttons: [],
+    };
+    const [row] = await this.sql.query<MessageRow>(
+      `UPDATE playground_messages SET body = $2, reply = $3, updated_at = now()
+       WHERE job_id = $1 AND reply IS NULL RETURNING ${COLUMNS}`,
+      [jobId, clean(body), json(reply)],
     );
     return row ? toMessage(row) : null;
   }

@@ -2,7 +2,7 @@ import type { App, BlockAction, RespondFn, ButtonAction as SlackButton, SlashCom
 import { type CommunityRef, UserInputError } from '../../engine/jobs.ts';
 import type { JobQueue } from '../../engine/queue/queue.ts';
 import type { Logger } from '../../log.ts';
-import type { Store } from '../../store/types.ts';
+import type { JobRecord, Store } from '../../store/types.ts';
 import type { BotCore, SubmitOutcome } from '../core/bot-core.ts';
 import { BUTTON_LABELS, parseButtonId } from '../core/buttons.ts';
 import { gillHelp, parseGillText } from '../core/commands.ts';
@@ -36,6 +36,8 @@ export interface InboundDeps {
   teamId: string;
   /** Called with each accepted job whose progress message was posted (queue position updates). */
   onAnnounced?(jobId: string): void;
+  /** Shows a job cancelled through the core on its progress message (the delivery's `cancelled`). */
+  onCancelled(job: JobRecord, text: string): Promise<void>;
 }
 
 /** Messages read from a thread for context; the core trims them to the community's setting. */
@@ -296,14 +298,27 @@ export function registerInbound(deps: InboundDeps): void {
     const log = logger.child({ action: action.action_id, user: body.user.id, channelId: channel });
     if (!channel || !message?.ts) return;
     const threadTs = message.thread_ts ?? message.ts;
+    const { action: pressed, jobId } = parsedId;
     try {
+      if (pressed === 'cancel') {
+        const outcome = await core.cancel({
+          community: community(body.team?.id ?? body.user.team_id),
+          jobId,
+          user: { id: body.user.id, displayName: body.user.name ?? body.user.id },
+          isAdmin: () => admins.isAdmin(body.user.id),
+        });
+        // The progress message itself shows the cancellation; refusals are for the presser only.
+        if (outcome.status === 'cancelled') await deps.onCancelled(outcome.job, outcome.progressText);
+        else await ephemeral(respond, `⚠️ ${outcome.message}`);
+        return;
+      }
       const turn: InboundTurn = {
         platform: 'slack',
         community: community(body.team?.id ?? body.user.team_id),
         user: { id: body.user.id, displayName: body.user.name ?? body.user.id, isAdmin: false },
         channelId: channel,
         threadId: threadTs,
-        command: { kind: 'button', action: parsedId.action, jobId: parsedId.jobId },
+        command: { kind: 'button', action: pressed, jobId },
         messages: [],
         idempotencyKey: `slack:action:${body.trigger_id}`,
         replyTarget: {
@@ -313,7 +328,7 @@ export function registerInbound(deps: InboundDeps): void {
           data: { userId: body.user.id },
         },
       };
-      const header = `<@${body.user.id}> pressed “${BUTTON_LABELS[parsedId.action]}”`;
+      const header = `<@${body.user.id}> pressed “${BUTTON_LABELS[pressed]}”`;
       const outcome = await submitAndAnnounce(turn, header);
       if (outcome.status === 'refused') await ephemeral(respond, `⚠️ ${outcome.message}`);
     } catch (error) {

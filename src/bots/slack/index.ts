@@ -122,7 +122,14 @@ export async function startSlack(options: SlackOptions): Promise<SlackHandle> {
     });
   }
   const images = createImageIngest({ store, guard: slackFileGuard(createFetchGuard({ allowed })) });
-  const core = createBotCore({ store, queue, logger, images, channelMention: (id) => `<#${id}>` });
+  const core = createBotCore({
+    store,
+    queue,
+    logger,
+    images,
+    channelMention: (id) => `<#${id}>`,
+    userMention: (id) => `<@${id}>`,
+  });
   const threads = new ThreadCache(app.client);
   threads.setBotUserId(botUserId);
   const adapter = new SlackAdapter({
@@ -152,6 +159,7 @@ export async function startSlack(options: SlackOptions): Promise<SlackHandle> {
     botUserId,
     teamId,
     onAnnounced: (jobId) => delivery.watchPosition(jobId),
+    onCancelled: (job, text) => delivery.cancelled(job, text),
   });
 
   let eventsUrl: string | undefined;

@@ -3,7 +3,7 @@ import type { JobProgress, ReplyTarget } from '../../engine/jobs.ts';
 import type { Logger } from '../../log.ts';
 import type { JobRecord, Store } from '../../store/types.ts';
 import type { DeliveryReceipt, PlatformAdapter } from '../core/adapter.ts';
-import { BUTTON_LABELS, buttonId } from '../core/buttons.ts';
+import { ACTION_LABELS, buttonId, type PersistentAction, PROGRESS_BUTTONS } from '../core/buttons.ts';
 import {
   type RenderStyle,
   renderProgress,
@@ -11,7 +11,6 @@ import {
   SLACK_MAX_CHARS,
   splitMessage,
 } from '../core/render.ts';
-import type { ButtonAction } from '../core/turn.ts';
 import { escapeText, slackLink } from './text.ts';
 import type { SlackMessage } from './threads.ts';
 
@@ -99,15 +98,16 @@ function escaped(job: JobRecord): JobRecord {
   };
 }
 
-function buttonsBlock(actions: ButtonAction[], jobId: string): types.ActionsBlock {
+function buttonsBlock(actions: readonly PersistentAction[], jobId: string): types.ActionsBlock {
   return {
     type: 'actions',
     block_id: 'gill-actions',
     elements: actions.map((action) => ({
       type: 'button' as const,
-      text: { type: 'plain_text' as const, text: BUTTON_LABELS[action] },
+      text: { type: 'plain_text' as const, text: ACTION_LABELS[action] },
       action_id: buttonId(action, jobId),
       value: jobId,
+      ...(action === 'cancel' ? { style: 'danger' as const } : {}),
     })),
   };
 }
@@ -116,7 +116,7 @@ function buttonsBlock(actions: ButtonAction[], jobId: string): types.ActionsBloc
 export function partBlocks(
   text: string,
   header: string | undefined,
-  actions: ButtonAction[],
+  actions: readonly PersistentAction[],
   jobId: string,
 ): types.KnownBlock[] {
   const blocks: types.KnownBlock[] = [];
@@ -171,7 +171,7 @@ export class SlackAdapter implements PlatformAdapter {
       channel: target.channelId,
       ...(target.threadId ? { thread_ts: target.threadId } : {}),
       text,
-      blocks: partBlocks(text, header, [], jobId),
+      blocks: partBlocks(text, header, PROGRESS_BUTTONS, jobId),
       unfurl_links: false,
       unfurl_media: false,
     });
@@ -189,8 +189,24 @@ export class SlackAdapter implements PlatformAdapter {
       channel: job.replyTarget.channelId,
       ts: data.progressTs,
       text,
-      blocks: partBlocks(text, data.header, [], job.id),
+      blocks: partBlocks(text, data.header, PROGRESS_BUTTONS, job.id),
     });
+  }
+
+  async showCancelled(job: JobRecord, text: string): Promise<void> {
+    const data = targetData(job);
+    if (!data.progressTs || job.deliveredAt) return;
+    try {
+      await this.deps.client.chat.update({
+        channel: job.replyTarget.channelId,
+        ts: data.progressTs,
+        text,
+        blocks: partBlocks(text, data.header, [], job.id),
+      });
+    } catch (error) {
+      // Someone deleted the progress message: there is nothing left to update.
+      if (slackErrorCode(error) !== 'message_not_found') throw error;
+    }
   }
 
   async deliver(initial: JobRecord): Promise<DeliveryReceipt> {

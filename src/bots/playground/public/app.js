@@ -168,6 +168,20 @@ function progressView(message) {
   if (event?.steps) box.append(h('progress', { max: event.steps, value: event.step }));
   if (event?.preview)
     box.append(h('img', { class: 'preview', src: event.preview, alt: 'The image as it forms' }));
+  // The same persistent id as on Discord and Slack (gill:<action>:<jobId>); the server checks who presses it.
+  const cancelId = `gill:cancel:${message.jobId}`;
+  box.append(
+    h(
+      'button',
+      {
+        type: 'button',
+        class: 'cancel',
+        dataset: { customId: cancelId },
+        onclick: (e) => press(e.currentTarget, cancelId),
+      },
+      'Cancel',
+    ),
+  );
   return box;
 }
 
@@ -175,7 +189,9 @@ function replyView(message) {
   const reply = message.reply;
   const parts = [];
   if (reply.header) parts.push(h('div', { class: 'header' }, reply.header));
-  parts.push(textBlock(reply.text, reply.failed ? 'text failed' : 'text'));
+  parts.push(
+    textBlock(reply.text, reply.failed ? 'text failed' : reply.cancelled ? 'text cancelled' : 'text'),
+  );
   if (reply.decision) parts.push(decisionView(reply.decision));
   if (reply.images.length) parts.push(h('div', { class: 'results' }, reply.images.map(resultImage)));
   if (reply.notes.length)
@@ -237,7 +253,7 @@ function messageView(message, where) {
   return h(
     'article',
     {
-      class: `msg ${bot ? 'bot' : 'user'}${message.reply?.failed ? ' failed' : ''}${message.jobId && !message.reply ? ' pending' : ''}`,
+      class: `msg ${bot ? 'bot' : 'user'}${message.reply?.failed ? ' failed' : ''}${message.reply?.cancelled ? ' cancelled' : ''}${message.jobId && !message.reply ? ' pending' : ''}`,
       id: `${where === 'channel' ? 'c' : 't'}${message.id}`,
       dataset: { id: message.id, jobId: message.jobId ?? '', role: message.role },
     },
