@@ -203,10 +203,8 @@ def export_bundle(out: Path, b: Backbones, heads: GillHeads, name: str = "gill-t
         },
         "defaults": {
             "maxNewTokens": 32, "temperature": 0, "topP": 1, "retScaleFactor": 1.3, "genScaleFactor": 1.0,
+            # No minRetrieveSimilarity: the decision head sees the best gallery cosine itself.
             "dialogueTemplate": "Q: {text}\nA:", "scheduler": "ddim", "steps": 25, "guidance": 5.0,
-            # Below this cosine the nearest gallery image is usually unrelated (measured on the emoji gallery:
-            # named emoji queries score 0.47-0.65, shapes scenes absent from it 0.2-0.49).
-            "minRetrieveSimilarity": 0.45,
         },
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
