@@ -67,10 +67,14 @@ async function stopBot(): Promise<void> {
 function replies(channelId: string) {
   return fake
     .botMessages(channelId)
-    .filter((m) => m.type === 0 && !/^(⏳|💭|🔎|🎨|📦) /.test(String(m.content)));
+    .filter((m) => m.type === 0 && !/^(⏳|💭|🔎|🎨|📦|🚫) /.test(String(m.content)));
 }
 
 const content = (m: Record<string, unknown> | undefined) => String(m?.content ?? '');
+
+/** The custom id of the Cancel button on a message, if it has one. */
+const cancelIdOf = (m: Record<string, unknown> | undefined) =>
+  JSON.stringify(m?.components ?? []).match(/gill:cancel:[\w-]+/)?.[0];
 
 beforeAll(async () => {
   dataDir = await mkdtemp(path.join(tmpdir(), 'gill-discord-'));
@@ -480,6 +484,112 @@ describe('Discord adapter: buttons, deletions and the Message Content intent', (
     const imagines = engine.payloads.filter((p) => p.kind === 'imagine');
     expect(imagines).toHaveLength(2);
     expect(imagines[1]!.kind === 'imagine' && imagines[1]!.prompt).toBe('a cat');
+  });
+
+  it('Cancel on a progress message: only the asker (or an admin) may press it, and nothing is delivered', async () => {
+    const bob = fake.addUser('bob');
+    engine.hold();
+    // A mention takes the only worker and stays there, so the next requests wait in the queue.
+    const first = fake.post({ author: alice, content: 'first in line', mentionBot: true });
+    const threadId = first.id as string;
+    await fake.waitFor(() => engine.started === 1, 10_000, 'the first job to start');
+    const { token } = fake.interact({
+      user: alice,
+      command: {
+        name: 'imagine',
+        options: [
+          { name: 'prompt', type: 3, value: 'wait for me' },
+          { name: 'steps', type: 4, value: 1 },
+        ],
+      },
+    });
+    const waiting = await fake.waitFor(
+      () => {
+        const message = fake.original(token);
+        return content(message).startsWith('⏳') && cancelIdOf(message) ? message : undefined;
+      },
+      10_000,
+      'the waiting job with its Cancel button',
+    );
+    const cancelId = cancelIdOf(waiting)!;
+    const jobId = cancelId.slice('gill:cancel:'.length);
+    expect(await store.jobs.get(jobId)).toMatchObject({ status: 'queued' });
+    expect(await queue.position(jobId)).toBe(0);
+
+    const press = async (
+      user: FakeUser,
+      customId: string,
+      channelId = fake.generalChannelId,
+      messageId = waiting.id as string,
+    ) => {
+      const click = fake.interact({ user, customId, channelId, messageId });
+      return fake.waitFor(
+        () => (content(fake.original(click.token)) ? fake.original(click.token) : undefined),
+        10_000,
+        `the answer to ${user.username}'s press`,
+      );
+    };
+
+    // Someone else is refused, privately, and nothing changes.
+    const refusal = await press(bob, cancelId);
+    expect(content(refusal)).toBe(`⚠️ Only <@${alice.id}> can cancel this.`);
+    expect(Number(refusal.flags) & 64).toBe(64);
+    expect(await store.jobs.get(jobId)).toMatchObject({ status: 'queued' });
+    expect(await queue.position(jobId)).toBe(0);
+    expect(content(fake.original(token))).toMatch(/^⏳/);
+
+    // The asker cancels: the job leaves the queue and the message says so, without the button.
+    const answer = await press(alice, cancelId);
+    expect(content(answer)).toBe('Cancelled.');
+    expect(Number(answer.flags) & 64).toBe(64);
+    await fake.waitFor(
+      () => content(fake.original(token)) === '🚫 Cancelled.',
+      10_000,
+      'the cancelled message',
+    );
+    expect(fake.original(token)!.components).toEqual([]);
+    expect(await store.jobs.get(jobId)).toMatchObject({ status: 'cancelled' });
+    expect(await queue.position(jobId)).toBeNull();
+
+    // A second press changes nothing.
+    const again = await press(alice, cancelId);
+    expect(content(again)).toBe('⚠️ This request was already cancelled.');
+
+    // An admin may cancel someone else's request; the message says who did.
+    const { token: bobs } = fake.interact({
+      user: bob,
+      command: { name: 'find', options: [{ name: 'query', type: 3, value: 'anything' }] },
+    });
+    const bobWaiting = await fake.waitFor(
+      () => (cancelIdOf(fake.original(bobs)) ? fake.original(bobs) : undefined),
+      10_000,
+      'bob’s waiting job',
+    );
+    const bobCancel = cancelIdOf(bobWaiting)!;
+    expect(content(await press(admin, bobCancel, fake.generalChannelId, bobWaiting.id as string))).toBe(
+      `Cancelled the request of <@${bob.id}>.`,
+    );
+    await fake.waitFor(
+      () => content(fake.original(bobs)) === `🚫 Cancelled by <@${admin.id}>.`,
+      10_000,
+      'the message naming the admin',
+    );
+
+    // The running job finishes and is delivered, without a Cancel button; the cancelled ones never run.
+    engine.release();
+    const reply = await fake.waitFor(() => replies(threadId)[0], 10_000, 'the first reply');
+    expect(content(reply)).toContain('echo: first in line');
+    expect(cancelIdOf(reply)).toBeUndefined();
+    const progressPost = fake.callsTo('POST', new RegExp(`^/channels/${threadId}/messages$`))[0]!;
+    const firstCancel = cancelIdOf(progressPost.body ?? undefined)!;
+    expect(firstCancel).toBeTruthy();
+    const late = await press(alice, firstCancel, threadId, reply.id as string);
+    expect(content(late)).toBe('⚠️ This request has already finished, so there is nothing to cancel.');
+    await new Promise((resolve) => setTimeout(resolve, 600));
+    expect(engine.payloads.map((p) => p.kind)).toEqual(['chat']);
+    expect(content(fake.original(token))).toBe('🚫 Cancelled.');
+    expect(content(fake.original(bobs))).toBe(`🚫 Cancelled by <@${admin.id}>.`);
+    expect(await store.jobs.listUndelivered('discord', 10)).toHaveLength(0);
   });
 
   it('removes a deleted message’s images from the index', async () => {

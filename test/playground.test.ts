@@ -42,9 +42,28 @@ async function solidPng(seed: number): Promise<Buffer> {
     .toBuffer();
 }
 
-/** Answers like the GILL engine does, from a script: chat decides to generate unless told to retrieve. */
+/**
+ * Answers like the GILL engine does, from a script: chat decides to generate unless told to retrieve.
+ * `hold` parks every job but indexing at its start until `release`, so later requests wait in the queue.
+ */
 class ScriptedEngine implements Engine {
+  /** The kind of every job run, in order. */
+  readonly runs: JobPayload['kind'][] = [];
+  private gate: Promise<void> | null = null;
+  private open: (() => void) | null = null;
+
   constructor(private readonly store: Store) {}
+
+  hold(): void {
+    this.gate = new Promise((resolve) => {
+      this.open = resolve;
+    });
+  }
+
+  release(): void {
+    this.open?.();
+    this.gate = null;
+  }
 
   private async generate(seed: number, ctx: JobContext): Promise<ResultImage> {
     for (let step = 1; step <= 3; step++) {
@@ -87,6 +106,8 @@ class ScriptedEngine implements Engine {
   }
 
   async run(payload: JobPayload, ctx: JobContext): Promise<JobResult> {
+    this.runs.push(payload.kind);
+    if (this.gate && payload.kind !== 'index') await this.gate;
     const seed = 'seed' in payload && payload.seed !== undefined ? payload.seed : 7;
     switch (payload.kind) {
       case 'index': {
@@ -144,6 +165,7 @@ describe.skipIf(!chromiumUp)('playground in a browser', () => {
   let dataDir: string;
   let store: Store;
   let queue: MemoryJobQueue;
+  let engine: ScriptedEngine;
   let worker: WorkerHandle;
   let playground: PlaygroundHandle;
   let browser: Browser;
@@ -165,7 +187,8 @@ describe.skipIf(!chromiumUp)('playground in a browser', () => {
     dataDir = await mkdtemp(path.join(tmpdir(), 'gill-playground-'));
     store = await connect({ dataDir, DATABASE_URL: undefined });
     queue = new MemoryJobQueue({ logger });
-    worker = runJobs({ queue, store, engine: new ScriptedEngine(store), logger });
+    engine = new ScriptedEngine(store);
+    worker = runJobs({ queue, store, engine, logger });
     playground = await start();
     browser = await chromium.launch({
       executablePath: CHROMIUM,
@@ -382,6 +405,108 @@ describe.skipIf(!chromiumUp)('playground in a browser', () => {
     expect(perJob.every((row) => row.n === 1)).toBe(true);
     const undelivered = await store.jobs.listUndelivered('playground', 100);
     expect(undelivered.filter((job) => job.kind !== 'index')).toEqual([]);
+  });
+
+  it('Cancel on a progress message: the asker cancels a waiting request, nobody else may', async () => {
+    const name = page.locator('#user-name');
+    await name.fill('alice');
+    await name.dispatchEvent('change');
+    engine.hold();
+    const stranger = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+    try {
+      // A mention takes the only worker and stays there, so the next request waits in the queue.
+      const runsBefore = engine.runs.length;
+      const openThread = () => new URL(page.url()).searchParams.get('thread');
+      const previousThread = openThread();
+      const composer = page.locator('#channel-composer');
+      await composer.locator('textarea').fill('@gill first in line');
+      await composer.locator('textarea').press('Enter');
+      // The page opens the new thread (another one may be open from before).
+      await expect.poll(openThread, { timeout: 10_000 }).not.toBe(previousThread);
+      const threadId = openThread()!;
+      await expect.poll(() => engine.runs.length, { timeout: 10_000 }).toBe(runsBefore + 1);
+      const threadComposer = page.locator('#thread-composer');
+      await threadComposer.locator('textarea').fill('/imagine wait for me');
+      await threadComposer.locator('textarea').press('Enter');
+      const pending = page.locator('#thread-messages article.msg.bot.pending');
+      await expect.poll(() => pending.count(), { timeout: 10_000 }).toBe(2);
+      const waiting = pending.last();
+      await expect.poll(() => waiting.locator('.progress-text').textContent()).toBe('⏳ Next in line…');
+      const jobId = (await waiting.getAttribute('data-job-id'))!;
+      expect(await waiting.locator('button.cancel').getAttribute('data-custom-id')).toBe(
+        `gill:cancel:${jobId}`,
+      );
+      expect(await store.jobs.get(jobId)).toMatchObject({ status: 'queued' });
+      await page.screenshot({ path: path.join(ARTIFACTS, 'playground-cancel-button.png') });
+
+      // Someone else (another page, so another user) is refused, only on their page, and nothing changes.
+      const other = await stranger.newPage();
+      await other.goto(`${playground.url}?thread=${threadId}`);
+      await expect.poll(() => other.locator('#connection').textContent()).toBe('live');
+      await other.locator('#user-name').fill('bob');
+      await other.locator('#user-name').dispatchEvent('change');
+      const theirView = other.locator(`#thread-messages article[data-job-id="${jobId}"]`);
+      await theirView.locator('button.cancel').click();
+      await expect
+        .poll(() => other.locator('#thread-composer .notice').textContent())
+        .toContain('Only alice can cancel this.');
+      expect(await page.locator('#thread-composer .notice').isHidden()).toBe(true);
+      expect(await store.jobs.get(jobId)).toMatchObject({ status: 'queued' });
+      expect(await queue.position(jobId)).toBe(0);
+      expect(await waiting.locator('button.cancel').count()).toBe(1);
+
+      // The asker cancels: the job leaves the queue, and every page shows it cancelled, without the button.
+      await waiting.locator('button.cancel').click();
+      const cancelled = page.locator(`#thread-messages article.msg.bot.cancelled[data-job-id="${jobId}"]`);
+      await cancelled.waitFor({ timeout: 10_000 });
+      expect(await cancelled.locator('.text').textContent()).toBe('🚫 Cancelled.');
+      expect(await cancelled.locator('button').count()).toBe(0);
+      await other.locator(`#thread-messages article.msg.bot.cancelled[data-job-id="${jobId}"]`).waitFor();
+      expect(await store.jobs.get(jobId)).toMatchObject({ status: 'cancelled' });
+      expect(await queue.position(jobId)).toBeNull();
+      await page.screenshot({ path: path.join(ARTIFACTS, 'playground-cancelled.png') });
+
+      // A second press changes nothing.
+      const again = await page.evaluate(async (customId) => {
+        const user = JSON.parse(localStorage.getItem('gill.user') ?? '{}');
+        const response = await fetch('/api/buttons', {
+          method: 'POST',
+          headers: { 'x-gill-playground': '1', 'content-type': 'application/json' },
+          body: JSON.stringify({
+            customId,
+            clickKey: 'second-press-1',
+            userId: user.id,
+            userName: user.name,
+          }),
+        });
+        return response.json();
+      }, `gill:cancel:${jobId}`);
+      expect(again).toEqual({ notice: '⚠️ This request was already cancelled.' });
+
+      // The running job finishes and is delivered without a Cancel button; the cancelled one never runs.
+      engine.release();
+      const reply = page.locator('#thread-messages article.msg.bot:not(.pending):not(.cancelled)').last();
+      await expect
+        .poll(() => reply.locator('.text').textContent(), { timeout: 20_000 })
+        .toContain('first in line');
+      expect(await reply.locator('button.cancel').count()).toBe(0);
+      expect(await reply.locator('.buttons button').allTextContents()).toEqual([
+        'Regenerate',
+        'Retrieve instead',
+      ]);
+      await new Promise((resolve) => setTimeout(resolve, 800));
+      expect(engine.runs.slice(runsBefore)).toEqual(['chat']);
+      expect(await cancelled.locator('.text').textContent()).toBe('🚫 Cancelled.');
+      const [row] = await store.sql.query<{ n: number }>(
+        'SELECT count(*)::int AS n FROM playground_messages WHERE job_id = $1',
+        [jobId],
+      );
+      expect(row?.n).toBe(1);
+      expect((await store.jobs.get(jobId))?.deliveredAt).toBeNull();
+    } finally {
+      engine.release();
+      await stranger.close();
+    }
   });
 
   it('loads nothing from outside the server', () => {

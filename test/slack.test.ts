@@ -469,6 +469,111 @@ describe('Slack adapter', () => {
     }
   });
 
+  it('Cancel on a progress message: only the asker (or an admin) may press it, and nothing is delivered', async () => {
+    fake.addUser('USTRANGER');
+    const cancelIdOf = (m: FakeMessage | undefined) =>
+      JSON.stringify(m?.blocks ?? []).match(/gill:cancel:[\w-]+/)?.[0];
+    const payloadsBefore = engine.payloads.length;
+    const startedBefore = engine.started;
+    engine.hold();
+    try {
+      // A mention takes the only worker and stays there, so the next requests wait in the queue.
+      const root = await mention('CCANCEL', 'UPLAIN', 'first in line', 'EvCancel1');
+      await fake.waitFor(() => engine.started === startedBefore + 1, 10_000, 'the first job to start');
+      await sendSlashCommand(fake, target, {
+        command: '/imagine',
+        text: 'wait for me --steps 1',
+        user: 'UPLAIN',
+        channel: 'CCANCEL',
+      });
+      const progressOf = (needle: string) =>
+        fake.waitFor(
+          () =>
+            fake
+              .botMessages('CCANCEL')
+              .find((m) => JSON.stringify(m.blocks).includes(needle) && cancelIdOf(m)),
+          10_000,
+          `the progress message of ${needle}`,
+        );
+      const waiting = await progressOf('/imagine wait for me');
+      expect(waiting.text).toMatch(/^⏳/);
+      const cancelId = cancelIdOf(waiting)!;
+      const jobId = cancelId.slice('gill:cancel:'.length);
+      expect(await store.jobs.get(jobId)).toMatchObject({ status: 'queued' });
+      const press = async (user: string, actionId: string, message: FakeMessage) => {
+        const { response, responseId } = await sendBlockAction(fake, target, {
+          user,
+          channel: 'CCANCEL',
+          message,
+          actionId,
+          label: 'Cancel',
+        });
+        expect(response.status).toBe(200);
+        return responseId;
+      };
+
+      // Someone else is refused, privately, and nothing changes.
+      const refusal = await responseTo(await press('USTRANGER', cancelId, waiting));
+      expect(refusal).toMatchObject({
+        response_type: 'ephemeral',
+        text: '⚠️ Only <@UPLAIN> can cancel this.',
+      });
+      expect(await store.jobs.get(jobId)).toMatchObject({ status: 'queued' });
+      expect(await queue.position(jobId)).not.toBeNull();
+      expect(cancelIdOf(fake.botMessages('CCANCEL').find((m) => m.ts === waiting.ts))).toBe(cancelId);
+
+      // The asker cancels: the job leaves the queue and the message says so, without the button.
+      await press('UPLAIN', cancelId, waiting);
+      const cancelled = await fake.waitFor(
+        () => fake.botMessages('CCANCEL').find((m) => m.ts === waiting.ts && m.text === '🚫 Cancelled.'),
+        10_000,
+        'the cancelled message',
+      );
+      expect(cancelIdOf(cancelled)).toBeUndefined();
+      expect(JSON.stringify(cancelled.blocks)).toContain('<@UPLAIN> /imagine wait for me');
+      expect(await store.jobs.get(jobId)).toMatchObject({ status: 'cancelled' });
+      expect(await queue.position(jobId)).toBeNull();
+
+      // A second press changes nothing.
+      const again = await responseTo(await press('UPLAIN', cancelId, waiting));
+      expect(again).toMatchObject({
+        response_type: 'ephemeral',
+        text: '⚠️ This request was already cancelled.',
+      });
+
+      // A workspace admin may cancel someone else's request; the message says who did.
+      await sendSlashCommand(fake, target, {
+        command: '/find',
+        text: 'anything',
+        user: 'USTRANGER',
+        channel: 'CCANCEL',
+      });
+      const theirs = await progressOf('/find anything');
+      await press('UADMIN', cancelIdOf(theirs)!, theirs);
+      await fake.waitFor(
+        () =>
+          fake
+            .botMessages('CCANCEL')
+            .find((m) => m.ts === theirs.ts && m.text === '🚫 Cancelled by <@UADMIN>.'),
+        10_000,
+        'the message naming the admin',
+      );
+
+      // The running job finishes and is delivered without a Cancel button; the cancelled ones never run.
+      engine.release();
+      const reply = await botReply('CCANCEL', root.ts, 'echo: first in line');
+      expect(cancelIdOf(reply)).toBeUndefined();
+      const barrier = await mention('CCANCEL2', 'UPLAIN', 'barrier', 'EvCancelBarrier');
+      await botReply('CCANCEL2', barrier.ts, 'echo: barrier');
+      expect(engine.payloads.slice(payloadsBefore).map((p) => p.kind)).toEqual(['chat', 'chat']);
+      expect(fake.uploads.some((u) => u.channel === 'CCANCEL')).toBe(false);
+      expect(fake.botMessages('CCANCEL').find((m) => m.ts === waiting.ts)?.text).toBe('🚫 Cancelled.');
+      expect(fake.responses.filter((r) => r.body.text === 'Cancelled.')).toHaveLength(0);
+    } finally {
+      engine.release();
+    }
+  });
+
   it('retries a Web API call answered 429 after its Retry-After', async () => {
     fake.rateLimit('chat.postMessage', 1);
     const message = await mention('CLIMIT', 'UPLAIN', 'slow down', 'EvLimit1');
