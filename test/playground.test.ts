@@ -15,6 +15,7 @@ import { runJobs } from '../src/engine/queue/worker.ts';
 import { createLogger } from '../src/log.ts';
 import { connect } from '../src/store/index.ts';
 import type { Store } from '../src/store/types.ts';
+import { JobGate } from './support/job-gate.ts';
 import { serviceAvailable } from './support/services.ts';
 
 /**
@@ -49,20 +50,16 @@ async function solidPng(seed: number): Promise<Buffer> {
 class ScriptedEngine implements Engine {
   /** The kind of every job run, in order. */
   readonly runs: JobPayload['kind'][] = [];
-  private gate: Promise<void> | null = null;
-  private open: (() => void) | null = null;
+  private readonly gate = new JobGate();
 
   constructor(private readonly store: Store) {}
 
   hold(): void {
-    this.gate = new Promise((resolve) => {
-      this.open = resolve;
-    });
+    this.gate.hold();
   }
 
   release(): void {
-    this.open?.();
-    this.gate = null;
+    this.gate.release();
   }
 
   private async generate(seed: number, ctx: JobContext): Promise<ResultImage> {
@@ -107,7 +104,7 @@ class ScriptedEngine implements Engine {
 
   async run(payload: JobPayload, ctx: JobContext): Promise<JobResult> {
     this.runs.push(payload.kind);
-    if (this.gate && payload.kind !== 'index') await this.gate;
+    await this.gate.pass(payload.kind);
     const seed = 'seed' in payload && payload.seed !== undefined ? payload.seed : 7;
     switch (payload.kind) {
       case 'index': {

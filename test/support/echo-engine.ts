@@ -3,6 +3,7 @@ import sharp from 'sharp';
 import type { Engine, JobContext } from '../../src/engine/engine.ts';
 import type { JobPayload, JobResult } from '../../src/engine/jobs.ts';
 import type { Store } from '../../src/store/types.ts';
+import { JobGate } from './job-gate.ts';
 
 /**
  * An engine double for the chat-platform tests: it answers from what it was given (the image hashes and
@@ -29,8 +30,7 @@ export function embedText(text: string): Float32Array {
 /** Answers from its inputs, so tests can check what reached the engine. `hold` parks jobs until released. */
 export class EchoEngine implements Engine {
   readonly payloads: JobPayload[] = [];
-  private gate: Promise<void> | null = null;
-  private open: (() => void) | null = null;
+  private readonly gate = new JobGate();
   started = 0;
 
   constructor(
@@ -40,20 +40,17 @@ export class EchoEngine implements Engine {
   ) {}
 
   hold(): void {
-    this.gate = new Promise((resolve) => {
-      this.open = resolve;
-    });
+    this.gate.hold();
   }
 
   release(): void {
-    this.open?.();
-    this.gate = null;
+    this.gate.release();
   }
 
   async run(payload: JobPayload, ctx: JobContext): Promise<JobResult> {
     this.payloads.push(payload);
     this.started++;
-    if (this.gate && payload.kind !== 'index') await this.gate;
+    await this.gate.pass(payload.kind);
     switch (payload.kind) {
       case 'chat': {
         const hashes = payload.context.flatMap((item) => (item.type === 'image' ? [item.hash] : []));
