@@ -254,6 +254,83 @@ describe('Discord adapter against the fake Discord', () => {
     expect(JSON.stringify(done.components)).toContain('gill:more:');
   });
 
+  it('indexes images posted in threads of an indexed channel, not those of other channels or of bots', async () => {
+    const { token: setup } = fake.interact({
+      user: admin,
+      command: {
+        name: 'gill',
+        options: [{ name: 'indexing', type: 1, options: [{ name: 'enabled', type: 5, value: true }] }],
+      },
+    });
+    await fake.waitFor(
+      () => content(fake.original(setup)).includes('Settings updated'),
+      10_000,
+      'indexing on',
+    );
+    const community = await store.communities.ensure({ platform: 'discord', externalId: fake.guildId });
+    expect((await store.communities.getConfig(community.id)).indexedChannels).toEqual([
+      fake.generalChannelId,
+    ]);
+    const elsewhere = fake.addChannel('elsewhere').id as string;
+    const inIndexed = fake.addThread(fake.generalChannelId, alice, 'drawings').id as string;
+    const inOther = fake.addThread(elsewhere, alice, 'other drawings').id as string;
+    const star = await png('#ee7711');
+    const square = await png('#11ee77');
+    const generated = await png('#7711ee');
+
+    // Not indexed: a thread of a channel without indexing, and the bot's own image in the indexed one.
+    fake.post({
+      channelId: inOther,
+      author: alice,
+      content: '',
+      attachments: [fake.addAttachment(square, 'green square.png', 'image/png')],
+    });
+    fake.post({
+      channelId: inIndexed,
+      author: fake.botUser,
+      content: 'Image 1: generated',
+      attachments: [fake.addAttachment(generated, 'gill-generated-1.png', 'image/png')],
+    });
+    const posted = fake.post({
+      channelId: inIndexed,
+      author: alice,
+      content: '',
+      attachments: [fake.addAttachment(star, 'orange star.png', 'image/png')],
+    });
+    // A mention in the other thread is answered after its messages were handled, indexing included.
+    fake.post({ channelId: inOther, author: alice, content: 'barrier', mentionBot: true });
+    await fake.waitFor(() => replies(inOther)[0], 10_000, 'the reply in the other thread');
+    await fake.waitFor(
+      () => engine.payloads.filter((p) => p.kind === 'index').length === 1,
+      10_000,
+      'the index job',
+    );
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(engine.payloads.filter((p) => p.kind === 'index')).toHaveLength(1);
+    expect(await store.images.count(community.id)).toBe(1);
+
+    const { token } = fake.interact({
+      user: alice,
+      command: { name: 'find', options: [{ name: 'query', type: 3, value: 'orange star' }] },
+    });
+    const done = await fake.waitFor(
+      () => (content(fake.original(token)).includes('retrieved') ? fake.original(token) : undefined),
+      10_000,
+      'the find reply',
+    );
+    // The link goes to the message in its thread.
+    const permalink = `https://discord.com/channels/${fake.guildId}/${inIndexed}/${posted.id}`;
+    expect(content(done)).toContain(`[original message](<${permalink}>)`);
+    const final = fake
+      .callsTo('PATCH', new RegExp(`/webhooks/${fake.applicationId}/${token}/messages/@original$`))
+      .at(-1)!;
+    expect(final.files.map((f) => sha256(f.data))).toEqual([sha256(star)]);
+
+    // Deleting the message in the thread removes its image.
+    fake.deleteMessage(inIndexed, posted.id as string);
+    await expect.poll(() => store.images.count(community.id), { timeout: 10_000 }).toBe(0);
+  });
+
   it('refuses an admin command from a non-admin and changes nothing', async () => {
     const { token } = fake.interact({
       user: alice,

@@ -175,7 +175,37 @@ export class FakeDiscord {
     };
     this.channels.set(channel.id, channel);
     this.messages.set(channel.id, []);
+    // A channel added while the bot is connected is announced to it (before, GUILD_CREATE lists it).
+    this.dispatch('CHANNEL_CREATE', channel);
     return channel;
+  }
+
+  /** A person starts a public thread in a channel (not from a message); dispatched as THREAD_CREATE. */
+  addThread(parentId: string, owner: FakeUser, name: string): Json {
+    if (!this.channels.has(parentId)) throw new Error(`no channel ${parentId}`);
+    const thread = {
+      id: snowflake(),
+      type: 11,
+      guild_id: this.guildId,
+      parent_id: parentId,
+      owner_id: owner.id,
+      name,
+      last_message_id: null,
+      message_count: 0,
+      member_count: 1,
+      rate_limit_per_user: 0,
+      flags: 0,
+      thread_metadata: {
+        archived: false,
+        auto_archive_duration: 1440,
+        archive_timestamp: new Date().toISOString(),
+        locked: false,
+      },
+    };
+    this.channels.set(thread.id, thread);
+    this.messages.set(thread.id, []);
+    this.dispatch('THREAD_CREATE', { ...thread, newly_created: true });
+    return thread;
   }
 
   addUser(username: string, options: { admin?: boolean } = {}): FakeUser {

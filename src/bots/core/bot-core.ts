@@ -73,7 +73,10 @@ export interface BotCore {
    * a waiting job leaves the queue, a running one is aborted, and no reply is delivered for it.
    */
   cancel(request: CancelRequest): Promise<CancelOutcome>;
-  /** Indexes the images of a posted message if its channel has indexing on; null when it has not. */
+  /**
+   * Indexes the images of a posted message if indexing is on for its channel, or for the channel its
+   * thread belongs to; null when it is not.
+   */
   indexImages(post: PostedImages): Promise<IndexOutcome | null>;
   /** Removes a deleted message's images from the index; returns how many. */
   removeMessage(community: CommunityRef, channelId: string, messageId: string): Promise<number>;
@@ -349,7 +352,8 @@ export function createBotCore(options: BotCoreOptions): BotCore {
     async indexImages(post) {
       const community = await store.communities.ensure(post.community);
       const config = await store.communities.getConfig(community.id);
-      if (!config.indexedChannels.includes(post.channelId)) return null;
+      const covering = [post.channelId, ...(post.parentChannelId ? [post.parentChannelId] : [])];
+      if (!covering.some((id) => config.indexedChannels.includes(id))) return null;
       const outcome: IndexOutcome = { imageIds: [], refused: [] };
       for (const attachment of post.attachments.filter(looksLikeImage)) {
         try {

@@ -91,10 +91,16 @@ export interface InboundTurn {
   replyTarget: ReplyTarget;
 }
 
-/** An image posted in a channel, offered for the community index (indexing.ts decides if it is taken). */
+/**
+ * Images posted in a channel or in a thread, offered for the community index (the core's indexImages
+ * decides if they are taken: when indexing is on for the channel, or for the channel the thread is in).
+ */
 export interface PostedImages {
   community: CommunityRef;
+  /** Where the message is (a Discord thread has its own channel id); stored with the image. */
   channelId: string;
+  /** The channel a thread belongs to, when the message is in a thread with its own channel id. */
+  parentChannelId?: string;
   messageId: string;
   authorId: string;
   /** Link to the message, shown with retrieved results. */

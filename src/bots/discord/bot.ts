@@ -31,7 +31,7 @@ import {
   THREAD_ALREADY_CREATED,
   UNKNOWN_INTERACTION,
 } from './errors.ts';
-import { attachmentsOf, isAdmin, threadHistory, toThreadMessage } from './inbound.ts';
+import { attachmentsOf, isAdmin, parentChannelOf, threadHistory, toThreadMessage } from './inbound.ts';
 import { gatewayIntents } from './intents.ts';
 import { DiscordAdapter, type DiscordTargetData } from './outbound.ts';
 import { attachmentOrigins, restOptions } from './rest.ts';
@@ -154,12 +154,16 @@ export async function startDiscord(options: StartDiscordOptions): Promise<Discor
   }
 
   async function onMessage(message: Message): Promise<void> {
+    // Bots' messages, the bot's own generated images included, are never indexed or answered.
     if (!message.inGuild() || message.author.bot || message.system) return;
     const community = { platform: 'discord' as const, externalId: message.guildId };
     if (message.attachments.size > 0) {
+      // In a thread, the image is stored under the thread (where deleting it is seen) and indexed when
+      // indexing is on for the thread's channel.
       const outcome = await core.indexImages({
         community,
         channelId: message.channelId,
+        parentChannelId: parentChannelOf(message),
         messageId: message.id,
         authorId: message.author.id,
         permalink: message.url,

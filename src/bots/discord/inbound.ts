@@ -33,6 +33,12 @@ export function attachmentsOf(message: Message): Attachment[] {
   }));
 }
 
+/** The channel a message's thread belongs to, for messages in a thread (whose id is a channel id of its own). */
+export function parentChannelOf(message: Message): string | undefined {
+  const channel = message.channel;
+  return channel.isThread() ? (channel.parentId ?? undefined) : undefined;
+}
+
 export function toThreadMessage(message: Message, botId: string): ThreadMessage {
   const mention = new RegExp(`<@!?${botId}>`, 'g');
   return {
