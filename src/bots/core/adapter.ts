@@ -1,5 +1,6 @@
 import type { JobProgress } from '../../engine/jobs.ts';
 import type { JobRecord } from '../../store/types.ts';
+import type { Eta } from './eta.ts';
 import type { Platform } from './turn.ts';
 
 /**
@@ -19,10 +20,10 @@ export interface PlatformAdapter {
    */
   deliver(job: JobRecord): Promise<DeliveryReceipt>;
   /**
-   * Shows progress (render it with renderProgress), with the Cancel button (PROGRESS_BUTTONS). Called at
-   * most once a second per job.
+   * Shows progress (render it with renderProgress, and `eta` with renderEta when there is one), with the
+   * Cancel button (PROGRESS_BUTTONS). Called at most once a second per job.
    */
-  showProgress(job: JobRecord, progress: JobProgress): Promise<void>;
+  showProgress(job: JobRecord, progress: JobProgress, eta?: Eta | null): Promise<void>;
   /** Replaces a cancelled job's progress message with `text`, without buttons; nothing if there is none. */
   showCancelled(job: JobRecord, text: string): Promise<void>;
 }

@@ -4,11 +4,13 @@ import type { JobQueue } from '../../engine/queue/queue.ts';
 import type { Logger } from '../../log.ts';
 import type { JobRecord, Store } from '../../store/types.ts';
 import { type PlatformAdapter, throttleProgress } from './adapter.ts';
+import { EtaEstimator } from './eta.ts';
 
 /**
  * Plugs an adapter into the exactly-once delivery loop: progress throttled to one update a second per
  * job and settled before the final reply, so a late progress edit can never overwrite it; index jobs
- * (no one waits for them) are recorded as delivered without a message.
+ * (no one waits for them) are recorded as delivered without a message. Every progress update carries an
+ * estimated end when there is one, from the queue events this process has seen (see eta.ts).
  */
 
 export interface AdapterDelivery extends DeliveryHandle {
@@ -37,14 +39,31 @@ export function startAdapterDelivery(options: {
   sweepIntervalMs?: number;
   /** How often waiting jobs' queue positions are read again. */
   positionRefreshMs?: number;
+  /** Learns run times from the queue's events; one of its own when not given. */
+  estimator?: EtaEstimator;
 }): AdapterDelivery {
   const { adapter, logger, store } = options;
+  const estimator = options.estimator ?? new EtaEstimator();
+  // Every job's events, whichever platform asked for it: they all measure the same workers.
+  const unsubscribe = options.queue.subscribe((event) => {
+    if (event.type === 'progress') return estimator.observe(event.jobId, event.progress);
+    if (event.type === 'failed') return estimator.forget(event.jobId);
+    const run = estimator.finish(event.jobId);
+    if (!run) return;
+    store.jobs
+      .get(event.jobId)
+      .then((job) => job && estimator.learn(job.kind, run))
+      .catch((error: unknown) => logger.warn({ err: error, jobId: event.jobId }, 'run time not recorded'));
+  });
   const throttle = throttleProgress(
     // Read fresh: an earlier update may have recorded the progress message's id, or the job may have been
-    // cancelled (from another bot process too), when its message must no longer show progress.
+    // cancelled (from another bot process too), when its message must no longer show progress. The
+    // estimate is made now, when the edit goes out, not when the update was offered.
     async (job, progress) => {
       const fresh = (await store.jobs.get(job.id)) ?? job;
-      if (fresh.status !== 'cancelled') await adapter.showProgress(fresh, progress);
+      if (fresh.status !== 'cancelled') {
+        await adapter.showProgress(fresh, progress, estimator.estimate(fresh, progress));
+      }
     },
     (error, job) => logger.warn({ err: error, jobId: job.id }, 'progress update failed'),
     options.progressIntervalMs,
@@ -65,9 +84,10 @@ export function startAdapterDelivery(options: {
       if (job.kind !== 'index') throttle.push(job, progress);
     },
   });
-  async function progress(jobId: string, update: JobProgress): Promise<void> {
+  async function progress(jobId: string, update: JobProgress, onlyWaiting = false): Promise<void> {
     const job = await store.jobs.get(jobId);
-    if (job && (job.status === 'queued' || job.status === 'running')) throttle.push(job, update);
+    if (job && (job.status === 'queued' || (job.status === 'running' && !onlyWaiting)))
+      throttle.push(job, update);
   }
 
   // Last position shown per waiting job (-1: none yet); a job leaves the map when the queue no longer has it waiting.
@@ -80,7 +100,8 @@ export function startAdapterDelivery(options: {
           if (position === null) waiting.delete(jobId);
           else if (position !== last) {
             waiting.set(jobId, position);
-            await progress(jobId, { stage: 'queued', position });
+            // A position read just before the job started must not replace its running progress.
+            await progress(jobId, { stage: 'queued', position }, true);
           }
         })
         .catch((error: unknown) => logger.warn({ err: error, jobId }, 'queue position refresh failed'));
@@ -97,11 +118,13 @@ export function startAdapterDelivery(options: {
     },
     async cancelled(job, text) {
       waiting.delete(job.id);
+      estimator.forget(job.id);
       await throttle.settle(job.id);
       await adapter.showCancelled((await store.jobs.get(job.id)) ?? job, text);
     },
     async close() {
       clearInterval(refresh);
+      unsubscribe();
       await handle.close();
       throttle.stop();
     },

@@ -34,6 +34,8 @@ export type { BuiltContext, ContextBudget } from './context.ts';
 export { buildContext, DEFAULT_CONTEXT_BUDGET, estimateTokens } from './context.ts';
 export type { AdapterDelivery } from './delivery.ts';
 export { startAdapterDelivery } from './delivery.ts';
+export type { Eta, MeasuredRun } from './eta.ts';
+export { EtaEstimator } from './eta.ts';
 export type {
   AllowedOrigin,
   FetchedImage,
@@ -45,12 +47,13 @@ export { createFetchGuard, FetchRefusedError, isPublicAddress } from './fetch-gu
 export type { ImageIngest, StoredImage } from './images.ts';
 export { createImageIngest, looksLikeImage } from './images.ts';
 export { checkLimits, RateLimiter } from './limits.ts';
-export type { RenderedImage, RenderedReply, RenderStyle } from './render.ts';
+export type { EtaStyle, RenderedImage, RenderedReply, RenderStyle } from './render.ts';
 export {
   DISCORD_MAX_CHARS,
   isProgressText,
   jobNotes,
   renderCancelled,
+  renderEta,
   renderProgress,
   renderReply,
   SLACK_MAX_CHARS,

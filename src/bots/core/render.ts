@@ -1,6 +1,7 @@
 import type { JobProgress, ResultImage } from '../../engine/jobs.ts';
 import type { JobRecord } from '../../store/types.ts';
 import { buttonsFor } from './buttons.ts';
+import type { Eta } from './eta.ts';
 import type { ButtonAction } from './turn.ts';
 
 /**
@@ -193,8 +194,36 @@ export function renderCancelled(by?: string): string {
   return by ? `🚫 Cancelled by ${by}.` : '🚫 Cancelled.';
 }
 
-/** One line for a progress message; each starts with one of PROGRESS_MARKS. */
-export function renderProgress(progress: JobProgress): string {
+/**
+ * How a platform writes an estimated end, after "ready": Discord's timestamp markup (shown relative and
+ * kept current by the client), Slack's date markup (the local clock time, with a fallback), or plain words.
+ */
+export type EtaStyle = 'discord' | 'slack' | 'plain';
+
+function about(ms: number): string {
+  const seconds = Math.max(1, Math.round(ms / 1000));
+  return seconds < 120 ? `in about ${seconds} s` : `in about ${Math.round(seconds / 60)} min`;
+}
+
+export function renderEta(eta: Eta, style: EtaStyle): string {
+  const unix = Math.ceil(eta.at / 1000);
+  switch (style) {
+    case 'discord':
+      return `<t:${unix}:R>`;
+    case 'slack':
+      return `<!date^${unix}^by {time_secs}|${about(eta.ms)}>`;
+    case 'plain':
+      return about(eta.ms);
+  }
+}
+
+/** One line for a progress message, with the estimated end when there is one; each starts with one of PROGRESS_MARKS. */
+export function renderProgress(progress: JobProgress, eta?: string): string {
+  const line = progressLine(progress);
+  return eta ? `${line} (ready ${eta})` : line;
+}
+
+function progressLine(progress: JobProgress): string {
   switch (progress.stage) {
     case 'queued':
       return progress.position === 0

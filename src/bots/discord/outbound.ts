@@ -12,8 +12,15 @@ import type { Logger } from '../../log.ts';
 import type { JobRecord, Store } from '../../store/types.ts';
 import type { DeliveryReceipt, PlatformAdapter } from '../core/adapter.ts';
 import { ACTION_LABELS, buttonId, type PersistentAction, PROGRESS_BUTTONS } from '../core/buttons.ts';
+import type { Eta } from '../core/eta.ts';
 import { formatBytes } from '../core/fetch-guard.ts';
-import { DISCORD_MAX_CHARS, type RenderStyle, renderProgress, renderReply } from '../core/render.ts';
+import {
+  DISCORD_MAX_CHARS,
+  type RenderStyle,
+  renderEta,
+  renderProgress,
+  renderReply,
+} from '../core/render.ts';
 import {
   discordCode,
   INVALID_WEBHOOK_TOKEN,
@@ -238,12 +245,10 @@ export class DiscordAdapter implements PlatformAdapter {
     return { via: 'channel', messageIds: ids };
   }
 
-  async showProgress(job: JobRecord, progress: JobProgress): Promise<void> {
-    await this.editProgress(
-      job,
-      { content: renderProgress(progress), components: buttonRow(PROGRESS_BUTTONS, job.id) },
-      true,
-    );
+  async showProgress(job: JobRecord, progress: JobProgress, eta?: Eta | null): Promise<void> {
+    // `<t:…:R>` is shown relative ("in 20 seconds") and kept current by the client between edits.
+    const content = renderProgress(progress, eta ? renderEta(eta, 'discord') : undefined);
+    await this.editProgress(job, { content, components: buttonRow(PROGRESS_BUTTONS, job.id) }, true);
   }
 
   async showCancelled(job: JobRecord, text: string): Promise<void> {

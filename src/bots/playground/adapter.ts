@@ -2,7 +2,8 @@ import type { JobProgress } from '../../engine/jobs.ts';
 import type { Logger } from '../../log.ts';
 import type { JobRecord, Store } from '../../store/types.ts';
 import type { DeliveryReceipt, PlatformAdapter } from '../core/adapter.ts';
-import { renderProgress } from '../core/render.ts';
+import type { Eta } from '../core/eta.ts';
+import { renderEta, renderProgress } from '../core/render.ts';
 import type { EventHub } from './events.ts';
 import type { PlaygroundMessage, PlaygroundMessages } from './messages.ts';
 import { replyContent } from './reply.ts';
@@ -39,9 +40,9 @@ export class PlaygroundAdapter implements PlatformAdapter {
     if (message) this.publish(message);
   }
 
-  async showProgress(job: JobRecord, progress: JobProgress): Promise<void> {
+  async showProgress(job: JobRecord, progress: JobProgress, eta?: Eta | null): Promise<void> {
     if (job.deliveredAt) return;
-    const text = renderProgress(progress);
+    const text = renderProgress(progress, eta ? renderEta(eta, 'plain') : undefined);
     const message = await this.deps.messages.progress(job.id, text);
     if (!message) return;
     this.deps.hub.publish({

@@ -4,8 +4,10 @@ import type { Logger } from '../../log.ts';
 import type { JobRecord, Store } from '../../store/types.ts';
 import type { DeliveryReceipt, PlatformAdapter } from '../core/adapter.ts';
 import { ACTION_LABELS, buttonId, type PersistentAction, PROGRESS_BUTTONS } from '../core/buttons.ts';
+import type { Eta } from '../core/eta.ts';
 import {
   type RenderStyle,
+  renderEta,
   renderProgress,
   renderReply,
   SLACK_MAX_CHARS,
@@ -181,10 +183,10 @@ export class SlackAdapter implements PlatformAdapter {
     return ts;
   }
 
-  async showProgress(job: JobRecord, progress: JobProgress): Promise<void> {
+  async showProgress(job: JobRecord, progress: JobProgress, eta?: Eta | null): Promise<void> {
     const data = targetData(job);
     if (!data.progressTs || job.deliveredAt) return;
-    const text = renderProgress(progress);
+    const text = renderProgress(progress, eta ? renderEta(eta, 'slack') : undefined);
     await this.deps.client.chat.update({
       channel: job.replyTarget.channelId,
       ts: data.progressTs,
