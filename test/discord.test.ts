@@ -669,6 +669,83 @@ describe('Discord adapter: buttons, deletions and the Message Content intent', (
     expect(await store.jobs.listUndelivered('discord', 10)).toHaveLength(0);
   });
 
+  it('refreshes a waiting job’s queue position, and shows an ETA once a job of its kind has run', async () => {
+    const bob = fake.addUser('bob');
+    const imagine = (prompt: string, user = alice) =>
+      fake.interact({
+        user,
+        command: {
+          name: 'imagine',
+          options: [
+            { name: 'prompt', type: 3, value: prompt },
+            { name: 'steps', type: 4, value: 3 },
+          ],
+        },
+      }).token;
+    const progressEdits = (token: string) =>
+      fake
+        .callsTo('PATCH', new RegExp(`/webhooks/${fake.applicationId}/${token}/messages/@original$`))
+        .filter((c) => /^(⏳|🎨) /.test(String(c.body?.content)));
+    engine.hold();
+    // A mention takes the only worker, so both /imagine requests wait, Bob's behind Alice's.
+    const first = fake.post({ author: alice, content: 'first in line', mentionBot: true });
+    await fake.waitFor(() => engine.started === 1, 10_000, 'the first job to start');
+    const ahead = imagine('one');
+    const behind = imagine('two', bob);
+    const aheadWaiting = await fake.waitFor(
+      () => (cancelIdOf(fake.original(ahead)) ? fake.original(ahead) : undefined),
+      10_000,
+      'the first waiting job',
+    );
+    await fake.waitFor(
+      () => content(fake.original(behind)) === '⏳ Waiting in the queue: 1 job ahead…',
+      10_000,
+      'the second waiting job',
+    );
+
+    // The job ahead leaves the queue: the message of the one behind is brought up to date by itself.
+    const click = fake.interact({
+      user: alice,
+      customId: cancelIdOf(aheadWaiting)!,
+      channelId: fake.generalChannelId,
+      messageId: aheadWaiting.id as string,
+    });
+    await fake.waitFor(() => content(fake.original(click.token)) === 'Cancelled.', 10_000, 'the cancel');
+    // No /imagine job has run yet, so there is nothing to estimate from.
+    await fake.waitFor(
+      () => content(fake.original(behind)) === '⏳ Next in line…',
+      10_000,
+      'the refreshed position',
+    );
+    const edits = progressEdits(behind);
+    for (let i = 1; i < edits.length; i++)
+      expect(edits[i]!.at - edits[i - 1]!.at).toBeGreaterThanOrEqual(950);
+
+    // Once it has run, the next /imagine that waits says when it should be done.
+    engine.release();
+    await fake.waitFor(() => replies(first.id as string)[0], 10_000, 'the first reply');
+    await fake.waitFor(
+      () => ((fake.original(behind)?.attachments as unknown[] | undefined)?.length ? true : undefined),
+      10_000,
+      'the second image',
+    );
+    engine.hold();
+    const second = fake.post({ author: alice, content: 'second in line', mentionBot: true });
+    await fake.waitFor(() => engine.started === 3, 10_000, 'the next mention to start');
+    const later = imagine('three');
+    const before = Math.floor(Date.now() / 1000);
+    const estimated = await fake.waitFor(
+      () => content(fake.original(later)).match(/^⏳ Next in line… \(ready <t:(\d+):R>\)$/),
+      10_000,
+      'the ETA',
+    );
+    const at = Number(estimated[1]);
+    expect(at).toBeGreaterThanOrEqual(before);
+    expect(at).toBeLessThan(before + 60);
+    engine.release();
+    await fake.waitFor(() => replies(second.id as string)[0], 10_000, 'the second reply');
+  });
+
   it('removes a deleted message’s images from the index', async () => {
     const community = await store.communities.ensure({ platform: 'discord', externalId: fake.guildId });
     await store.communities.updateConfig(community.id, { indexedChannels: [fake.generalChannelId] });

@@ -125,6 +125,7 @@ export async function startDiscord(options: StartDiscordOptions): Promise<Discor
   async function afterSubmit(outcome: SubmitOutcome, channelId: string, replyTo?: string): Promise<void> {
     if (outcome.status === 'accepted') {
       await delivery.progress(outcome.jobId, { stage: 'queued', position: outcome.position ?? 0 });
+      delivery.watchPosition(outcome.jobId);
     } else if (outcome.status === 'refused') {
       await notice(channelId, `⚠️ ${outcome.message}`, replyTo);
     } else if (outcome.status === 'answered') {
@@ -276,6 +277,7 @@ export async function startDiscord(options: StartDiscordOptions): Promise<Discor
     const outcome = await core.submit(turn);
     if (outcome.status === 'accepted') {
       await delivery.progress(outcome.jobId, { stage: 'queued', position: outcome.position ?? 0 });
+      delivery.watchPosition(outcome.jobId);
     } else if (outcome.status === 'refused') {
       await interaction.editReply(`⚠️ ${outcome.message}`);
     } else if (outcome.status === 'answered') {
