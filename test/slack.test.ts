@@ -273,6 +273,53 @@ describe('Slack adapter', () => {
     expect(fake.callsOf('files.completeUploadExternal').at(-1)?.params.channel_id).toBe('CIMAGINE');
   });
 
+  it('once an /imagine has run, a waiting one says when it should be done', async () => {
+    await sendSlashCommand(fake, target, {
+      command: '/imagine',
+      text: 'a measured square --steps 2',
+      user: 'UPLAIN',
+      channel: 'CETA',
+    });
+    await botReply('CETA', undefined, 'generated (seed 7)');
+    const startedBefore = engine.started;
+    engine.hold();
+    try {
+      // A mention takes the only worker, so the next /imagine waits in the queue.
+      const root = await mention('CETA', 'UPLAIN', 'hold the worker', 'EvEta1');
+      await fake.waitFor(() => engine.started === startedBefore + 1, 10_000, 'the mention to start');
+      const before = Math.floor(Date.now() / 1000);
+      await sendSlashCommand(fake, target, {
+        command: '/imagine',
+        text: 'wait with an estimate --steps 2',
+        user: 'UPLAIN',
+        channel: 'CETA',
+      });
+      const estimated = await fake.waitFor(
+        () =>
+          fake
+            .botMessages('CETA')
+            .map((m) =>
+              m.text.match(/^⏳ Next in line… \(ready <!date\^(\d+)\^by \{time_secs\}\|in about \d+ s>\)$/),
+            )
+            .find(Boolean),
+        10_000,
+        'the ETA on the waiting job',
+      );
+      const at = Number(estimated![1]);
+      expect(at).toBeGreaterThanOrEqual(before);
+      expect(at).toBeLessThan(before + 60);
+      engine.release();
+      await botReply('CETA', root.ts, 'echo: hold the worker');
+      await fake.waitFor(
+        () => fake.uploads.filter((u) => u.channel === 'CETA').length === 2,
+        15_000,
+        'the second image',
+      );
+    } finally {
+      engine.release();
+    }
+  });
+
   it('buttons under a reply keep working: Regenerate runs a new job in a thread under it', async () => {
     await sendSlashCommand(fake, target, {
       command: '/imagine',
