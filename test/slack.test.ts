@@ -411,6 +411,157 @@ describe('Slack adapter', () => {
     await expect.poll(() => store.images.count(community.id), { timeout: 10_000 }).toBe(1);
   });
 
+  it("indexes images posted in threads of an indexed channel, not in threads of others, nor the bot's own", async () => {
+    const { responseId } = await sendSlashCommand(fake, target, {
+      command: '/gill',
+      text: 'indexing on',
+      user: 'UADMIN',
+      channel: 'CTHREADART',
+    });
+    expect(String((await responseTo(responseId)).text)).toContain('Settings updated');
+    const community = await store.communities.ensure({ platform: 'slack', externalId: fake.teamId });
+    const indexedIn = async (channels: string[]) =>
+      (
+        await store.sql.query<{ channel_id: string; message_id: string; permalink: string }>(
+          `SELECT channel_id, message_id, permalink FROM images
+           WHERE community_id = $1 AND deleted_at IS NULL AND channel_id = ANY($2::text[]) ORDER BY id`,
+          [community.id, channels],
+        )
+      ).map((row) => ({ ...row }));
+    const star = await png('#ff8800');
+    const square = await png('#008888');
+    const drawn = await png('#8800ff');
+
+    const root = fake.userMessage({ channel: 'CTHREADART', user: 'UPLAIN', text: 'post your drawings here' });
+    const otherRoot = fake.userMessage({ channel: 'COTHERART', user: 'UPLAIN', text: 'and here' });
+    await sendEvent(target, messageEnvelope(fake, root, 'EvThreadArt0'));
+    await sendEvent(target, messageEnvelope(fake, otherRoot, 'EvThreadArt1'));
+    const elsewhere = fake.userMessage({
+      channel: 'COTHERART',
+      user: 'UPLAIN',
+      text: 'a square',
+      threadTs: otherRoot.ts,
+      files: [fake.addFile({ name: 'teal square.png', mimetype: 'image/png', bytes: square })],
+    });
+    await sendEvent(target, messageEnvelope(fake, elsewhere, 'EvThreadArt2'));
+    // The bot's own upload in the thread (a file_share from its user, which need not carry a bot_id).
+    const ownUpload = fake.userMessage({
+      channel: 'CTHREADART',
+      user: fake.botUserId,
+      text: '',
+      threadTs: root.ts,
+      files: [fake.addFile({ name: 'gill-generated-1.png', mimetype: 'image/png', bytes: drawn })],
+    });
+    const uploadEnvelope = messageEnvelope(fake, ownUpload, 'EvThreadArt3');
+    await sendEvent(target, { ...uploadEnvelope, event: { ...uploadEnvelope.event, subtype: 'file_share' } });
+    const reply = fake.userMessage({
+      channel: 'CTHREADART',
+      user: 'UOWNER',
+      text: 'a star',
+      threadTs: root.ts,
+      files: [fake.addFile({ name: 'orange star.png', mimetype: 'image/png', bytes: star })],
+    });
+    await sendEvent(target, messageEnvelope(fake, reply, 'EvThreadArt4'));
+
+    await expect.poll(() => indexedIn(['CTHREADART']), { timeout: 10_000 }).toHaveLength(1);
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    expect(await indexedIn(['CTHREADART', 'COTHERART'])).toEqual([
+      { channel_id: 'CTHREADART', message_id: reply.ts, permalink: fake.permalink('CTHREADART', reply.ts) },
+    ]);
+    await expect
+      .poll(
+        async () => (await store.images.search(community.id, embedText('orange star'), 1))[0]?.messageId,
+        {
+          timeout: 10_000,
+        },
+      )
+      .toBe(reply.ts);
+
+    await sendSlashCommand(fake, target, {
+      command: '/find',
+      text: 'orange star --k 1',
+      user: 'UPLAIN',
+      channel: 'CTHREADART',
+    });
+    const found = await botReply('CTHREADART', undefined, 'retrieved from');
+    expect(found.text).toContain(`<${fake.permalink('CTHREADART', reply.ts)}|original message>`);
+    const upload = await fake.waitFor(() => fake.uploads.find((u) => u.channel === 'CTHREADART'));
+    expect(sha256(upload.bytes)).toBe(sha256(star));
+  });
+
+  it('an edited message is read with its new text at the next turn, a deleted one not at all, and neither is answered', async () => {
+    const lastContext = () => {
+      const chat = engine.payloads.filter((p) => p.kind === 'chat').at(-1)!;
+      return chat.kind === 'chat'
+        ? chat.context.map((item) => [item.role, item.type === 'text' ? item.text : item.hash])
+        : [];
+    };
+    const root = await mention('CEDIT', 'UPLAIN', 'my favourite colour is green', 'EvEdit0');
+    await botReply('CEDIT', root.ts, 'echo: my favourite colour is green');
+    const said = fake.userMessage({
+      channel: 'CEDIT',
+      user: 'UPLAIN',
+      text: 'I like cats',
+      threadTs: root.ts,
+    });
+    await sendEvent(target, messageEnvelope(fake, said, 'EvEdit1'));
+    await botReply('CEDIT', root.ts, 'echo: I like cats');
+
+    // Two edits; the first one's retry arrives last and changes nothing. An edit that adds a mention
+    // is not a request.
+    const firstEdit = eventCallback(
+      fake,
+      fake.editMessage(said, `<@${fake.botUserId}> I like dogs`),
+      'EvEdit2',
+    );
+    expect((await sendEvent(target, firstEdit)).status).toBe(200);
+    await sendEvent(target, eventCallback(fake, fake.editMessage(said, 'I like birds'), 'EvEdit3'));
+    await sendEvent(target, firstEdit, { retryNum: 1, retryReason: 'http_timeout' });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+
+    const asked = fake.userMessage({
+      channel: 'CEDIT',
+      user: 'UPLAIN',
+      text: 'what do I like?',
+      threadTs: root.ts,
+    });
+    await sendEvent(target, messageEnvelope(fake, asked, 'EvEdit4'));
+    await botReply('CEDIT', root.ts, 'echo: what do I like?');
+    expect(lastContext()).toEqual([
+      ['user', 'my favourite colour is green'],
+      ['assistant', expect.stringContaining('echo: my favourite colour is green')],
+      ['user', 'I like birds'],
+      ['assistant', expect.stringContaining('echo: I like cats')],
+      ['user', 'what do I like?'],
+    ]);
+    expect(fake.botMessages('CEDIT', root.ts)).toHaveLength(3);
+
+    // Deleting a reply removes it; deleting the root, which has replies, leaves a tombstone: also gone.
+    await sendEvent(target, eventCallback(fake, fake.deleteMessage(said), 'EvEdit5'));
+    const tombstone = fake.deleteMessage(root);
+    expect(tombstone.subtype).toBe('message_changed');
+    await sendEvent(target, eventCallback(fake, tombstone, 'EvEdit6'));
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const again = fake.userMessage({
+      channel: 'CEDIT',
+      user: 'UPLAIN',
+      text: 'anything left?',
+      threadTs: root.ts,
+    });
+    await sendEvent(target, messageEnvelope(fake, again, 'EvEdit7'));
+    await botReply('CEDIT', root.ts, 'echo: anything left?');
+    expect(lastContext()).toEqual([
+      ['assistant', expect.stringContaining('echo: my favourite colour is green')],
+      ['assistant', expect.stringContaining('echo: I like cats')],
+      ['user', 'what do I like?'],
+      ['assistant', expect.stringContaining('echo: what do I like?')],
+      ['user', 'anything left?'],
+    ]);
+    // All from the events: the thread was never re-read, and no edit or deletion was answered.
+    expect(fake.callsOf('conversations.replies').filter((c) => c.params.channel === 'CEDIT')).toHaveLength(0);
+    expect(fake.botMessages('CEDIT', root.ts)).toHaveLength(4);
+  });
+
   it('/gill changes settings only for workspace admins or the allowlist, and explains unknown subcommands', async () => {
     const community = await store.communities.ensure({ platform: 'slack', externalId: fake.teamId });
     const plain = await sendSlashCommand(fake, target, {

@@ -39,6 +39,10 @@ export interface FakeMessage {
   text: string;
   blocks?: unknown[];
   files?: SlackFileObject[];
+  /** Set on a person's edited message. */
+  edited?: { user: string; ts: string };
+  /** 'tombstone' for a thread's root deleted while it has replies. */
+  subtype?: string;
 }
 
 export interface CompletedUpload {
@@ -202,6 +206,72 @@ export class FakeSlack {
     this.messages.push(message);
     this.notify();
     return message;
+  }
+
+  /**
+   * A person edits their message: it changes here (conversations.replies sees the edit). Returns the
+   * `message_changed` event Slack sends for it (under the message.* subscriptions).
+   */
+  editMessage(message: FakeMessage, text: string): Record<string, unknown> {
+    const stored = this.stored(message);
+    const before = { ...stored };
+    const ts = this.nextTs();
+    stored.text = text;
+    stored.edited = { user: stored.user ?? '', ts };
+    this.notify();
+    return {
+      type: 'message',
+      subtype: 'message_changed',
+      hidden: true,
+      channel: stored.channel,
+      ts,
+      message: { type: 'message', ...stored },
+      previous_message: { type: 'message', ...before },
+    };
+  }
+
+  /**
+   * A person deletes their message. As in Slack, a message is removed (`message_deleted`), except a
+   * thread's root with replies, which stays as a tombstone (`message_changed` to a `tombstone` message).
+   * Returns the event.
+   */
+  deleteMessage(message: FakeMessage): Record<string, unknown> {
+    const stored = this.stored(message);
+    const before = { type: 'message', ...stored };
+    const ts = this.nextTs();
+    this.notify();
+    if (
+      this.messages.some((m) => m.channel === stored.channel && m.thread_ts === stored.ts && m !== stored)
+    ) {
+      Object.assign(stored, { subtype: 'tombstone', text: 'This message was deleted.', user: 'USLACKBOT' });
+      delete stored.files;
+      delete stored.edited;
+      return {
+        type: 'message',
+        subtype: 'message_changed',
+        hidden: true,
+        channel: stored.channel,
+        ts,
+        message: { type: 'message', ...stored, thread_ts: stored.ts },
+        previous_message: before,
+      };
+    }
+    this.messages.splice(this.messages.indexOf(stored), 1);
+    return {
+      type: 'message',
+      subtype: 'message_deleted',
+      hidden: true,
+      channel: stored.channel,
+      ts,
+      deleted_ts: stored.ts,
+      previous_message: before,
+    };
+  }
+
+  private stored(message: FakeMessage): FakeMessage {
+    const stored = this.messages.find((m) => m.channel === message.channel && m.ts === message.ts);
+    if (!stored) throw new Error(`no message ${message.channel}/${message.ts}`);
+    return stored;
   }
 
   /** The next `times` calls of `method` answer HTTP 429 with Retry-After. */

@@ -19,7 +19,8 @@ import { fromApi, type SlackMessage, type ThreadCache } from './threads.ts';
  * before these listeners run, and commands and buttons are acknowledged first thing, so the 3-second
  * window never depends on the queue or the database. Slack retries (X-Slack-Retry-Num, retry_attempt)
  * carry the same event_id, which is the job's idempotency key in the store: a retry never answers twice,
- * also after a restart.
+ * also after a restart. Edits and deletions (message_changed, message_deleted) start no job: they update
+ * the thread cache and the index, and their event ids are remembered in memory, like the cache itself.
  */
 
 export interface InboundDeps {
@@ -42,6 +43,9 @@ export interface InboundDeps {
 
 /** Messages read from a thread for context; the core trims them to the community's setting. */
 const THREAD_MESSAGES = 100;
+
+/** Event ids of edits and deletions applied: they start no job, so the store does not remember them. */
+const REMEMBERED_EVENTS = 5000;
 
 const ERROR_TEXT = '⚠️ Something went wrong on my side while handling this. It was logged; please try again.';
 
@@ -156,6 +160,26 @@ export function registerInbound(deps: InboundDeps): void {
     }
   });
 
+  const appliedEvents = new Set<string>();
+
+  /** A deleted message leaves the thread cache and, with its images, the index. */
+  async function removed(channel: string, ts: string, threadTs: string | undefined, teamId?: string) {
+    threads.forget(channel, ts, threadTs);
+    await core.removeMessage(community(teamId), channel, ts);
+  }
+
+  /** An edited message: later turns see its new text. An edit is never answered, even with a mention. */
+  async function edited(channel: string, raw: Record<string, unknown>, teamId: string | undefined) {
+    const after = raw.message as Record<string, unknown> | undefined;
+    if (!after?.ts) return;
+    const message = fromApi(after, botUserId);
+    // A thread's root deleted while it has replies stays as a tombstone: for the bot it is deleted.
+    if (after.subtype === 'tombstone') return removed(channel, message.ts, message.threadTs, teamId);
+    // The bot's own messages are recorded as it posts them; its progress edits are not conversation.
+    if (after.bot_id || !after.user || message.fromBot) return;
+    threads.edit(channel, message);
+  }
+
   app.event('message', async ({ event, body }) => {
     const raw = event as unknown as Record<string, unknown>;
     const teamId = (body as { team_id?: string }).team_id;
@@ -163,18 +187,25 @@ export function registerInbound(deps: InboundDeps): void {
     const channel = String(raw.channel);
     const log = logger.child({ eventId, channelId: channel });
     try {
-      if (raw.subtype === 'message_deleted') {
-        const deletedTs = String(raw.deleted_ts);
-        const previous = raw.previous_message as { thread_ts?: string } | undefined;
-        threads.forget(channel, deletedTs, previous?.thread_ts);
-        await core.removeMessage(community(teamId), channel, deletedTs);
+      if (raw.subtype === 'message_deleted' || raw.subtype === 'message_changed') {
+        if (appliedEvents.has(eventId)) return; // a retry
+        if (raw.subtype === 'message_changed') await edited(channel, raw, teamId);
+        else {
+          const previous = raw.previous_message as { thread_ts?: string } | undefined;
+          await removed(channel, String(raw.deleted_ts), previous?.thread_ts, teamId);
+        }
+        appliedEvents.add(eventId);
+        if (appliedEvents.size > REMEMBERED_EVENTS)
+          appliedEvents.delete(appliedEvents.values().next().value as string);
         return;
       }
       if (raw.subtype !== undefined && raw.subtype !== 'file_share' && raw.subtype !== 'thread_broadcast')
         return;
       const message = fromApi(raw, botUserId);
       threads.record(channel, message);
-      // Other bots are context but never answered, so two bots can't talk to each other forever.
+      // Other bots are context but never answered, so two bots can't talk to each other forever, and their
+      // files are not indexed. The bot's own messages (its generated images) never get here: Bolt's
+      // ignoreSelf drops events from its user.
       if (raw.bot_id || !raw.user) return;
       if (message.files.length) await indexPosted(raw, teamId, message);
       if (!message.threadTs || mentionsUser(message.text, botUserId)) return; // mentions come as app_mention
@@ -185,6 +216,7 @@ export function registerInbound(deps: InboundDeps): void {
     }
   });
 
+  /** Indexes a message's files when indexing is on for its channel (a thread reply's channel is the thread's). */
   async function indexPosted(
     raw: Record<string, unknown>,
     teamId: string | undefined,

@@ -27,6 +27,8 @@ export interface SlackMessage {
   fromBot: boolean;
   text: string;
   files: SlackFile[];
+  /** When the message was last edited (Slack's `edited.ts`); absent if never. */
+  editedTs?: string;
 }
 
 interface Thread {
@@ -79,6 +81,23 @@ export class ThreadCache {
       thread.messages.splice(0, thread.messages.length - this.maxMessages);
   }
 
+  /**
+   * Applies an edit to a message already seen: its new text, and its files when the edit lists them.
+   * An edit older than the one already applied (a late retry) changes nothing. Messages of threads not
+   * seen yet are left alone: reading the thread later gives their current text.
+   */
+  edit(channel: string, message: SlackMessage): boolean {
+    const thread = this.threads.get(key(channel, message.threadTs ?? message.ts));
+    const cached = thread?.messages.find((m) => m.ts === message.ts);
+    if (!cached) return false;
+    if (cached.editedTs && !(message.editedTs && Number(message.editedTs) > Number(cached.editedTs)))
+      return false;
+    cached.text = message.text;
+    if (message.files.length) cached.files = message.files;
+    if (message.editedTs) cached.editedTs = message.editedTs;
+    return true;
+  }
+
   /** Removes a deleted message, so it is not used as context again. */
   forget(channel: string, ts: string, threadTs?: string): void {
     const thread = this.threads.get(key(channel, threadTs ?? ts));
@@ -111,6 +130,8 @@ export class ThreadCache {
     const thread: Thread = { messages: [], complete: true, botInThread: known?.botInThread ?? false };
     const answer = await this.client.conversations.replies({ channel, ts: rootTs, limit: this.maxMessages });
     for (const raw of answer.messages ?? []) {
+      // A deleted root that had replies stays in the thread as a tombstone: it is not conversation.
+      if ((raw as { subtype?: string }).subtype === 'tombstone') continue;
       const message = fromApi(raw as Record<string, unknown>, this.botUserId);
       if (message.fromBot) thread.botInThread = true;
       thread.messages.push(message);
@@ -151,6 +172,7 @@ function key(channel: string, rootTs: string): string {
 export function fromApi(raw: Record<string, unknown>, botUserId: string): SlackMessage {
   const userId = String(raw.user ?? raw.bot_id ?? '');
   const threadTs = typeof raw.thread_ts === 'string' && raw.thread_ts !== raw.ts ? raw.thread_ts : undefined;
+  const editedTs = (raw.edited as { ts?: unknown } | undefined)?.ts;
   return {
     ts: String(raw.ts),
     ...(threadTs ? { threadTs } : {}),
@@ -158,5 +180,6 @@ export function fromApi(raw: Record<string, unknown>, botUserId: string): SlackM
     fromBot: userId === botUserId || (raw.bot_id !== undefined && raw.user === botUserId),
     text: typeof raw.text === 'string' ? raw.text : '',
     files: Array.isArray(raw.files) ? (raw.files as SlackFile[]) : [],
+    ...(typeof editedTs === 'string' ? { editedTs } : {}),
   };
 }
