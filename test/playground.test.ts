@@ -506,6 +506,43 @@ describe.skipIf(!chromiumUp)('playground in a browser', () => {
     }
   });
 
+  it('once a request of its kind has run, a waiting one says about how long it will take', async () => {
+    await page.goto(playground.url);
+    await expect.poll(() => page.locator('#connection').textContent()).toBe('live');
+    const name = page.locator('#user-name');
+    await name.fill('carol');
+    await name.dispatchEvent('change');
+    const openThread = () => new URL(page.url()).searchParams.get('thread');
+    const previousThread = openThread();
+    const composer = page.locator('#channel-composer');
+    await composer.locator('textarea').fill('@gill measure this');
+    await composer.locator('textarea').press('Enter');
+    await expect.poll(openThread, { timeout: 10_000 }).not.toBe(previousThread);
+    const finished = page.locator('#thread-messages article.msg.bot:not(.pending)');
+    // A chat turn runs to the end, so its kind has been measured.
+    await expect.poll(() => finished.count(), { timeout: 20_000 }).toBe(1);
+    engine.hold();
+    try {
+      // The next turn takes the only worker and stays there, so the one after it waits in the queue.
+      const runsBefore = engine.runs.length;
+      const threadComposer = page.locator('#thread-composer');
+      await threadComposer.locator('textarea').fill('keep the worker busy');
+      await threadComposer.locator('textarea').press('Enter');
+      await expect.poll(() => engine.runs.length, { timeout: 10_000 }).toBe(runsBefore + 1);
+      await threadComposer.locator('textarea').fill('wait with an estimate');
+      await threadComposer.locator('textarea').press('Enter');
+      const pending = page.locator('#thread-messages article.msg.bot.pending');
+      await expect.poll(() => pending.count(), { timeout: 10_000 }).toBe(2);
+      await expect
+        .poll(() => pending.last().locator('.progress-text').textContent(), { timeout: 10_000 })
+        .toMatch(/^⏳ Next in line… \(ready in about \d+ s\)$/);
+      await page.screenshot({ path: path.join(ARTIFACTS, 'playground-eta.png') });
+    } finally {
+      engine.release();
+    }
+    await expect.poll(() => finished.count(), { timeout: 20_000 }).toBe(3);
+  });
+
   it('loads nothing from outside the server', () => {
     const origin = new URL(playground.url).origin;
     const outside = requested.filter(
