@@ -64,6 +64,18 @@ async function stopBot(): Promise<void> {
 }
 
 /** Finished replies in a channel: bot messages that are not progress lines. */
+/** An admin turns indexing on for the general channel with `/gill indexing`. */
+async function turnIndexingOn(): Promise<void> {
+  const { token } = fake.interact({
+    user: admin,
+    command: {
+      name: 'gill',
+      options: [{ name: 'indexing', type: 1, options: [{ name: 'enabled', type: 5, value: true }] }],
+    },
+  });
+  await fake.waitFor(() => content(fake.original(token)).includes('Settings updated'), 10_000, 'indexing on');
+}
+
 function replies(channelId: string) {
   return fake
     .botMessages(channelId)
@@ -202,18 +214,7 @@ describe('Discord adapter against the fake Discord', () => {
   });
 
   it('/find returns indexed community images with permalinks to their messages', async () => {
-    const { token: setup } = fake.interact({
-      user: admin,
-      command: {
-        name: 'gill',
-        options: [{ name: 'indexing', type: 1, options: [{ name: 'enabled', type: 5, value: true }] }],
-      },
-    });
-    await fake.waitFor(
-      () => content(fake.original(setup)).includes('Settings updated'),
-      10_000,
-      'indexing on',
-    );
+    await turnIndexingOn();
     const star = fake.post({
       author: alice,
       content: '',
@@ -255,18 +256,7 @@ describe('Discord adapter against the fake Discord', () => {
   });
 
   it('indexes images posted in threads of an indexed channel, not those of other channels or of bots', async () => {
-    const { token: setup } = fake.interact({
-      user: admin,
-      command: {
-        name: 'gill',
-        options: [{ name: 'indexing', type: 1, options: [{ name: 'enabled', type: 5, value: true }] }],
-      },
-    });
-    await fake.waitFor(
-      () => content(fake.original(setup)).includes('Settings updated'),
-      10_000,
-      'indexing on',
-    );
+    await turnIndexingOn();
     const community = await store.communities.ensure({ platform: 'discord', externalId: fake.guildId });
     expect((await store.communities.getConfig(community.id)).indexedChannels).toEqual([
       fake.generalChannelId,

@@ -183,27 +183,7 @@ export class FakeDiscord {
   /** A person starts a public thread in a channel (not from a message); dispatched as THREAD_CREATE. */
   addThread(parentId: string, owner: FakeUser, name: string): Json {
     if (!this.channels.has(parentId)) throw new Error(`no channel ${parentId}`);
-    const thread = {
-      id: snowflake(),
-      type: 11,
-      guild_id: this.guildId,
-      parent_id: parentId,
-      owner_id: owner.id,
-      name,
-      last_message_id: null,
-      message_count: 0,
-      member_count: 1,
-      rate_limit_per_user: 0,
-      flags: 0,
-      thread_metadata: {
-        archived: false,
-        auto_archive_duration: 1440,
-        archive_timestamp: new Date().toISOString(),
-        locked: false,
-      },
-    };
-    this.channels.set(thread.id, thread);
-    this.messages.set(thread.id, []);
+    const thread = this.createThread(snowflake(), parentId, owner.id, name, 1440);
     this.dispatch('THREAD_CREATE', { ...thread, newly_created: true });
     return thread;
   }
@@ -851,20 +831,15 @@ export class FakeDiscord {
     apiError(res, 405, 0, '405: Method Not Allowed');
   }
 
-  private startThread(channelId: string, messageId: string, body: Json, res: http.ServerResponse) {
-    const parent = this.channels.get(channelId);
-    const message = this.messages.get(channelId)?.find((m) => m.id === messageId);
-    if (!parent || !message) return apiError(res, 404, 10008, 'Unknown Message');
-    if (this.channels.has(messageId)) {
-      return apiError(res, 400, 160004, 'A thread has already been created for this message');
-    }
+  /** A public thread channel (type 11), registered with an empty message list. */
+  private createThread(id: string, parentId: string, ownerId: string, name: string, autoArchive: number) {
     const thread = {
-      id: messageId,
+      id,
       type: 11,
       guild_id: this.guildId,
-      parent_id: channelId,
-      owner_id: this.botUser.id,
-      name: String(body.name ?? 'thread'),
+      parent_id: parentId,
+      owner_id: ownerId,
+      name,
       last_message_id: null,
       message_count: 0,
       member_count: 1,
@@ -872,13 +847,30 @@ export class FakeDiscord {
       flags: 0,
       thread_metadata: {
         archived: false,
-        auto_archive_duration: Number(body.auto_archive_duration ?? 1440),
+        auto_archive_duration: autoArchive,
         archive_timestamp: new Date().toISOString(),
         locked: false,
       },
     };
-    this.channels.set(thread.id, thread);
-    this.messages.set(thread.id, []);
+    this.channels.set(id, thread);
+    this.messages.set(id, []);
+    return thread;
+  }
+
+  private startThread(channelId: string, messageId: string, body: Json, res: http.ServerResponse) {
+    const parent = this.channels.get(channelId);
+    const message = this.messages.get(channelId)?.find((m) => m.id === messageId);
+    if (!parent || !message) return apiError(res, 404, 10008, 'Unknown Message');
+    if (this.channels.has(messageId)) {
+      return apiError(res, 400, 160004, 'A thread has already been created for this message');
+    }
+    const thread = this.createThread(
+      messageId,
+      channelId,
+      this.botUser.id,
+      String(body.name ?? 'thread'),
+      Number(body.auto_archive_duration ?? 1440),
+    );
     message.thread = thread;
     // The first message of a thread started from a message is an empty system message pointing at it.
     this.storeMessage(thread.id, this.botUser, '', [], [], {
