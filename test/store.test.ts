@@ -530,6 +530,91 @@ function contractSuite(name: string, setup: () => Promise<Backend>, embedded: bo
         expect((await store.jobs.listUndelivered('slack', 100)).map((j) => j.id)).not.toContain(job.id);
       });
     });
+
+    describe('rate limits', () => {
+      const T0 = Date.UTC(2030, 0, 1);
+      const MINUTE = 60_000;
+
+      /**
+       * Runs fn on a second, independent store: beside this one on Postgres (another process's pool);
+       * on PGlite, which one process at a time may open, after closing this one (a restart).
+       */
+      async function withOtherStore<T>(fn: (other: Store) => Promise<T>): Promise<T> {
+        const run = async () => {
+          const other = await connect(backend.config);
+          try {
+            return await fn(other);
+          } finally {
+            await other.close();
+          }
+        };
+        return store.kind === 'postgres' ? run() : withStoreClosed(run);
+      }
+
+      it('shares one sliding window per user across store connections, and forgets expired windows', async () => {
+        const community = (await store.communities.ensure({ platform: 'discord', externalId: 'rate-guild' }))
+          .id;
+        const elsewhere = (await store.communities.ensure({ platform: 'slack', externalId: 'rate-team' })).id;
+        const take = (s: Store, at: number, authorKey = 'discord:alice', communityId = community) =>
+          s.rateLimits.take({ communityId, authorKey, max: 3, windowMs: MINUTE, at });
+
+        expect(await take(store, T0)).toEqual({ allowed: true, retryAfterMs: 0 });
+        expect(await take(store, T0 + 1000)).toEqual({ allowed: true, retryAfterMs: 0 });
+        await withOtherStore(async (other) => {
+          expect(await take(other, T0 + 2000)).toEqual({ allowed: true, retryAfterMs: 0 });
+          // The fourth in a minute, whichever connection takes it; it waits for the first to leave the window.
+          expect(await take(other, T0 + 3000)).toEqual({ allowed: false, retryAfterMs: 57_000 });
+          expect(await take(other, T0 + 3000, 'discord:bob')).toEqual({ allowed: true, retryAfterMs: 0 });
+          expect(await take(other, T0 + 3000, 'discord:alice', elsewhere)).toMatchObject({ allowed: true });
+        });
+        expect(await take(store, T0 + 4000)).toEqual({ allowed: false, retryAfterMs: 56_000 });
+        // Sliding: once the first request is a minute old one more fits, and then the second one counts.
+        expect(await take(store, T0 + MINUTE)).toEqual({ allowed: true, retryAfterMs: 0 });
+        expect(await take(store, T0 + MINUTE + 1)).toEqual({ allowed: false, retryAfterMs: 999 });
+
+        // Minutes later: a take reuses its own expired row and deletes the others'.
+        expect(await take(store, T0 + 5 * MINUTE, 'discord:bob')).toEqual({ allowed: true, retryAfterMs: 0 });
+        const rows = () =>
+          withSql((client) =>
+            client.query<{ community_id: string; author_key: string }>(
+              'SELECT community_id::text AS community_id, author_key FROM rate_limits ORDER BY author_key',
+            ),
+          );
+        expect(await rows()).toEqual([{ community_id: community, author_key: 'discord:bob' }]);
+        // Alice's window has expired: she has her whole minute again.
+        const again = [];
+        for (let i = 0; i < 4; i++) again.push(await take(store, T0 + 5 * MINUTE + i));
+        expect(again.map((r) => r.allowed)).toEqual([true, true, true, false]);
+        expect(again[3]!.retryAfterMs).toBe(MINUTE - 3);
+        expect(await store.rateLimits.sweep(T0 + 10 * MINUTE)).toBe(2);
+        expect(await rows()).toEqual([]);
+      });
+
+      it('counts concurrent requests of one user exactly', async () => {
+        const community = (await store.communities.ensure({ platform: 'discord', externalId: 'rate-race' }))
+          .id;
+        const results = await Promise.all(
+          Array.from({ length: 10 }, (_, i) =>
+            store.rateLimits.take({
+              communityId: community,
+              authorKey: 'discord:crowd',
+              max: 3,
+              windowMs: MINUTE,
+              at: T0 + i,
+            }),
+          ),
+        );
+        expect(results.filter((r) => r.allowed)).toHaveLength(3);
+        await expect(
+          store.rateLimits.take({
+            communityId: community,
+            authorKey: 'discord:crowd',
+            max: 0,
+            windowMs: MINUTE,
+          }),
+        ).rejects.toThrow(/max must be a positive whole number/);
+      });
+    });
   });
 }
 

@@ -151,5 +151,23 @@ export interface Store {
     /** Unfinished jobs of a user or community, for concurrency caps. */
     countActive(filter: { communityId: string; authorKey?: string }): Promise<number>;
   };
+  rateLimits: {
+    /**
+     * Records a request of authorKey in the community unless `max` of its requests were already accepted
+     * in the last windowMs (a sliding window). One atomic statement, so concurrent callers in any number
+     * of processes share the count, and it survives restarts. `at` (epoch ms) is the database's clock
+     * unless given. A refused request is not recorded; retryAfterMs says when one will be accepted.
+     * Now and then (at most once per window per store) rows that have left the window are deleted.
+     */
+    take(input: {
+      communityId: string;
+      authorKey: string;
+      max: number;
+      windowMs: number;
+      at?: number;
+    }): Promise<{ allowed: boolean; retryAfterMs: number }>;
+    /** Deletes the rows whose every request has left its window by `at` (default: now); returns how many. */
+    sweep(at?: number): Promise<number>;
+  };
   close(): Promise<void>;
 }
