@@ -12,7 +12,6 @@ import { parseGillText } from '../src/bots/core/commands.ts';
 import { buildContext } from '../src/bots/core/context.ts';
 import { createFetchGuard, FetchRefusedError, isPublicAddress } from '../src/bots/core/fetch-guard.ts';
 import type { ImageIngest } from '../src/bots/core/images.ts';
-import { RateLimiter } from '../src/bots/core/limits.ts';
 import { renderProgress, renderReply, splitMessage } from '../src/bots/core/render.ts';
 import type { InboundTurn, ThreadMessage } from '../src/bots/core/turn.ts';
 import { type JobResult, UserInputError } from '../src/engine/jobs.ts';
@@ -286,19 +285,6 @@ describe('parseGillText', () => {
     expect(() => parseGillText('generation maybe', 'c')).toThrow('takes "on" or "off"');
     expect(() => parseGillText('limits speed=3', 'c')).toThrow('Unknown limit "speed"');
     expect(() => parseGillText('limits', 'c')).toThrow(UserInputError);
-  });
-});
-
-describe('RateLimiter', () => {
-  it('allows max hits per window and says how long to wait', () => {
-    let now = 0;
-    const limiter = new RateLimiter(60_000, () => now);
-    expect([limiter.take('u', 2), limiter.take('u', 2)]).toEqual([0, 0]);
-    now = 10_000;
-    expect(limiter.take('u', 2)).toBe(50_000);
-    expect(limiter.take('other', 2)).toBe(0);
-    now = 60_001;
-    expect(limiter.take('u', 2)).toBe(0);
   });
 });
 
@@ -585,22 +571,44 @@ describe('bot core on the real store', () => {
     });
   });
 
-  it('rate-limits per user per minute', async () => {
-    const bot = core();
+  it('rate-limits per user per minute, counting across bot processes sharing the store', async () => {
+    // Two bot cores on one store, as two `gill bot` processes on one Postgres.
+    const [one, two] = [core(), core()];
     const community = await store.communities.ensure({ platform: 'playground', externalId: 'core-tests' });
     await store.communities.updateConfig(community.id, {
-      userJobsPerMinute: 1,
-      userConcurrentJobs: 5,
+      userJobsPerMinute: 3,
+      userConcurrentJobs: 10,
       communityConcurrentJobs: 50,
     });
-    expect(await bot.submit(turn({ kind: 'find', query: 'x' }, 'fast'))).toMatchObject({
+    for (const [i, bot] of [one, two, one].entries()) {
+      expect(await bot.submit(turn({ kind: 'find', query: `q${i}` }, 'fast'))).toMatchObject({
+        status: 'accepted',
+      });
+    }
+    const fourth = await two.submit(turn({ kind: 'find', query: 'q3' }, 'fast', false, 'fast-fourth'));
+    expect(fourth).toMatchObject({ status: 'refused', reason: 'limited' });
+    const message = fourth.status === 'refused' ? fourth.message : '';
+    const wait = /^You can start 3 requests per minute\. Please try again in (\d+) s\.$/.exec(message);
+    expect(wait, message).not.toBeNull();
+    expect(Number(wait![1])).toBeGreaterThan(0);
+    expect(Number(wait![1])).toBeLessThanOrEqual(60);
+    // A restarted process counts the same minute; the refused request started nothing.
+    expect(await core().submit(turn({ kind: 'find', query: 'q4' }, 'fast'))).toMatchObject({
+      status: 'refused',
+      reason: 'limited',
+    });
+    expect(await store.jobs.countActive({ communityId: community.id, authorKey: 'playground:fast' })).toBe(3);
+    // Someone else is not held back.
+    expect(await two.submit(turn({ kind: 'find', query: 'q5' }, 'slow'))).toMatchObject({
       status: 'accepted',
     });
-    const second = await bot.submit(turn({ kind: 'find', query: 'y' }, 'fast'));
-    expect(second).toMatchObject({ status: 'refused', reason: 'limited' });
-    expect(second.status === 'refused' && second.message).toMatch(
-      /1 request per minute. Please try again in \d+ s/,
-    );
+
+    await store.communities.updateConfig(community.id, { userJobsPerMinute: 1 });
+    expect(await one.submit(turn({ kind: 'find', query: 'q6' }, 'slow'))).toEqual({
+      status: 'refused',
+      reason: 'limited',
+      message: expect.stringMatching(/^You can start 1 request per minute\. Please try again in \d+ s\.$/),
+    });
   });
 
   it('lets only admins change the configuration, and refuses what is turned off', async () => {

@@ -16,7 +16,7 @@ import { configPatch, describeConfig, gillHelp, validateConfigChange } from './c
 import { buildContext, type ContextBudget, DEFAULT_CONTEXT_BUDGET } from './context.ts';
 import { FetchRefusedError } from './fetch-guard.ts';
 import { type ImageIngest, looksLikeImage } from './images.ts';
-import { checkLimits, RateLimiter } from './limits.ts';
+import { checkLimits } from './limits.ts';
 import { renderCancelled } from './render.ts';
 import { authorKey, type InboundTurn, type PostedImages } from './turn.ts';
 
@@ -91,7 +91,6 @@ export interface BotCoreOptions {
   images: ImageIngest;
   /** Token and image budget of a chat context; the message count comes from the community config. */
   contextBudget?: Partial<Omit<ContextBudget, 'maxMessages'>>;
-  limiter?: RateLimiter;
   /** How a channel id is written in the platform's markup, for configuration answers. */
   channelMention?: (channelId: string) => string;
   /** How a user is named in the platform's markup (Discord and Slack `<@id>`), for Cancel answers. */
@@ -103,7 +102,6 @@ const REMEMBERED_REFUSALS = 5000;
 
 export function createBotCore(options: BotCoreOptions): BotCore {
   const { store, queue, logger } = options;
-  const limiter = options.limiter ?? new RateLimiter();
   const budget = { ...DEFAULT_CONTEXT_BUDGET, ...options.contextBudget };
   const channelMention = options.channelMention ?? ((id: string) => `#${id}`);
   const userMention =
@@ -231,7 +229,6 @@ export function createBotCore(options: BotCoreOptions): BotCore {
     // which keeps a later duplicate of the same event from being answered again.
     const limited = await checkLimits({
       store,
-      limiter,
       communityId: community.id,
       authorKey: key,
       config,

@@ -46,7 +46,7 @@ export type {
 export { createFetchGuard, FetchRefusedError, isPublicAddress } from './fetch-guard.ts';
 export type { ImageIngest, StoredImage } from './images.ts';
 export { createImageIngest, looksLikeImage } from './images.ts';
-export { checkLimits, RateLimiter } from './limits.ts';
+export { checkLimits } from './limits.ts';
 export type { EtaStyle, RenderedImage, RenderedReply, RenderStyle } from './render.ts';
 export {
   DISCORD_MAX_CHARS,
