@@ -37,6 +37,8 @@ export function startAdapterDelivery(options: {
   owner: string;
   progressIntervalMs?: number;
   sweepIntervalMs?: number;
+  /** How long a delivery claim holds before another process may take the job over. */
+  leaseMs?: number;
   /** How often waiting jobs' queue positions are read again. */
   positionRefreshMs?: number;
   /** Learns run times from the queue's events; one of its own when not given. */
@@ -75,10 +77,11 @@ export function startAdapterDelivery(options: {
     owner: options.owner,
     logger,
     sweepIntervalMs: options.sweepIntervalMs,
-    async deliver(job) {
+    leaseMs: options.leaseMs,
+    async deliver(job, attempt) {
       if (job.kind === 'index') return { silent: true };
       await throttle.settle(job.id);
-      return adapter.deliver((await store.jobs.get(job.id)) ?? job);
+      return adapter.deliver((await store.jobs.get(job.id)) ?? job, attempt);
     },
     onProgress(job, progress) {
       if (job.kind !== 'index') throttle.push(job, progress);

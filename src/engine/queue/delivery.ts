@@ -9,7 +9,20 @@ import type { JobQueue } from './queue.ts';
  * covers events missed while a bot was down or a deliverer that crashed mid-delivery (its claim expires).
  * The store is the record of truth: the worker writes the outcome before the queue announces it, and a
  * delivery counts only once markDelivered has recorded it under this process's claim.
+ *
+ * A deliverer that dies after posting but before markDelivered leaves a reply the next claimant cannot
+ * see in the store. So before posting, the claimant records in the job's reply target that a delivery
+ * was started (DELIVERY_STARTED); a later claimant that finds the mark is told it is re-delivering, and
+ * the adapter then uses what its platform offers to avoid posting the same reply twice.
  */
+
+/** Key in the reply target's data recording the owner of the first delivery attempt that began posting. */
+export const DELIVERY_STARTED = 'deliveryStartedBy';
+
+export interface DeliveryAttempt {
+  /** An earlier claim began delivering this job and never marked it delivered: parts may already be posted. */
+  redelivery: boolean;
+}
 
 export interface DeliveryOptions {
   store: Store;
@@ -18,7 +31,7 @@ export interface DeliveryOptions {
   /** This process's name in delivery claims (host:pid or similar, unique per process). */
   owner: string;
   /** Posts the reply; returns what the platform gave back (message ids...). */
-  deliver(job: JobRecord): Promise<Record<string, unknown>>;
+  deliver(job: JobRecord, attempt: DeliveryAttempt): Promise<Record<string, unknown>>;
   onProgress?(job: JobRecord, progress: JobProgress): void | Promise<void>;
   /** How long a claim holds before another process may take over. */
   leaseMs?: number;
@@ -57,7 +70,14 @@ export function startDelivery(options: DeliveryOptions): DeliveryHandle {
       if (!job || job.replyTarget.platform !== platform || job.deliveredAt) return;
       if (job.status !== 'completed' && job.status !== 'failed') return;
       if (!(await store.jobs.claimDelivery(jobId, owner, leaseMs))) return;
-      const receipt = await options.deliver(job);
+      // Read again under the claim: the record in hand may predate another claimant's whole attempt.
+      const claimed = (await store.jobs.get(jobId)) ?? job;
+      const redelivery = claimed.replyTarget.data[DELIVERY_STARTED] !== undefined;
+      if (!redelivery) {
+        await store.jobs.updateReplyTarget(jobId, { [DELIVERY_STARTED]: owner });
+        claimed.replyTarget.data[DELIVERY_STARTED] = owner;
+      }
+      const receipt = await options.deliver(claimed, { redelivery });
       await store.jobs.markDelivered(jobId, owner, receipt);
     } catch (error) {
       // The claim lapses after leaseMs and a later sweep tries again.
