@@ -9,7 +9,9 @@ import { WebSocket, WebSocketServer } from 'ws';
  * own origin. It behaves as the real one does where the bot depends on it (platforms.md §7): the 3 s
  * interaction deadline, 15-minute tokens, thread ids equal to their starter message's id and 160004 on a
  * second thread, the 2000-character and empty-message checks, blank content without the Message Content
- * intent, signed attachment URLs that 404 without their query string, and scripted 429s and permission
+ * intent, signed attachment URLs that 404 without their query string, message nonces (at most 25
+ * characters; with enforce_nonce, a second creation by the same author with the same nonce within
+ * nonceWindowMs returns the first message and creates nothing), and scripted 429s and permission
  * errors. Every REST call is recorded.
  */
 
@@ -96,6 +98,8 @@ export class FakeDiscord {
   heartbeats = 0;
   interactionWindowMs = 15 * 60_000;
   maxUploadBytes = 10 * 1024 * 1024;
+  /** How long enforce_nonce remembers a nonce ("the past few minutes" in Discord's documentation). */
+  nonceWindowMs = 5 * 60_000;
 
   private api!: http.Server;
   private cdn!: http.Server;
@@ -107,6 +111,8 @@ export class FakeDiscord {
   private readonly interactions = new Map<string, Interaction>();
   private readonly attachments = new Map<string, { data: Buffer; contentType: string; signature: string }>();
   private readonly cdnSecret = randomBytes(16);
+  /** Messages created with a nonce, by `author id:nonce`, for enforce_nonce. */
+  private readonly nonces = new Map<string, { message: Json; at: number }>();
   private readonly waiters = new Set<() => void>();
   readonly generalChannelId: string;
 
@@ -743,6 +749,20 @@ export class FakeDiscord {
       apiError(res, 413, 40005, 'Request entity too large');
       return true;
     }
+    const nonce = body.nonce;
+    if (
+      nonce !== undefined &&
+      !(typeof nonce === 'string' && nonce.length <= 25) &&
+      !(typeof nonce === 'number' && Number.isInteger(nonce))
+    ) {
+      apiError(
+        res,
+        400,
+        50035,
+        'Invalid Form Body: nonce[BASE_TYPE_MAX_LENGTH]: Must be 25 or fewer in length.',
+      );
+      return true;
+    }
     const hasEmbeds = Array.isArray(body.embeds) && body.embeds.length > 0;
     if (creating && !content && !files.length && !hasEmbeds) {
       apiError(res, 400, 50006, 'Cannot send an empty message');
@@ -776,6 +796,19 @@ export class FakeDiscord {
     );
     this.dispatch('MESSAGE_CREATE', message);
     return message;
+  }
+
+  /** With enforce_nonce, the bot's message created with the same nonce in the window, if there is one. */
+  private enforcedNonce(body: Json): Json | undefined {
+    if (body.enforce_nonce !== true || body.nonce === undefined) return undefined;
+    const earlier = this.nonces.get(`${this.botUser.id}:${String(body.nonce)}`);
+    if (!earlier || Date.now() - earlier.at > this.nonceWindowMs) return undefined;
+    return earlier.message;
+  }
+
+  private rememberNonce(message: Json, body: Json): void {
+    if (body.nonce === undefined) return;
+    this.nonces.set(`${this.botUser.id}:${String(body.nonce)}`, { message, at: Date.now() });
   }
 
   private editMessage(message: Json, body: Json, files: RecordedCall['files']): Json {
@@ -815,7 +848,16 @@ export class FakeDiscord {
     if (method === 'GET') return json(res, 200, this.visible(message!));
     if (method === 'POST' && !messageId) {
       if (this.invalidMessage(body, files, res, true)) return;
-      return json(res, 200, this.botMessage(channelId, body, files));
+      const earlier = this.enforcedNonce(body);
+      if (earlier) return json(res, 200, earlier);
+      const message = this.botMessage(
+        channelId,
+        body,
+        files,
+        body.nonce === undefined ? {} : { nonce: body.nonce },
+      );
+      this.rememberNonce(message, body);
+      return json(res, 200, message);
     }
     if (method === 'PATCH' && message) {
       if ((message.author as FakeUser).id !== this.botUser.id) {

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import {
   type APIMessage,
   ButtonStyle,
@@ -36,6 +37,12 @@ import {
  * it works from any bot process and after restarts. Interaction replies edit the deferred response
  * through the interaction webhook while its token is valid (15 minutes, with a margin); after that they
  * go out through the bot's own channel message endpoints, mentioning the person who asked.
+ *
+ * Every message the bot creates for a reply carries a nonce derived from the job id and the part's
+ * index, with enforce_nonce: Discord then answers a repeated creation (a delivery retried after the bot
+ * died between posting and recording it) with the message it already made, for a few minutes. Edits
+ * (the progress message, an interaction's @original) are idempotent by themselves. Interaction
+ * follow-ups (the parts after the first of a reply sent through the interaction webhook) take no nonce.
  */
 
 /** What a Discord reply target keeps in its `data`. */
@@ -68,6 +75,14 @@ interface Body {
   content: string;
   files?: RawFile[];
   components?: unknown[];
+}
+
+/**
+ * The nonce of a reply's part: 25 characters (Discord's limit) of a hash of the job id and the part's
+ * index, the same in every process and on every retry.
+ */
+export function replyNonce(jobId: string, part: number): string {
+  return createHash('sha256').update(`gill:${jobId}:${part}`).digest('base64url').slice(0, 25);
 }
 
 export function targetData(job: JobRecord): DiscordTargetData {
@@ -218,9 +233,13 @@ export class DiscordAdapter implements PlatformAdapter {
       }
     }
     const replyTo = late ? data.progressMessageId : ids.length ? undefined : data.replyToMessageId;
+    // Parts are numbered over the whole reply, so a part keeps its nonce whether or not the first was an edit.
+    const offset = bodies.length - pending.length;
     for (const [i, body] of pending.entries()) {
       const message = (await rest.post(Routes.channelMessages(channelId), {
         body: {
+          nonce: replyNonce(job.id, offset + i),
+          enforce_nonce: true,
           content: body.content,
           components: body.components ?? [],
           allowed_mentions: late && i === 0 ? { users: [data.userId] } : NO_PINGS,
