@@ -43,6 +43,8 @@ export interface FakeMessage {
   edited?: { user: string; ts: string };
   /** 'tombstone' for a thread's root deleted while it has replies. */
   subtype?: string;
+  /** Message metadata the app attached (chat.postMessage / chat.update `metadata`). */
+  metadata?: { event_type: string; event_payload: Record<string, unknown> };
 }
 
 export interface CompletedUpload {
@@ -471,6 +473,7 @@ export class FakeSlack {
       const text = String(p.text ?? '');
       if (!text && !p.blocks) throw new Error('no_text');
       if (text.length > 40_000) throw new Error('msg_too_long');
+      const metadata = parseMetadata(p.metadata);
       const channel = String(p.channel);
       const message: FakeMessage = {
         channel,
@@ -480,14 +483,17 @@ export class FakeSlack {
         text,
         ...(p.thread_ts ? { thread_ts: String(p.thread_ts) } : {}),
         ...(p.blocks ? { blocks: asArray(p.blocks) } : {}),
+        ...(metadata ? { metadata } : {}),
       };
       this.messages.push(message);
-      return { channel, ts: message.ts, message };
+      return { channel, ts: message.ts, message: { ...message } };
     },
     'chat.update': (p) => {
       const message = this.messages.find((m) => m.channel === p.channel && m.ts === p.ts);
       if (!message) throw new Error('message_not_found');
       if (message.bot_id !== this.botId) throw new Error('cant_update_message');
+      const metadata = parseMetadata(p.metadata);
+      if (metadata) message.metadata = metadata;
       if (p.text !== undefined) message.text = String(p.text);
       if (p.blocks !== undefined) message.blocks = asArray(p.blocks);
       return { channel: message.channel, ts: message.ts, text: message.text };
@@ -514,7 +520,26 @@ export class FakeSlack {
         .filter((m) => m.channel === channel && (m.ts === ts || m.thread_ts === ts))
         .sort((a, b) => Number(a.ts) - Number(b.ts));
       if (thread.length === 0) throw new Error('thread_not_found');
-      return { messages: thread.slice(0, limit).map((m) => ({ ...m })), has_more: thread.length > limit };
+      const all = withMetadata(p.include_all_metadata);
+      return { messages: thread.slice(0, limit).map(all), has_more: thread.length > limit };
+    },
+    'conversations.history': (p) => {
+      // Newest first; top-level messages only (thread replies stay in their thread); ts > oldest, < latest.
+      const channel = String(p.channel);
+      const limit = Math.min(999, Number(p.limit ?? 100));
+      const oldest = p.oldest === undefined ? 0 : Number(p.oldest);
+      const latest = p.latest === undefined ? Number.POSITIVE_INFINITY : Number(p.latest);
+      const list = this.messages
+        .filter(
+          (m) =>
+            m.channel === channel &&
+            (!m.thread_ts || m.thread_ts === m.ts) &&
+            Number(m.ts) > oldest &&
+            Number(m.ts) < latest,
+        )
+        .sort((a, b) => Number(b.ts) - Number(a.ts));
+      const all = withMetadata(p.include_all_metadata);
+      return { messages: list.slice(0, limit).map(all), has_more: list.length > limit };
     },
     'files.getUploadURLExternal': (p) => {
       const length = Number(p.length);
@@ -631,6 +656,43 @@ export class FakeSlack {
     res.end(`OK - ${bytes.length}`);
     this.notify();
   }
+}
+
+/**
+ * The `metadata` argument of chat.postMessage / chat.update: JSON (an object, or a string in a form
+ * post) with an event_type and an event_payload object, at most 4000 bytes, or Slack's errors.
+ */
+function parseMetadata(value: unknown): FakeMessage['metadata'] | undefined {
+  if (value === undefined || value === '') return undefined;
+  let parsed: unknown = value;
+  if (typeof value === 'string') {
+    try {
+      parsed = JSON.parse(value);
+    } catch {
+      throw new Error('invalid_metadata_format');
+    }
+  }
+  const metadata = parsed as { event_type?: unknown; event_payload?: unknown };
+  if (
+    typeof metadata !== 'object' ||
+    metadata === null ||
+    typeof metadata.event_type !== 'string' ||
+    typeof metadata.event_payload !== 'object' ||
+    metadata.event_payload === null ||
+    Array.isArray(metadata.event_payload)
+  )
+    throw new Error('invalid_metadata_schema');
+  if (Buffer.byteLength(JSON.stringify(metadata)) > 4000) throw new Error('metadata_too_large');
+  return {
+    event_type: metadata.event_type,
+    event_payload: metadata.event_payload as Record<string, unknown>,
+  };
+}
+
+/** Copies a message for conversations.* answers: its metadata only when include_all_metadata is set. */
+function withMetadata(include: unknown): (m: FakeMessage) => FakeMessage {
+  const all = include === true || include === 'true' || include === '1' || include === 1;
+  return ({ metadata, ...m }) => (all && metadata ? { ...m, metadata } : { ...m });
 }
 
 function readBody(req: IncomingMessage): Promise<Buffer> {

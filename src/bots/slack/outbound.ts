@@ -1,5 +1,6 @@
 import type { types, webApi } from '@slack/bolt';
 import type { JobProgress, ReplyTarget } from '../../engine/jobs.ts';
+import type { DeliveryAttempt } from '../../engine/queue/delivery.ts';
 import type { Logger } from '../../log.ts';
 import type { JobRecord, Store } from '../../store/types.ts';
 import type { DeliveryReceipt, PlatformAdapter } from '../core/adapter.ts';
@@ -22,6 +23,12 @@ import type { SlackMessage } from './threads.ts';
  * part (chat.update); further parts and the images (files.uploadV2: getUploadURLExternal, upload,
  * completeUploadExternal) go to the same thread. Each step is recorded with the job, so a delivery
  * retried after a crash continues where it stopped instead of posting twice.
+ *
+ * chat.postMessage has no idempotency key, so every reply part carries message metadata naming its job
+ * and part (REPLY_EVENT). When the delivery loop says an earlier attempt died before marking the job
+ * delivered, the part may be posted though not recorded: the thread (conversations.replies) or channel
+ * (conversations.history) is read once, with include_all_metadata, and the parts found are not posted
+ * again. That read is paid only on such a re-delivery.
  */
 
 type WebClient = webApi.WebClient;
@@ -42,6 +49,16 @@ export interface SlackTargetData {
 }
 
 export const SLACK_STYLE: RenderStyle = { maxChars: SLACK_MAX_CHARS, link: slackLink };
+
+/** The event_type of the metadata on every reply part; event_payload is `{ job_id, part }`. */
+export const REPLY_EVENT = 'gill_reply';
+
+/** How far back a re-delivery looks in a channel (not a thread) for parts already posted, before the job began. */
+const LOOKBACK_MARGIN_S = 60;
+
+function replyMetadata(jobId: string, part: number) {
+  return { event_type: REPLY_EVENT, event_payload: { job_id: jobId, part } };
+}
 
 /** Section blocks hold at most 3000 characters each. */
 const SECTION_MAX = 3000;
@@ -211,7 +228,7 @@ export class SlackAdapter implements PlatformAdapter {
     }
   }
 
-  async deliver(initial: JobRecord): Promise<DeliveryReceipt> {
+  async deliver(initial: JobRecord, attempt?: DeliveryAttempt): Promise<DeliveryReceipt> {
     let job = initial;
     const pending = this.announcing.get(job.idempotencyKey);
     if (pending) {
@@ -220,7 +237,7 @@ export class SlackAdapter implements PlatformAdapter {
     }
     const log = this.deps.logger.child({ jobId: job.id, channelId: job.replyTarget.channelId });
     try {
-      return await this.send(job);
+      return await this.send(job, attempt?.redelivery ?? false);
     } catch (error) {
       const code = slackErrorCode(error);
       if (!code || !UNDELIVERABLE.has(code)) throw error;
@@ -230,22 +247,26 @@ export class SlackAdapter implements PlatformAdapter {
     }
   }
 
-  private async send(job: JobRecord): Promise<DeliveryReceipt> {
+  private async send(job: JobRecord, redelivery: boolean): Promise<DeliveryReceipt> {
     const { client, store } = this.deps;
     const data = targetData(job);
     const channel = job.replyTarget.channelId;
     const threadTs = job.replyTarget.threadId;
     const reply = renderReply(escaped(job), SLACK_STYLE);
     const messageTs = [...(data.messageTs ?? [])];
+    const from = data.sentParts ?? 0;
+    const found = redelivery && from < reply.chunks.length ? await this.postedParts(job) : new Map();
 
-    for (let i = data.sentParts ?? 0; i < reply.chunks.length; i++) {
+    for (let i = from; i < reply.chunks.length; i++) {
       const text = reply.chunks[i]!;
       const last = i === reply.chunks.length - 1;
       const blocks = partBlocks(text, i === 0 ? data.header : undefined, last ? reply.buttons : [], job.id);
-      let ts: string | undefined;
-      if (i === 0 && data.progressTs) {
+      const metadata = replyMetadata(job.id, i);
+      let ts: string | undefined = found.get(i);
+      if (ts) this.deps.logger.info({ jobId: job.id, part: i, ts }, 'reply part already posted; not again');
+      if (!ts && i === 0 && data.progressTs) {
         try {
-          await client.chat.update({ channel, ts: data.progressTs, text, blocks });
+          await client.chat.update({ channel, ts: data.progressTs, text, blocks, metadata });
           ts = data.progressTs;
         } catch (error) {
           // Someone deleted the progress message: the reply is posted as a new one.
@@ -258,6 +279,7 @@ export class SlackAdapter implements PlatformAdapter {
           ...(threadTs ? { thread_ts: threadTs } : {}),
           text,
           blocks,
+          metadata,
           unfurl_links: false,
           unfurl_media: false,
         });
@@ -295,6 +317,34 @@ export class SlackAdapter implements PlatformAdapter {
       await this.remember(job, { filesUploaded: true });
     }
     return { messageTs, files };
+  }
+
+  /**
+   * The reply parts of this job already in its thread or channel (part index → ts), from their metadata.
+   * One read of the thread (a page of up to 1000 replies), or of the channel's messages (up to 999) since
+   * shortly before the job was created.
+   */
+  private async postedParts(job: JobRecord): Promise<Map<number, string>> {
+    const { client } = this.deps;
+    const channel = job.replyTarget.channelId;
+    const threadTs = job.replyTarget.threadId;
+    const answer = threadTs
+      ? await client.conversations.replies({ channel, ts: threadTs, limit: 1000, include_all_metadata: true })
+      : await client.conversations.history({
+          channel,
+          oldest: String(Math.floor(job.createdAt.getTime() / 1000) - LOOKBACK_MARGIN_S),
+          limit: 999,
+          include_all_metadata: true,
+        });
+    const parts = new Map<number, string>();
+    for (const message of answer.messages ?? []) {
+      const metadata = message.metadata;
+      const payload = metadata?.event_payload as { job_id?: unknown; part?: unknown } | undefined;
+      if (metadata?.event_type !== REPLY_EVENT || payload?.job_id !== job.id) continue;
+      if (typeof payload.part === 'number' && message.ts && !parts.has(payload.part))
+        parts.set(payload.part, message.ts);
+    }
+    return parts;
   }
 
   /** An ephemeral note to the person who asked, when the command's response_url is known. */
