@@ -162,14 +162,17 @@ export function createStore(db: SqlClient): Store {
   };
 
   /** Runs a state-changing job update; a job that does not exist is an error, a refused transition is not. */
-  const updateJob = async (id: string, sql: string, params: unknown[] = []) => {
+  /** Runs a statement on job $1 and returns its rows; no rows and no such job is an error naming it. */
+  const jobStatement = async <T extends Row>(id: string, sql: string, params: unknown[] = []) => {
     requireId(id, 'job id', UUID);
-    const rows = await db.query(sql, [id, ...params]);
+    const rows = await db.query<T>(sql, [id, ...params]);
     if (rows.length === 0 && (await db.query('SELECT 1 FROM jobs WHERE id = $1', [id])).length === 0) {
       throw new RangeError(`no job ${id}`);
     }
-    return rows.length > 0;
+    return rows;
   };
+  const updateJob = async (id: string, sql: string, params: unknown[] = []) =>
+    (await jobStatement(id, sql, params)).length > 0;
 
   const sweepRateLimits = async (at?: number) => {
     if (at !== undefined) requireTime(at);
@@ -455,15 +458,19 @@ export function createStore(db: SqlClient): Store {
         if (!owner) throw new RangeError('delivery owner must not be empty');
         if (!Number.isInteger(leaseMs) || leaseMs < 1)
           throw new RangeError(`leaseMs must be a positive whole number, got ${leaseMs}`);
-        // One statement: concurrent claimers serialise on the row, and each re-checks the claim it finds.
-        return updateJob(
+        // One statement: concurrent claimers serialise on the row lock, and each re-checks the claim it finds.
+        // The locked read of the row as it was tells whether an earlier claim existed: its deliverer may have
+        // posted part of the reply before it lost the claim.
+        const [claim] = await jobStatement<{ redelivery: boolean }>(
           id,
-          `UPDATE jobs SET delivery_owner = $2, delivery_claim_expires_at = now() + $3 * interval '1 millisecond'
-           WHERE id = $1 AND delivered_at IS NULL AND status IN ('completed', 'failed')
-             AND (delivery_owner IS NULL OR delivery_owner = $2 OR delivery_claim_expires_at <= now())
-           RETURNING 1`,
+          `UPDATE jobs AS j SET delivery_owner = $2, delivery_claim_expires_at = now() + $3 * interval '1 millisecond'
+           FROM (SELECT id, delivery_owner FROM jobs WHERE id = $1 FOR UPDATE) AS before
+           WHERE j.id = before.id AND j.delivered_at IS NULL AND j.status IN ('completed', 'failed')
+             AND (j.delivery_owner IS NULL OR j.delivery_owner = $2 OR j.delivery_claim_expires_at <= now())
+           RETURNING before.delivery_owner IS NOT NULL AS redelivery`,
           [owner, leaseMs],
         );
+        return claim ? { redelivery: claim.redelivery } : null;
       },
 
       async markDelivered(id, owner, receipt) {

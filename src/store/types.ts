@@ -66,6 +66,12 @@ export interface ScoredImage extends ImageRecord {
 
 export type JobStatus = 'queued' | 'running' | 'completed' | 'failed' | 'cancelled';
 
+/** A delivery claim taken. */
+export interface DeliveryClaim {
+  /** An earlier claim existed and never marked the job delivered: parts of the reply may already be posted. */
+  redelivery: boolean;
+}
+
 export interface JobRecord {
   id: string;
   idempotencyKey: string;
@@ -139,10 +145,10 @@ export interface Store {
     /** Updates the adapter's reply-target data (e.g. the id of the progress message). */
     updateReplyTarget(id: string, data: Record<string, unknown>): Promise<void>;
     /**
-     * Claims the right to deliver a finished job's reply. Returns false if it was delivered or another
+     * Claims the right to deliver a finished job's reply. Returns null if it was delivered or another
      * process holds an unexpired claim. A claim expires after leaseMs, so a crashed deliverer is replaced.
      */
-    claimDelivery(id: string, owner: string, leaseMs: number): Promise<boolean>;
+    claimDelivery(id: string, owner: string, leaseMs: number): Promise<DeliveryClaim | null>;
     markDelivered(id: string, owner: string, receipt: Record<string, unknown>): Promise<void>;
     /** Finished (completed or failed) jobs not yet delivered, oldest first. */
     listUndelivered(platform: ReplyTarget['platform'], limit: number): Promise<JobRecord[]>;

@@ -1,6 +1,5 @@
 import type { JobProgress } from '../../engine/jobs.ts';
-import type { DeliveryAttempt } from '../../engine/queue/delivery.ts';
-import type { JobRecord } from '../../store/types.ts';
+import type { DeliveryClaim, JobRecord } from '../../store/types.ts';
 import type { Eta } from './eta.ts';
 import type { Platform } from './turn.ts';
 
@@ -18,10 +17,10 @@ export interface PlatformAdapter {
   /**
    * Sends the reply of a finished (completed or failed) chat, imagine or find job; render it with
    * renderReply. Called once per job under a delivery claim; throwing leaves it to be retried. When
-   * `attempt.redelivery` is set, an earlier attempt may have posted some or all of the reply before it
+   * `claim.redelivery` is set, an earlier attempt may have posted some or all of the reply before it
    * died: the adapter must not post those parts again.
    */
-  deliver(job: JobRecord, attempt?: DeliveryAttempt): Promise<DeliveryReceipt>;
+  deliver(job: JobRecord, claim?: DeliveryClaim): Promise<DeliveryReceipt>;
   /**
    * Shows progress (render it with renderProgress, and `eta` with renderEta when there is one), with the
    * Cancel button (PROGRESS_BUTTONS). Called at most once a second per job.

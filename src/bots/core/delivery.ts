@@ -78,10 +78,11 @@ export function startAdapterDelivery(options: {
     logger,
     sweepIntervalMs: options.sweepIntervalMs,
     leaseMs: options.leaseMs,
-    async deliver(job, attempt) {
+    async deliver(job, claim) {
       if (job.kind === 'index') return { silent: true };
       await throttle.settle(job.id);
-      return adapter.deliver((await store.jobs.get(job.id)) ?? job, attempt);
+      // Read again: progress edits and an earlier attempt's record of posted parts may postdate `job`.
+      return adapter.deliver((await store.jobs.get(job.id)) ?? job, claim);
     },
     onProgress(job, progress) {
       if (job.kind !== 'index') throttle.push(job, progress);

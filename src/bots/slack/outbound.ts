@@ -1,8 +1,7 @@
 import type { types, webApi } from '@slack/bolt';
 import type { JobProgress, ReplyTarget } from '../../engine/jobs.ts';
-import type { DeliveryAttempt } from '../../engine/queue/delivery.ts';
 import type { Logger } from '../../log.ts';
-import type { JobRecord, Store } from '../../store/types.ts';
+import type { DeliveryClaim, JobRecord, Store } from '../../store/types.ts';
 import type { DeliveryReceipt, PlatformAdapter } from '../core/adapter.ts';
 import { ACTION_LABELS, buttonId, type PersistentAction, PROGRESS_BUTTONS } from '../core/buttons.ts';
 import type { Eta } from '../core/eta.ts';
@@ -228,7 +227,7 @@ export class SlackAdapter implements PlatformAdapter {
     }
   }
 
-  async deliver(initial: JobRecord, attempt?: DeliveryAttempt): Promise<DeliveryReceipt> {
+  async deliver(initial: JobRecord, claim?: DeliveryClaim): Promise<DeliveryReceipt> {
     let job = initial;
     const pending = this.announcing.get(job.idempotencyKey);
     if (pending) {
@@ -237,7 +236,7 @@ export class SlackAdapter implements PlatformAdapter {
     }
     const log = this.deps.logger.child({ jobId: job.id, channelId: job.replyTarget.channelId });
     try {
-      return await this.send(job, attempt?.redelivery ?? false);
+      return await this.send(job, claim?.redelivery ?? false);
     } catch (error) {
       const code = slackErrorCode(error);
       if (!code || !UNDELIVERABLE.has(code)) throw error;

@@ -1,5 +1,5 @@
 import type { Logger } from '../../log.ts';
-import type { JobRecord, Store } from '../../store/types.ts';
+import type { DeliveryClaim, JobRecord, Store } from '../../store/types.ts';
 import type { JobProgress, ReplyTarget } from '../jobs.ts';
 import type { JobQueue } from './queue.ts';
 
@@ -11,18 +11,9 @@ import type { JobQueue } from './queue.ts';
  * delivery counts only once markDelivered has recorded it under this process's claim.
  *
  * A deliverer that dies after posting but before markDelivered leaves a reply the next claimant cannot
- * see in the store. So before posting, the claimant records in the job's reply target that a delivery
- * was started (DELIVERY_STARTED); a later claimant that finds the mark is told it is re-delivering, and
- * the adapter then uses what its platform offers to avoid posting the same reply twice.
+ * see in the store. A claim taken over from an earlier one says so (`redelivery`), and the adapter then
+ * uses what its platform offers to avoid posting the same reply twice.
  */
-
-/** Key in the reply target's data recording the owner of the first delivery attempt that began posting. */
-export const DELIVERY_STARTED = 'deliveryStartedBy';
-
-export interface DeliveryAttempt {
-  /** An earlier claim began delivering this job and never marked it delivered: parts may already be posted. */
-  redelivery: boolean;
-}
 
 export interface DeliveryOptions {
   store: Store;
@@ -31,7 +22,7 @@ export interface DeliveryOptions {
   /** This process's name in delivery claims (host:pid or similar, unique per process). */
   owner: string;
   /** Posts the reply; returns what the platform gave back (message ids...). */
-  deliver(job: JobRecord, attempt: DeliveryAttempt): Promise<Record<string, unknown>>;
+  deliver(job: JobRecord, claim: DeliveryClaim): Promise<Record<string, unknown>>;
   onProgress?(job: JobRecord, progress: JobProgress): void | Promise<void>;
   /** How long a claim holds before another process may take over. */
   leaseMs?: number;
@@ -69,15 +60,9 @@ export function startDelivery(options: DeliveryOptions): DeliveryHandle {
       const job = known ?? (await store.jobs.get(jobId));
       if (!job || job.replyTarget.platform !== platform || job.deliveredAt) return;
       if (job.status !== 'completed' && job.status !== 'failed') return;
-      if (!(await store.jobs.claimDelivery(jobId, owner, leaseMs))) return;
-      // Read again under the claim: the record in hand may predate another claimant's whole attempt.
-      const claimed = (await store.jobs.get(jobId)) ?? job;
-      const redelivery = claimed.replyTarget.data[DELIVERY_STARTED] !== undefined;
-      if (!redelivery) {
-        await store.jobs.updateReplyTarget(jobId, { [DELIVERY_STARTED]: owner });
-        claimed.replyTarget.data[DELIVERY_STARTED] = owner;
-      }
-      const receipt = await options.deliver(claimed, { redelivery });
+      const claim = await store.jobs.claimDelivery(jobId, owner, leaseMs);
+      if (!claim) return;
+      const receipt = await options.deliver(job, claim);
       await store.jobs.markDelivered(jobId, owner, receipt);
     } catch (error) {
       // The claim lapses after leaseMs and a later sweep tries again.
