@@ -22,9 +22,9 @@ import * as ort from 'onnxruntime-node';
 import { loadConfig } from '../src/config.ts';
 import { type Bundle, loadBundle } from '../src/engine/bundle.ts';
 import { encodePrompt, generate } from '../src/engine/diffusion/pipeline.ts';
-import type { JobContext } from '../src/engine/engine.ts';
+import type { JobContext } from '../src/jobs.ts';
 import { createEngine } from '../src/engine/index.ts';
-import { type CommunityRef, type JobPayloadInput, parsePayload } from '../src/engine/jobs.ts';
+import { type CommunityRef, type JobPayloadInput, parsePayload } from '../src/jobs.ts';
 import { createLogger } from '../src/log.ts';
 import { connect } from '../src/store/index.ts';
 

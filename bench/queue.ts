@@ -1,11 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { Redis } from 'ioredis';
-import type { JobPayload, JobResult } from '../src/engine/jobs.ts';
-import { BullJobQueue } from '../src/engine/queue/bullmq.ts';
-import { MemoryJobQueue } from '../src/engine/queue/memory.ts';
-import type { JobQueue } from '../src/engine/queue/queue.ts';
-import { checkRedis } from '../src/engine/queue/redis.ts';
+import type { JobPayload, JobResult } from '../src/jobs.ts';
+import { BullJobQueue } from '../src/queue/bullmq.ts';
+import { MemoryJobQueue } from '../src/queue/memory.ts';
+import type { JobQueue } from '../src/queue/queue.ts';
+import { checkRedis } from '../src/queue/redis.ts';
 
 /**
  * Queue overhead with a no-op engine, for both queues:

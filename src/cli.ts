@@ -1,6 +1,6 @@
 import { Command, CommanderError } from 'commander';
 import { type Config, ConfigError, loadConfig } from './config.ts';
-import { UserInputError } from './engine/jobs.ts';
+import { UserInputError } from './jobs.ts';
 
 /**
  * The `gill` command line. Each command's work lives in its own module, imported only when that command
@@ -75,7 +75,7 @@ export function buildProgram(): Command {
     .option('--community <id>', 'community whose gallery retrieval searches', 'local')
     .option('--seed <n>', 'sampling seed', intOption('--seed', 0, 2 ** 31 - 1))
     .action(async (items: string[], opts) =>
-      (await import('./engine/cli-commands.ts')).runAsk(config(), items, opts),
+      (await import('./roles/cli-commands.ts')).runAsk(config(), items, opts),
     );
 
   program
@@ -88,7 +88,7 @@ export function buildProgram(): Command {
     .option('--guidance <g>', 'classifier-free guidance scale', numberOption('--guidance', 0, 30))
     .option('--scheduler <name>', 'ddim or dpm++')
     .action(async (prompt: string, opts) =>
-      (await import('./engine/cli-commands.ts')).runImagine(config(), prompt, opts),
+      (await import('./roles/cli-commands.ts')).runImagine(config(), prompt, opts),
     );
 
   program
@@ -97,7 +97,7 @@ export function buildProgram(): Command {
     .argument('<paths...>', 'image files or folders')
     .option('--community <id>', 'community to index into', 'local')
     .action(async (paths: string[], opts) =>
-      (await import('./engine/cli-commands.ts')).runIndex(config(), paths, opts),
+      (await import('./roles/cli-commands.ts')).runIndex(config(), paths, opts),
     );
 
   program
@@ -107,7 +107,7 @@ export function buildProgram(): Command {
     .option('-k <n>', 'how many results', intOption('-k', 1, 50), 5)
     .option('--community <id>', 'community to search', 'local')
     .action(async (query: string, opts) =>
-      (await import('./engine/cli-commands.ts')).runFind(config(), query, opts),
+      (await import('./roles/cli-commands.ts')).runFind(config(), query, opts),
     );
 
   const discord = program.command('discord').description('Discord set-up');

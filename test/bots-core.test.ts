@@ -14,9 +14,9 @@ import { createFetchGuard, FetchRefusedError, isPublicAddress } from '../src/bot
 import type { ImageIngest } from '../src/bots/core/images.ts';
 import { renderProgress, renderReply, splitMessage } from '../src/bots/core/render.ts';
 import type { InboundTurn, ThreadMessage } from '../src/bots/core/turn.ts';
-import { type JobResult, UserInputError } from '../src/engine/jobs.ts';
-import { MemoryJobQueue } from '../src/engine/queue/memory.ts';
+import { type JobResult, UserInputError } from '../src/jobs.ts';
 import { createLogger } from '../src/log.ts';
+import { MemoryJobQueue } from '../src/queue/memory.ts';
 import { connect } from '../src/store/connect.ts';
 import type { JobRecord, Store } from '../src/store/types.ts';
 

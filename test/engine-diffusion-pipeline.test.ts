@@ -12,7 +12,7 @@ import {
   unconditionalEmbedding,
 } from '../src/engine/diffusion/pipeline.ts';
 import { createSampler } from '../src/engine/diffusion/schedulers.ts';
-import type { JobProgress } from '../src/engine/jobs.ts';
+import type { JobProgress } from '../src/jobs.ts';
 import { makeRandomBundle, torchAvailable } from './support/random-bundle.ts';
 
 const torchUp = await torchAvailable();

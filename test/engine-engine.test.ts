@@ -1,11 +1,11 @@
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { loadBundle } from '../src/engine/bundle.ts';
-import type { JobContext } from '../src/engine/engine.ts';
 import { GillModel } from '../src/engine/gill/model.ts';
 import { GillEngine } from '../src/engine/gill-engine.ts';
 import { createEngine } from '../src/engine/index.ts';
-import { type JobProgress, type JobResult, parsePayload, UserInputError } from '../src/engine/jobs.ts';
+import type { JobContext } from '../src/jobs.ts';
+import { type JobProgress, type JobResult, parsePayload, UserInputError } from '../src/jobs.ts';
 import { createLogger } from '../src/log.ts';
 import type { Store } from '../src/store/types.ts';
 import { openEngineStore } from './support/engine-store.ts';

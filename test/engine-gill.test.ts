@@ -7,7 +7,7 @@ import { embedTokens, LmSequence } from '../src/engine/gill/lm.ts';
 import { type ChatRequest, GillModel } from '../src/engine/gill/model.ts';
 import { type ConversationItem, dialoguePieces, fitPrompt } from '../src/engine/gill/prompt.ts';
 import { argmax, createRng, pickToken } from '../src/engine/gill/sampling.ts';
-import { type JobProgress, UserInputError } from '../src/engine/jobs.ts';
+import { type JobProgress, UserInputError } from '../src/jobs.ts';
 import { makeRandomBundle, torchAvailable } from './support/random-bundle.ts';
 
 describe('sampling', () => {

@@ -8,7 +8,7 @@ import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
 import type { Manifest } from '../src/engine/bundle.ts';
 import { decodeRgb, imageToPixelValues, probeImage } from '../src/engine/images.ts';
-import { UserInputError } from '../src/engine/jobs.ts';
+import { UserInputError } from '../src/jobs.ts';
 import { serviceAvailable } from './support/services.ts';
 
 const run = promisify(execFile);

@@ -2,12 +2,11 @@ import { randomUUID } from 'node:crypto';
 import { QueueEvents } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, describe, expect, it, vi } from 'vitest';
-import type { Engine } from '../src/engine/engine.ts';
-import type { JobProgress } from '../src/engine/jobs.ts';
-import { BullJobQueue } from '../src/engine/queue/bullmq.ts';
-import { startEngineThread } from '../src/engine/queue/engine-thread.ts';
-import { JobCancelledError } from '../src/engine/queue/errors.ts';
-import type { QueueEvent } from '../src/engine/queue/queue.ts';
+import type { Engine, JobProgress } from '../src/jobs.ts';
+import { BullJobQueue } from '../src/queue/bullmq.ts';
+import { startEngineThread } from '../src/queue/engine-thread.ts';
+import { JobCancelledError } from '../src/queue/errors.ts';
+import type { QueueEvent } from '../src/queue/queue.ts';
 import { fakePayload, fakeResult } from './support/fake-engine.ts';
 import { probeRedis, serviceAvailable, TEST_REDIS_URL } from './support/services.ts';
 

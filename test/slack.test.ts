@@ -6,9 +6,9 @@ import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type SlackHandle, startSlack } from '../src/bots/slack/index.ts';
 import { type Config, loadConfig } from '../src/config.ts';
-import { MemoryJobQueue } from '../src/engine/queue/memory.ts';
-import { runJobs } from '../src/engine/queue/worker.ts';
 import { createLogger } from '../src/log.ts';
+import { MemoryJobQueue } from '../src/queue/memory.ts';
+import { runJobs } from '../src/queue/worker.ts';
 import { connect } from '../src/store/connect.ts';
 import type { Store } from '../src/store/types.ts';
 import {

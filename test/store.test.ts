@@ -5,8 +5,8 @@ import path from 'node:path';
 import { Writable } from 'node:stream';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { JobPayload, ReplyTarget } from '../src/engine/jobs.ts';
-import { UserInputError } from '../src/engine/jobs.ts';
+import type { JobPayload, ReplyTarget } from '../src/jobs.ts';
+import { UserInputError } from '../src/jobs.ts';
 import {
   connect,
   connectWithRetry,

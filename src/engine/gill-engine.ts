@@ -1,12 +1,12 @@
 import { randomInt } from 'node:crypto';
+import type { Engine, JobContext } from '../jobs.ts';
+import { type JobPayload, type JobResult, type ResultImage, UserInputError } from '../jobs.ts';
 import type { Logger } from '../log.ts';
 import type { ScoredImage, Store } from '../store/types.ts';
 import { encodePrompt } from './diffusion/pipeline.ts';
 import type { SchedulerName } from './diffusion/schedulers.ts';
-import type { Engine, JobContext } from './engine.ts';
 import type { GillModel, Retrieved } from './gill/model.ts';
 import type { ConversationItem } from './gill/prompt.ts';
-import { type JobPayload, type JobResult, type ResultImage, UserInputError } from './jobs.ts';
 
 /**
  * The Engine over one GILL bundle: chat turns, plain-prompt `imagine`, gallery `find` and `index`.

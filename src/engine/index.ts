@@ -1,8 +1,8 @@
 import type { Config } from '../config.ts';
+import type { Engine } from '../jobs.ts';
 import type { Logger } from '../log.ts';
 import type { Store } from '../store/types.ts';
 import { loadBundle } from './bundle.ts';
-import type { Engine } from './engine.ts';
 import { GillModel } from './gill/model.ts';
 import { GillEngine, type GillEngineOptions } from './gill-engine.ts';
 

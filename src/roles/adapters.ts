@@ -1,6 +1,6 @@
 import type { Config } from '../config.ts';
-import type { JobQueue } from '../engine/queue/queue.ts';
 import type { Logger } from '../log.ts';
+import type { JobQueue } from '../queue/queue.ts';
 import type { Store } from '../store/types.ts';
 
 /**

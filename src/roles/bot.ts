@@ -1,7 +1,7 @@
 import { type Config, ConfigError } from '../config.ts';
-import { openBullJobQueue } from '../engine/queue/bullmq.ts';
-import { openWhenAvailable, redactRedisUrl } from '../engine/queue/redis.ts';
 import { createLogger } from '../log.ts';
+import { openBullJobQueue } from '../queue/bullmq.ts';
+import { openWhenAvailable, redactRedisUrl } from '../queue/redis.ts';
 import { connectWithRetry, describeDatabase } from '../store/index.ts';
 import { discordConfigured, slackConfigured, startAdapters, stopAdapters, untilSignal } from './adapters.ts';
 

@@ -1,6 +1,6 @@
 import type { Config } from '../config.ts';
-import { checkRedis, redactRedisUrl } from '../engine/queue/redis.ts';
 import { createLogger } from '../log.ts';
+import { checkRedis, redactRedisUrl } from '../queue/redis.ts';
 import { connect, describeDatabase } from '../store/index.ts';
 import { discordConfigured, slackConfigured } from './adapters.ts';
 

@@ -1,11 +1,11 @@
 import { type Config, ConfigError } from '../config.ts';
-import type { Engine } from '../engine/engine.ts';
-import { openBullJobQueue } from '../engine/queue/bullmq.ts';
-import { startEngineThread } from '../engine/queue/engine-thread.ts';
-import type { JobQueue } from '../engine/queue/queue.ts';
-import { openWhenAvailable, redactRedisUrl } from '../engine/queue/redis.ts';
-import { runJobs } from '../engine/queue/worker.ts';
+import type { Engine } from '../jobs.ts';
 import { createLogger, type Logger } from '../log.ts';
+import { openBullJobQueue } from '../queue/bullmq.ts';
+import { startEngineThread } from '../queue/engine-thread.ts';
+import type { JobQueue } from '../queue/queue.ts';
+import { openWhenAvailable, redactRedisUrl } from '../queue/redis.ts';
+import { runJobs } from '../queue/worker.ts';
 import { connect, connectWithRetry, describeDatabase } from '../store/index.ts';
 import type { Store } from '../store/types.ts';
 

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { UserInputError } from '../engine/jobs.ts';
+import { UserInputError } from '../jobs.ts';
 import { type CommunityConfig, DEFAULT_COMMUNITY_CONFIG } from './types.ts';
 
 /**

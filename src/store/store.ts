@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { type CommunityRef, communitySchema, UserInputError } from '../engine/jobs.ts';
+import { type CommunityRef, communitySchema, UserInputError } from '../jobs.ts';
 import { parseConfigPatch, resolveConfig } from './community-config.ts';
 import type { Row, SqlClient } from './sql-client.ts';
 import type { Community, ImageRecord, JobRecord, JobStatus, ScoredImage, Store } from './types.ts';

@@ -1,4 +1,4 @@
-import type { CommunityRef, JobKind, JobPayload, JobResult, ReplyTarget } from '../engine/jobs.ts';
+import type { CommunityRef, JobKind, JobPayload, JobResult, ReplyTarget } from '../jobs.ts';
 import type { SqlQuery } from './sql-client.ts';
 
 /**

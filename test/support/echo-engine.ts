@@ -1,7 +1,6 @@
 import { createHash } from 'node:crypto';
 import sharp from 'sharp';
-import type { Engine, JobContext } from '../../src/engine/engine.ts';
-import type { JobPayload, JobResult } from '../../src/engine/jobs.ts';
+import type { Engine, JobContext, JobPayload, JobResult } from '../../src/jobs.ts';
 import type { Store } from '../../src/store/types.ts';
 import { JobGate } from './job-gate.ts';
 

@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Engine, JobContext } from '../../src/engine/engine.ts';
-import { type JobPayload, type JobResult, UserInputError } from '../../src/engine/jobs.ts';
+import type { Engine, JobContext } from '../../src/jobs.ts';
+import { type JobPayload, type JobResult, UserInputError } from '../../src/jobs.ts';
 
 /**
  * A scriptable stand-in for the GILL engine. The script travels inside the job's payload (an imagine

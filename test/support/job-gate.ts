@@ -1,4 +1,4 @@
-import type { JobPayload } from '../../src/engine/jobs.ts';
+import type { JobPayload } from '../../src/jobs.ts';
 
 /** Parks a test engine's jobs (index jobs excepted) between `hold()` and `release()`. */
 export class JobGate {

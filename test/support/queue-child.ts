@@ -1,10 +1,10 @@
 import pg from 'pg';
-import { BullJobQueue } from '../../src/engine/queue/bullmq.ts';
-import { startDelivery } from '../../src/engine/queue/delivery.ts';
-import { MemoryJobQueue } from '../../src/engine/queue/memory.ts';
-import type { JobQueue } from '../../src/engine/queue/queue.ts';
-import { recoverUnfinished } from '../../src/engine/queue/recover.ts';
 import { createLogger } from '../../src/log.ts';
+import { BullJobQueue } from '../../src/queue/bullmq.ts';
+import { startDelivery } from '../../src/queue/delivery.ts';
+import { MemoryJobQueue } from '../../src/queue/memory.ts';
+import type { JobQueue } from '../../src/queue/queue.ts';
+import { recoverUnfinished } from '../../src/queue/recover.ts';
 import { serveJobs } from '../../src/roles/worker.ts';
 import { connect } from '../../src/store/index.ts';
 import { FakeEngine, scriptOf } from './fake-engine.ts';

@@ -1,4 +1,4 @@
-import type { JobProgress } from '../../engine/jobs.ts';
+import type { JobProgress } from '../../jobs.ts';
 import type { DeliveryClaim, JobRecord } from '../../store/types.ts';
 import type { Eta } from './eta.ts';
 import type { Platform } from './turn.ts';
@@ -6,7 +6,7 @@ import type { Platform } from './turn.ts';
 /**
  * What a platform adapter gives the core's delivery: how to send a finished job's reply and how to
  * show its progress. Delivery (exactly once, also after restarts) is driven by the generic loop in
- * src/engine/queue/delivery.ts; see startAdapterDelivery in delivery.ts beside this file.
+ * src/queue/delivery.ts; see startAdapterDelivery in delivery.ts beside this file.
  */
 
 /** What was sent (message ids...), recorded with the job when it is marked delivered. */

@@ -6,10 +6,10 @@ import {
   parsePayload,
   type ReplyTarget,
   UserInputError,
-} from '../../engine/jobs.ts';
-import type { JobQueue } from '../../engine/queue/queue.ts';
-import { cancelJob } from '../../engine/queue/submit.ts';
+} from '../../jobs.ts';
 import type { Logger } from '../../log.ts';
+import type { JobQueue } from '../../queue/queue.ts';
+import { cancelJob } from '../../queue/submit.ts';
 import type { Community, CommunityConfig, JobRecord, Store } from '../../store/types.ts';
 import { payloadForButton } from './buttons.ts';
 import { configPatch, describeConfig, gillHelp, validateConfigChange } from './commands.ts';

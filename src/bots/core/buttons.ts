@@ -1,4 +1,4 @@
-import { type JobPayload, type JobPayloadInput, UserInputError } from '../../engine/jobs.ts';
+import { type JobPayload, type JobPayloadInput, UserInputError } from '../../jobs.ts';
 import type { JobRecord } from '../../store/types.ts';
 import type { ButtonAction } from './turn.ts';
 

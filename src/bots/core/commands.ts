@@ -1,4 +1,4 @@
-import { UserInputError } from '../../engine/jobs.ts';
+import { UserInputError } from '../../jobs.ts';
 import type { CommunityConfig } from '../../store/types.ts';
 import type { Command, ConfigChange } from './turn.ts';
 

@@ -1,4 +1,4 @@
-import { type ContextItem, MAX_CONTEXT_CHARS, UserInputError } from '../../engine/jobs.ts';
+import { type ContextItem, MAX_CONTEXT_CHARS, UserInputError } from '../../jobs.ts';
 import { FetchRefusedError } from './fetch-guard.ts';
 import type { ImageIngest } from './images.ts';
 import type { ThreadMessage } from './turn.ts';

@@ -1,7 +1,7 @@
-import type { JobProgress } from '../../engine/jobs.ts';
-import { type DeliveryHandle, startDelivery } from '../../engine/queue/delivery.ts';
-import type { JobQueue } from '../../engine/queue/queue.ts';
+import type { JobProgress } from '../../jobs.ts';
 import type { Logger } from '../../log.ts';
+import { type DeliveryHandle, startDelivery } from '../../queue/delivery.ts';
+import type { JobQueue } from '../../queue/queue.ts';
 import type { JobRecord, Store } from '../../store/types.ts';
 import { type PlatformAdapter, throttleProgress } from './adapter.ts';
 import { EtaEstimator } from './eta.ts';

@@ -1,4 +1,4 @@
-import type { JobKind, JobProgress } from '../../engine/jobs.ts';
+import type { JobKind, JobProgress } from '../../jobs.ts';
 
 /**
  * Estimates when a job will be done, from what this bot process has seen of the queue's events: a moving

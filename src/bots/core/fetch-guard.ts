@@ -3,7 +3,7 @@ import http from 'node:http';
 import https from 'node:https';
 import { BlockList, isIP, type LookupFunction } from 'node:net';
 import sharp, { type Metadata } from 'sharp';
-import { UserInputError } from '../../engine/jobs.ts';
+import { UserInputError } from '../../jobs.ts';
 
 /**
  * Fetches user-posted images from the platform's own file hosts only (no SSRF): the URL's origin must be

@@ -1,4 +1,4 @@
-import type { JobProgress, ResultImage } from '../../engine/jobs.ts';
+import type { JobProgress, ResultImage } from '../../jobs.ts';
 import type { JobRecord } from '../../store/types.ts';
 import { buttonsFor } from './buttons.ts';
 import type { Eta } from './eta.ts';

@@ -1,4 +1,4 @@
-import type { CommunityRef, ReplyTarget } from '../../engine/jobs.ts';
+import type { CommunityRef, ReplyTarget } from '../../jobs.ts';
 
 /**
  * The platform-neutral Turn: everything an adapter learned from one event (a mention, a thread message,

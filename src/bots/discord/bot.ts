@@ -13,9 +13,9 @@ import {
   ThreadAutoArchiveDuration,
 } from 'discord.js';
 import type { Config } from '../../config.ts';
-import { UserInputError } from '../../engine/jobs.ts';
-import type { JobQueue } from '../../engine/queue/queue.ts';
+import { UserInputError } from '../../jobs.ts';
 import type { Logger } from '../../log.ts';
+import type { JobQueue } from '../../queue/queue.ts';
 import type { Store } from '../../store/types.ts';
 import { type BotCore, createBotCore, type SubmitOutcome } from '../core/bot-core.ts';
 import { parseButtonId } from '../core/buttons.ts';

@@ -6,7 +6,7 @@ import {
   type RESTPostAPIChatInputApplicationCommandsJSONBody,
   SlashCommandBuilder,
 } from 'discord.js';
-import { MAX_PROMPT_CHARS, UserInputError } from '../../engine/jobs.ts';
+import { MAX_PROMPT_CHARS, UserInputError } from '../../jobs.ts';
 import { CONFIG_RANGES, GILL_SUBCOMMANDS, validateConfigChange } from '../core/commands.ts';
 import type { Command, ConfigChange } from '../core/turn.ts';
 

@@ -8,7 +8,7 @@ import {
   type REST,
   Routes,
 } from 'discord.js';
-import type { JobProgress } from '../../engine/jobs.ts';
+import type { JobProgress } from '../../jobs.ts';
 import type { Logger } from '../../log.ts';
 import type { JobRecord, Store } from '../../store/types.ts';
 import type { DeliveryReceipt, PlatformAdapter } from '../core/adapter.ts';

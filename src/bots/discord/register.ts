@@ -1,6 +1,6 @@
 import { REST, Routes } from 'discord.js';
 import type { Config } from '../../config.ts';
-import { UserInputError } from '../../engine/jobs.ts';
+import { UserInputError } from '../../jobs.ts';
 import { discordCommands } from './commands.ts';
 import { restOptions } from './rest.ts';
 

@@ -1,4 +1,4 @@
-import { type CommunityRef, MAX_PROMPT_CHARS, UserInputError } from '../../engine/jobs.ts';
+import { type CommunityRef, MAX_PROMPT_CHARS, UserInputError } from '../../jobs.ts';
 import type { Logger } from '../../log.ts';
 import type { JobRecord } from '../../store/types.ts';
 import type { BotCore, SubmitOutcome } from '../core/bot-core.ts';

@@ -2,10 +2,10 @@ import { readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import sharp from 'sharp';
-import { type CommunityRef, parsePayload } from '../../engine/jobs.ts';
-import type { JobQueue } from '../../engine/queue/queue.ts';
-import { submitJob } from '../../engine/queue/submit.ts';
+import { type CommunityRef, parsePayload } from '../../jobs.ts';
 import type { Logger } from '../../log.ts';
+import type { JobQueue } from '../../queue/queue.ts';
+import { submitJob } from '../../queue/submit.ts';
 import type { Store } from '../../store/types.ts';
 
 /**

@@ -1,4 +1,4 @@
-import { UserInputError } from '../../engine/jobs.ts';
+import { UserInputError } from '../../jobs.ts';
 import type { Command } from '../core/turn.ts';
 
 /**

@@ -1,7 +1,7 @@
 import type { App, BlockAction, RespondFn, ButtonAction as SlackButton, SlashCommand } from '@slack/bolt';
-import { type CommunityRef, UserInputError } from '../../engine/jobs.ts';
-import type { JobQueue } from '../../engine/queue/queue.ts';
+import { type CommunityRef, UserInputError } from '../../jobs.ts';
 import type { Logger } from '../../log.ts';
+import type { JobQueue } from '../../queue/queue.ts';
 import type { JobRecord, Store } from '../../store/types.ts';
 import type { BotCore, SubmitOutcome } from '../core/bot-core.ts';
 import { BUTTON_LABELS, parseButtonId } from '../core/buttons.ts';

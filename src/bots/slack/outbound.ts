@@ -1,5 +1,5 @@
 import type { types, webApi } from '@slack/bolt';
-import type { JobProgress, ReplyTarget } from '../../engine/jobs.ts';
+import type { JobProgress, ReplyTarget } from '../../jobs.ts';
 import type { Logger } from '../../log.ts';
 import type { DeliveryClaim, JobRecord, Store } from '../../store/types.ts';
 import type { DeliveryReceipt, PlatformAdapter } from '../core/adapter.ts';

@@ -1,8 +1,8 @@
 import { Tokenizer } from '@huggingface/tokenizers';
 import * as ort from 'onnxruntime-node';
 import sharp from 'sharp';
+import type { JobProgress } from '../../jobs.ts';
 import { type Bundle, inputType } from '../bundle.ts';
-import type { JobProgress } from '../jobs.ts';
 import { fillGaussian } from './noise.ts';
 import { alphasCumprod, createSampler, type SchedulerName } from './schedulers.ts';
 

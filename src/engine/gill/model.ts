@@ -1,8 +1,8 @@
+import { type JobProgress, UserInputError } from '../../jobs.ts';
 import type { Bundle } from '../bundle.ts';
 import { type GeneratedImage, generate, progressWithPreviews } from '../diffusion/pipeline.ts';
 import type { SchedulerName } from '../diffusion/schedulers.ts';
 import { imageToPixelValues } from '../images.ts';
-import { type JobProgress, UserInputError } from '../jobs.ts';
 import { type DecodeResult, decode } from './decode.ts';
 import {
   cosine,

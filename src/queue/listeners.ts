@@ -1,4 +1,4 @@
-import type { Logger } from '../../log.ts';
+import type { Logger } from '../log.ts';
 import type { QueueEvent } from './queue.ts';
 
 /** The subscribers of a queue's events; one failing listener is logged and never stops the others. */

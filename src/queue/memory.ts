@@ -1,5 +1,5 @@
-import type { Logger } from '../../log.ts';
 import type { JobResult } from '../jobs.ts';
+import type { Logger } from '../log.ts';
 import { backoffDelay, JobCancelledError, judgeFailure, WorkerShutdownError } from './errors.ts';
 import { QueueListeners } from './listeners.ts';
 import type { JobProcessor, JobQueue, QueuedJob, QueueEvent, WorkerHandle, WorkerOptions } from './queue.ts';

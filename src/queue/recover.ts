@@ -1,5 +1,5 @@
-import type { Logger } from '../../log.ts';
-import type { Store } from '../../store/types.ts';
+import type { Logger } from '../log.ts';
+import type { Store } from '../store/types.ts';
 import type { JobQueue } from './queue.ts';
 
 const RECOVER_LIMIT = 10_000;

@@ -1,7 +1,7 @@
 import { type Job, Queue, QueueEvents, UnrecoverableError, WaitingError, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
-import type { Logger } from '../../log.ts';
 import type { JobPayload, JobProgress, JobResult } from '../jobs.ts';
+import type { Logger } from '../log.ts';
 import {
   JobCancelledError,
   type JobFailure,

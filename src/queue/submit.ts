@@ -1,5 +1,5 @@
-import type { JobRecord, Store } from '../../store/types.ts';
 import { parsePayload, type ReplyTarget } from '../jobs.ts';
+import type { JobRecord, Store } from '../store/types.ts';
 import type { JobQueue } from './queue.ts';
 
 /**

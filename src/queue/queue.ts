@@ -1,5 +1,4 @@
-import type { JobContext } from '../engine.ts';
-import type { JobPayload, JobProgress, JobResult } from '../jobs.ts';
+import type { JobContext, JobPayload, JobProgress, JobResult } from '../jobs.ts';
 
 /**
  * One job-queue interface, two implementations: BullMQ on Redis (distributed) and an in-process queue

@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
-import type { Logger } from '../../log.ts';
+import type { Logger } from '../log.ts';
 import { QueueUnavailableError } from './errors.ts';
 
 /** The URL without its password, for messages and logs. */

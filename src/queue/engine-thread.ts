@@ -1,5 +1,5 @@
 import { type MessagePort, parentPort, Worker, workerData } from 'node:worker_threads';
-import type { Engine } from '../engine.ts';
+import type { Engine } from '../jobs.ts';
 import { type JobPayload, type JobProgress, type JobResult, UserInputError } from '../jobs.ts';
 import { JobCancelledError, WorkerShutdownError } from './errors.ts';
 

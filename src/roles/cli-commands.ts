@@ -2,17 +2,23 @@ import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import pino from 'pino';
 import type { Config } from '../config.ts';
+import { loadBundle } from '../engine/bundle.ts';
+import { encodePrompt, generate } from '../engine/diffusion/pipeline.ts';
+import type { SchedulerName } from '../engine/diffusion/schedulers.ts';
+import type { GillEngine } from '../engine/gill-engine.ts';
+import { probeImage } from '../engine/images.ts';
+import { createEngine } from '../engine/index.ts';
+import type { JobContext } from '../jobs.ts';
+import {
+  type CommunityRef,
+  type JobProgress,
+  type JobResult,
+  parsePayload,
+  UserInputError,
+} from '../jobs.ts';
 import { createLogger, type Logger } from '../log.ts';
 import { connect } from '../store/index.ts';
 import type { Store } from '../store/types.ts';
-import { loadBundle } from './bundle.ts';
-import { encodePrompt, generate } from './diffusion/pipeline.ts';
-import type { SchedulerName } from './diffusion/schedulers.ts';
-import type { JobContext } from './engine.ts';
-import type { GillEngine } from './gill-engine.ts';
-import { probeImage } from './images.ts';
-import { createEngine } from './index.ts';
-import { type CommunityRef, type JobProgress, type JobResult, parsePayload, UserInputError } from './jobs.ts';
 
 /**
  * `gill ask | imagine | index | find`: the engine from the command line, on the configured store

@@ -1,7 +1,6 @@
-import type { Logger } from '../../log.ts';
-import type { JobRecord, Store } from '../../store/types.ts';
-import type { Engine } from '../engine.ts';
-import type { JobResult } from '../jobs.ts';
+import type { Engine, JobResult } from '../jobs.ts';
+import type { Logger } from '../log.ts';
+import type { JobRecord, Store } from '../store/types.ts';
 import { FinalJobError, JobCancelledError, judgeFailure } from './errors.ts';
 import type { ActiveJob, JobQueue, WorkerHandle } from './queue.ts';
 

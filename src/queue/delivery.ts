@@ -1,6 +1,6 @@
-import type { Logger } from '../../log.ts';
-import type { DeliveryClaim, JobRecord, Store } from '../../store/types.ts';
 import type { JobProgress, ReplyTarget } from '../jobs.ts';
+import type { Logger } from '../log.ts';
+import type { DeliveryClaim, JobRecord, Store } from '../store/types.ts';
 import type { JobQueue } from './queue.ts';
 
 /**
