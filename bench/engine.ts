@@ -4,7 +4,7 @@
  * the UNet loop's achieved GFLOP/s against a measured matrix-multiply ceiling (an ONNX Runtime MatMul on
  * the same threads). Ends with one line of JSON.
  *
- *   npm run bench:engine -- [--bundle models/gill-tiny] [--work models/training/runs/full] [--threads 2]
+ *   npm run bench:engine -- [--bundle models/gill-tiny] [--work models/training/checkpoints/full] [--threads 2]
  *                           [--iters 20] [--warmup 3] [--no-reference]
  *
  * Engine and reference runs alternate, so on a shared machine both meet the same load, and both runtimes'
@@ -34,8 +34,8 @@ const PYTHON = '/usr/bin/python3';
 const { values: args } = parseArgs({
   options: {
     bundle: { type: 'string', default: 'models/gill-tiny' },
-    /** The training run whose checkpoints the bundle was exported from (the reference's weights). */
-    work: { type: 'string', default: 'models/training/runs/full' },
+    /** The checkpoints the bundle was exported from (the reference's weights): the committed ones by default. */
+    work: { type: 'string', default: 'models/training/checkpoints/full' },
     threads: { type: 'string', default: '2' },
     iters: { type: 'string', default: '20' },
     warmup: { type: 'string', default: '3' },
