@@ -1,19 +1,19 @@
 import { type CommunityRef, MAX_PROMPT_CHARS, UserInputError } from '../../jobs.ts';
 import type { Logger } from '../../log.ts';
-import type { JobRecord } from '../../store/types.ts';
-import type { BotCore, SubmitOutcome } from '../core/bot-core.ts';
+import type { SubmitOutcome } from '../core/bot-core.ts';
 import { BUTTON_LABELS, parseButtonId } from '../core/buttons.ts';
 import { parseGillText } from '../core/commands.ts';
-import { FetchRefusedError } from '../core/fetch-guard.ts';
+import type { Bot } from '../core/start.ts';
 import type { Command, InboundTurn, ThreadMessage } from '../core/turn.ts';
 import { parseFind, parseImagine } from '../slack/commands.ts';
-import type { PlaygroundAdapter } from './adapter.ts';
+import { PlaygroundRefusal, uploadRefusal } from './errors.ts';
 import {
   isMessageId,
   type PlaygroundMessage,
   type PlaygroundMessages,
   type PostedImage,
 } from './messages.ts';
+import type { PlaygroundAdapter } from './outbound.ts';
 import type { UploadedFile, UploadShelf } from './uploads.ts';
 
 /**
@@ -35,17 +35,6 @@ const MENTION = /(^|[^\w@])@gill\b/gi;
 const COMMAND = /^\/([a-z]+)\b\s*([\s\S]*)$/i;
 const USER_ID = /^[\w-]{1,64}$/;
 const CLIENT_KEY = /^[\w-]{8,64}$/;
-
-/** A request the page made that is refused; `status` is the HTTP status, the message is for the person. */
-export class PlaygroundRefusal extends Error {
-  constructor(
-    message: string,
-    readonly status = 400,
-  ) {
-    super(message);
-    this.name = 'PlaygroundRefusal';
-  }
-}
 
 export interface PageUser {
   id: string;
@@ -71,7 +60,7 @@ export interface PostResult {
 }
 
 export interface InboundDeps {
-  core: BotCore;
+  bot: Bot;
   messages: PlaygroundMessages;
   adapter: PlaygroundAdapter;
   uploads: UploadShelf;
@@ -79,10 +68,6 @@ export interface InboundDeps {
   community: CommunityRef;
   communityId: string;
   channelId: string;
-  /** Called with each accepted job, whose queue position is then kept up to date. */
-  onAccepted?(jobId: string): void;
-  /** Shows a job cancelled through the core on its progress message (the delivery's `cancelled`). */
-  onCancelled(job: JobRecord, text: string): Promise<void>;
 }
 
 export function checkUser(user: { id?: unknown; name?: unknown }): PageUser {
@@ -128,7 +113,7 @@ function withoutMention(text: string): string {
 }
 
 export function createInbound(deps: InboundDeps) {
-  const { core, messages, adapter, uploads, logger } = deps;
+  const { bot, messages, adapter, uploads, logger } = deps;
 
   function threadMessage(message: PlaygroundMessage): ThreadMessage | null {
     if (message.role === 'user') {
@@ -171,11 +156,6 @@ export function createInbound(deps: InboundDeps) {
     const threadId = turn.threadId!;
     switch (outcome.status) {
       case 'accepted':
-        await adapter.announce(
-          { id: outcome.jobId, channelId: turn.channelId, threadId },
-          outcome.position === null ? { stage: 'thinking' } : { stage: 'queued', position: outcome.position },
-        );
-        deps.onAccepted?.(outcome.jobId);
         return undefined;
       case 'answered': {
         const { message } = await messages.post({
@@ -231,14 +211,7 @@ export function createInbound(deps: InboundDeps) {
       try {
         images.push(await uploads.ingest(file));
       } catch (error) {
-        if (!(error instanceof FetchRefusedError)) throw error;
-        const status =
-          error.reason === 'too_large'
-            ? 413
-            : error.reason === 'not_image' || error.reason === 'corrupt'
-              ? 415
-              : 400;
-        throw new PlaygroundRefusal(`${error.message}.`.replace(/\.\.$/, '.'), status);
+        throw uploadRefusal(error);
       }
     }
     return images;
@@ -294,8 +267,8 @@ export function createInbound(deps: InboundDeps) {
       const log = logger.child({ messageId: message.id, threadId });
 
       let notice: string | undefined;
-      if (attachments.length && (await core.isIndexedChannel(deps.community, deps.channelId))) {
-        const outcome = await core.indexImages({
+      if (attachments.length && (await bot.core.isIndexedChannel(deps.community, deps.channelId))) {
+        const outcome = await bot.core.indexImages({
           community: deps.community,
           channelId: deps.channelId,
           messageId: message.id,
@@ -325,7 +298,7 @@ export function createInbound(deps: InboundDeps) {
           : turnFor(input.user, threadId, command, [], `playground:message:${message.id}`, {
               messageId: message.id,
             });
-      const refused = await answer(await core.submit(turn), turn, message.id);
+      const refused = await answer(await bot.submit(turn), turn, message.id);
       if (refused) log.info({ notice: refused }, 'not answered');
       const notices = [notice, refused].filter(Boolean).join('\n');
       return { message, threadId, answering: !refused, ...(notices ? { notice: notices } : {}) };
@@ -344,16 +317,14 @@ export function createInbound(deps: InboundDeps) {
         throw new PlaygroundRefusal('That reply is no longer known, so its buttons no longer work.', 404);
       }
       if (action === 'cancel') {
-        const outcome = await core.cancel({
+        const outcome = await bot.cancel({
           community: deps.community,
           jobId,
           user: { id: input.user.id, displayName: input.user.name },
           // Everyone at the playground may change its settings, but a request is cancelled only by its asker.
           isAdmin: () => false,
         });
-        if (outcome.status !== 'cancelled') return { notice: `⚠️ ${outcome.message}` };
-        await deps.onCancelled(outcome.job, outcome.progressText);
-        return {};
+        return outcome.status === 'cancelled' ? {} : { notice: `⚠️ ${outcome.message}` };
       }
       const turn = turnFor(
         input.user,
@@ -363,7 +334,7 @@ export function createInbound(deps: InboundDeps) {
         `playground:button:${input.clickKey}`,
         { header: `${input.user.name} pressed “${BUTTON_LABELS[action]}”` },
       );
-      const refused = await answer(await core.submit(turn), turn, `button:${input.clickKey}`);
+      const refused = await answer(await bot.submit(turn), turn, `button:${input.clickKey}`);
       return refused ? { notice: refused } : {};
     },
   };

@@ -3,6 +3,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import path from 'node:path';
 import type { Logger } from '../../log.ts';
 import type { Store } from '../../store/types.ts';
+import { PlaygroundRefusal } from './errors.ts';
 import type { EventHub } from './events.ts';
 import {
   BOT_NAME,
@@ -11,7 +12,6 @@ import {
   type Inbound,
   MAX_FILES,
   MAX_MESSAGE_CHARS,
-  PlaygroundRefusal,
 } from './inbound.ts';
 import type { PlaygroundMessages } from './messages.ts';
 import { BLOBS_PATH, UPLOADS_PATH, type UploadedFile, type UploadShelf } from './uploads.ts';
