@@ -13,7 +13,7 @@ import { UserInputError } from '../../jobs.ts';
 import type { Logger } from '../../log.ts';
 import { parseButtonId } from '../core/buttons.ts';
 import type { Bot } from '../core/start.ts';
-import type { Command, InboundTurn, ThreadMessage, TurnUser } from '../core/turn.ts';
+import { buildTurn, type Command, type ThreadMessage, type TurnFields } from '../core/turn.ts';
 import { commandFromInteraction } from './commands.ts';
 import {
   ALREADY_ACKNOWLEDGED,
@@ -40,34 +40,9 @@ function threadName(text: string, author: string): string {
   return line.length > THREAD_NAME_CHARS ? `${line.slice(0, THREAD_NAME_CHARS - 1)}…` : line;
 }
 
-/** The one place a Discord Turn is made: the reply goes where the turn came from, with `data` to find it. */
-export function discordTurn(turn: {
-  guildId: string;
-  user: TurnUser;
-  channelId: string;
-  threadId: string | undefined;
-  command: Command;
-  messages: ThreadMessage[];
-  idempotencyKey: string;
-  data: DiscordTargetData;
-}): InboundTurn {
-  const { guildId, channelId, threadId, data } = turn;
-  return {
-    platform: 'discord',
-    community: { platform: 'discord', externalId: guildId },
-    user: turn.user,
-    channelId,
-    threadId,
-    command: turn.command,
-    messages: turn.messages,
-    idempotencyKey: turn.idempotencyKey,
-    replyTarget: {
-      platform: 'discord',
-      channelId,
-      ...(threadId ? { threadId } : {}),
-      data: { ...data },
-    },
-  };
+/** The one place a Discord Turn is made: in the guild's community, answered where it was asked. */
+export function discordTurn(guildId: string, fields: Omit<TurnFields, 'community'>, data: DiscordTargetData) {
+  return buildTurn('discord', { community: { platform: 'discord', externalId: guildId }, ...fields }, data);
 }
 
 export class DiscordInbound {
@@ -158,20 +133,22 @@ export class DiscordInbound {
     }
     await channel.sendTyping().catch(() => {});
     const outcome = await bot.submit(
-      discordTurn({
-        guildId: message.guildId,
-        user: {
-          id: message.author.id,
-          displayName: message.member?.displayName ?? message.author.displayName,
-          isAdmin: isAdmin(message.member?.permissions),
+      discordTurn(
+        message.guildId,
+        {
+          user: {
+            id: message.author.id,
+            displayName: message.member?.displayName ?? message.author.displayName,
+            isAdmin: isAdmin(message.member?.permissions),
+          },
+          channelId,
+          threadId: data.replyToMessageId ? undefined : channelId,
+          command: { kind: 'chat' },
+          messages,
+          idempotencyKey: `discord:message:${message.id}`,
         },
-        channelId,
-        threadId: data.replyToMessageId ? undefined : channelId,
-        command: { kind: 'chat' },
-        messages,
-        idempotencyKey: `discord:message:${message.id}`,
         data,
-      }),
+      ),
     );
     if (outcome.status === 'refused')
       await this.notice(channelId, `⚠️ ${outcome.message}`, data.replyToMessageId);
@@ -213,26 +190,28 @@ export class DiscordInbound {
       return;
     }
     const outcome = await this.deps.bot.submit(
-      discordTurn({
-        guildId: interaction.guildId,
-        user: {
-          id: interaction.user.id,
-          displayName: interaction.user.displayName,
-          isAdmin: isAdmin(interaction.memberPermissions),
+      discordTurn(
+        interaction.guildId,
+        {
+          user: {
+            id: interaction.user.id,
+            displayName: interaction.user.displayName,
+            isAdmin: isAdmin(interaction.memberPermissions),
+          },
+          channelId: interaction.channelId,
+          threadId: interaction.channel?.isThread() ? interaction.channelId : undefined,
+          command: parsed,
+          messages: [],
+          idempotencyKey: `discord:interaction:${interaction.id}`,
         },
-        channelId: interaction.channelId,
-        threadId: interaction.channel?.isThread() ? interaction.channelId : undefined,
-        command: parsed,
-        messages: [],
-        idempotencyKey: `discord:interaction:${interaction.id}`,
-        data: {
+        {
           mode: 'interaction',
           userId: interaction.user.id,
           interactionToken: interaction.token,
           expiresAt: interaction.createdTimestamp + INTERACTION_WINDOW_MS,
           maxUploadBytes: interaction.attachmentSizeLimit,
         },
-      }),
+      ),
     );
     if (outcome.status === 'refused') await interaction.editReply(`⚠️ ${outcome.message}`);
     else if (outcome.status === 'answered') await interaction.editReply(outcome.text);

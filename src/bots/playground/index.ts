@@ -10,7 +10,7 @@ import { createFetchGuard, DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS } f
 import { createImageIngest } from '../core/images.ts';
 import { startBot } from '../core/start.ts';
 import { EventHub } from './events.ts';
-import { createInbound, type Inbound } from './inbound.ts';
+import { PlaygroundInbound } from './inbound.ts';
 import { PlaygroundMessages } from './messages.ts';
 import { PlaygroundAdapter } from './outbound.ts';
 import { PLAYGROUND_COMMUNITY } from './seed-gallery.ts';
@@ -68,8 +68,8 @@ export async function startPlayground(options: PlaygroundOptions): Promise<Playg
   const adapter = new PlaygroundAdapter({ store, messages, hub, logger, communityId: community.id });
   const limits = { maxBytes: DEFAULT_MAX_IMAGE_BYTES, maxPixels: DEFAULT_MAX_IMAGE_PIXELS };
 
-  let ready!: (inbound: Inbound) => void;
-  const inbound = new Promise<Inbound>((resolve) => {
+  let ready!: (inbound: PlaygroundInbound) => void;
+  const inbound = new Promise<PlaygroundInbound>((resolve) => {
     ready = resolve;
   });
   let allowedHosts: Set<string> | null = new Set();
@@ -134,7 +134,7 @@ export async function startPlayground(options: PlaygroundOptions): Promise<Playg
   });
 
   ready(
-    createInbound({
+    new PlaygroundInbound({
       bot,
       messages,
       adapter,

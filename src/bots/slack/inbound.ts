@@ -4,9 +4,9 @@ import type { Logger } from '../../log.ts';
 import { BUTTON_LABELS, parseButtonId } from '../core/buttons.ts';
 import { gillHelp, parseGillText } from '../core/commands.ts';
 import type { Bot } from '../core/start.ts';
-import type { Command, InboundTurn, ThreadMessage, TurnUser } from '../core/turn.ts';
+import { parseFind, parseImagine } from '../core/text-commands.ts';
+import { buildTurn, type Command, type ThreadMessage, type TurnFields } from '../core/turn.ts';
 import type { SlackAdmins } from './admins.ts';
-import { parseFind, parseImagine } from './commands.ts';
 import type { SlackTargetData } from './outbound.ts';
 import { escapeText, mentionsUser, plainText, toAttachment } from './text.ts';
 import { fromApi, type SlackMessage, type ThreadCache } from './threads.ts';
@@ -58,29 +58,9 @@ function shorten(text: string, max: number): string {
   return text.length > max ? `${text.slice(0, max - 1)}…` : text;
 }
 
-/** The one place a Slack Turn is made: the reply goes to the channel (and thread) the turn came from. */
-export function slackTurn(turn: {
-  community: CommunityRef;
-  user: TurnUser;
-  channelId: string;
-  threadId?: string;
-  command: Command;
-  messages: ThreadMessage[];
-  idempotencyKey: string;
-  data: SlackTargetData;
-}): InboundTurn {
-  const { channelId, threadId } = turn;
-  return {
-    platform: 'slack',
-    community: turn.community,
-    user: turn.user,
-    channelId,
-    ...(threadId ? { threadId } : {}),
-    command: turn.command,
-    messages: turn.messages,
-    idempotencyKey: turn.idempotencyKey,
-    replyTarget: { platform: 'slack', channelId, ...(threadId ? { threadId } : {}), data: { ...turn.data } },
-  };
+/** The one place a Slack Turn is made: answered in the channel (and thread) it came from. */
+export function slackTurn(fields: TurnFields, data: SlackTargetData) {
+  return buildTurn('slack', fields, data);
 }
 
 export class SlackInbound {
@@ -118,16 +98,18 @@ export class SlackInbound {
       threadMessage(m, botUserId),
     );
     const outcome = await bot.submit(
-      slackTurn({
-        community: this.community(teamId),
-        user: { id: message.userId, displayName: message.userId, isAdmin: false },
-        channelId: channel,
-        threadId: rootTs,
-        command: { kind: 'chat' },
-        messages,
-        idempotencyKey: `slack:event:${eventId}`,
-        data: { userId: message.userId },
-      }),
+      slackTurn(
+        {
+          community: this.community(teamId),
+          user: { id: message.userId, displayName: message.userId, isAdmin: false },
+          channelId: channel,
+          threadId: rootTs,
+          command: { kind: 'chat' },
+          messages,
+          idempotencyKey: `slack:event:${eventId}`,
+        },
+        { userId: message.userId },
+      ),
     );
     if (outcome.status === 'refused' || outcome.status === 'answered') {
       const text =
@@ -243,15 +225,17 @@ export class SlackInbound {
 
   /** A slash command's turn: no thread, the person who typed it. */
   private commandTurn(command: SlashCommand, parsed: Command, data: SlackTargetData, isAdmin = false) {
-    return slackTurn({
-      community: this.community(command.team_id),
-      user: { id: command.user_id, displayName: command.user_name, isAdmin },
-      channelId: command.channel_id,
-      command: parsed,
-      messages: [],
-      idempotencyKey: `slack:command:${command.trigger_id}`,
+    return slackTurn(
+      {
+        community: this.community(command.team_id),
+        user: { id: command.user_id, displayName: command.user_name, isAdmin },
+        channelId: command.channel_id,
+        command: parsed,
+        messages: [],
+        idempotencyKey: `slack:command:${command.trigger_id}`,
+      },
       data,
-    });
+    );
   }
 
   /** /imagine and /find: the result is posted in the channel, under a line saying who asked what. */
@@ -349,16 +333,18 @@ export class SlackInbound {
         return;
       }
       const outcome = await this.deps.bot.submit(
-        slackTurn({
-          community,
-          user: { id: body.user.id, displayName, isAdmin: false },
-          channelId: channel,
-          threadId: threadTs,
-          command: { kind: 'button', action: pressed, jobId },
-          messages: [],
-          idempotencyKey: `slack:action:${body.trigger_id}`,
-          data: { userId: body.user.id, header: `<@${body.user.id}> pressed “${BUTTON_LABELS[pressed]}”` },
-        }),
+        slackTurn(
+          {
+            community,
+            user: { id: body.user.id, displayName, isAdmin: false },
+            channelId: channel,
+            threadId: threadTs,
+            command: { kind: 'button', action: pressed, jobId },
+            messages: [],
+            idempotencyKey: `slack:action:${body.trigger_id}`,
+          },
+          { userId: body.user.id, header: `<@${body.user.id}> pressed “${BUTTON_LABELS[pressed]}”` },
+        ),
       );
       if (outcome.status === 'refused') await ephemeral(respond, `⚠️ ${outcome.message}`);
     } catch (error) {
