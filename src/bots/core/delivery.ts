@@ -56,12 +56,12 @@ const MAX_WATCHED = 10_000;
  * The first progress a job shows: its place in the queue, "next in line" when it already left the queue
  * (the worker's own progress replaces it as soon as it reports).
  */
-export function acceptedProgress(position: number | null): JobProgress {
+function acceptedProgress(position: number | null): JobProgress {
   return { stage: 'queued', position: position ?? 0 };
 }
 
 /** Progress messages being posted, by the job's idempotency key: the job's delivery waits for them. */
-export class AnnouncementHolds {
+class AnnouncementHolds {
   private readonly pending = new Map<string, Set<Promise<void>>>();
 
   hold(idempotencyKey: string): () => void {

@@ -12,7 +12,7 @@ import {
   createBotCore,
   type SubmitOutcome,
 } from './bot-core.ts';
-import { type AdapterDelivery, startAdapterDelivery } from './delivery.ts';
+import { startAdapterDelivery } from './delivery.ts';
 import type { InboundTurn } from './turn.ts';
 
 /**
@@ -34,7 +34,6 @@ export interface BotOptions {
 
 export interface Bot {
   core: BotCore;
-  delivery: AdapterDelivery;
   /**
    * Submits a turn; an accepted job's progress message is posted before its reply can go out. When the
    * platform says nobody could see it there, the job is cancelled and the outcome is a refusal saying why.
@@ -89,7 +88,6 @@ export function startBot(options: BotOptions): Bot {
 
   return {
     core,
-    delivery,
     async submit(turn) {
       const release = delivery.hold(turn.idempotencyKey);
       try {
