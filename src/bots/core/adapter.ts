@@ -115,10 +115,11 @@ export function throttleProgress(
       slots.set(job.id, slot);
       while (slot.inFlight) await slot.inFlight;
       const shown = show();
-      slot.lastAt = Date.now();
       slot.inFlight = shown
         .catch(() => {})
         .finally(() => {
+          // Counted from its end: its request may have waited in the client before reaching the platform.
+          slot.lastAt = Date.now();
           slot.inFlight = undefined;
           if (slot.pending) schedule(job.id, slot);
         });
