@@ -1,3 +1,4 @@
+import { imageExtension } from '../../image-types.ts';
 import type { JobProgress, ResultImage } from '../../jobs.ts';
 import type { JobRecord } from '../../store/types.ts';
 import { buttonsFor } from './buttons.ts';
@@ -113,13 +114,6 @@ export function splitMessage(text: string, maxChars: number): string[] {
   return chunks;
 }
 
-const EXTENSIONS: Record<string, string> = {
-  'image/png': 'png',
-  'image/jpeg': 'jpg',
-  'image/webp': 'webp',
-  'image/gif': 'gif',
-};
-
 function percent(p: number): string {
   return `${Math.round(p * 100)}%`;
 }
@@ -168,7 +162,7 @@ export function renderReply(job: JobRecord, style: RenderStyle): RenderedReply {
   const images = result.images.map((image, i) => ({
     hash: image.hash,
     mime: image.mime,
-    fileName: `gill-${image.kind}-${i + 1}.${EXTENSIONS[image.mime] ?? 'png'}`,
+    fileName: `gill-${image.kind}-${i + 1}.${imageExtension(image.mime) ?? 'png'}`,
     kind: image.kind,
     caption: caption(image, i, result.seed, style),
   }));

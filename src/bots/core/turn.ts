@@ -91,6 +91,23 @@ export interface InboundTurn {
   replyTarget: ReplyTarget;
 }
 
+/** What an adapter reads from its event; the platform and the reply target follow from it (see buildTurn). */
+export type TurnFields = Omit<InboundTurn, 'platform' | 'replyTarget'>;
+
+/**
+ * A Turn whose reply goes back where it came from (its channel, and thread if any), with the platform's
+ * own `data` for finding it again (message ids, an interaction token...). Each platform's inbound.ts wraps
+ * this in its one turn builder.
+ */
+export function buildTurn(platform: Platform, fields: TurnFields, data: object): InboundTurn {
+  const { channelId, threadId } = fields;
+  return {
+    platform,
+    ...fields,
+    replyTarget: { platform, channelId, ...(threadId ? { threadId } : {}), data: { ...data } },
+  };
+}
+
 /**
  * Images posted in a channel or in a thread, offered for the community index (the core's indexImages
  * decides if they are taken: when indexing is on for the channel, or for the channel the thread is in).

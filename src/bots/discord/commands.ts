@@ -5,6 +5,8 @@ import {
   PermissionFlagsBits,
   type RESTPostAPIChatInputApplicationCommandsJSONBody,
   SlashCommandBuilder,
+  type SlashCommandIntegerOption,
+  type SlashCommandNumberOption,
 } from 'discord.js';
 import { MAX_PROMPT_CHARS, UserInputError } from '../../jobs.ts';
 import { CONFIG_RANGES, GILL_SUBCOMMANDS, validateConfigChange } from '../core/commands.ts';
@@ -21,6 +23,19 @@ const describe = (name: string) => GILL_SUBCOMMANDS.find((s) => s.name === name)
 
 function onOff(sub: import('discord.js').SlashCommandSubcommandBuilder) {
   return sub.addBooleanOption((o) => o.setName('enabled').setDescription('on or off').setRequired(true));
+}
+
+/** A number option bounded by the range the core checks again (CONFIG_RANGES). */
+function ranged<O extends SlashCommandIntegerOption | SlashCommandNumberOption>(
+  option: O,
+  name: string,
+  description: string,
+  range: { min: number; max: number },
+  required = false,
+): O {
+  option.setName(name).setDescription(description).setRequired(required);
+  option.setMinValue(range.min).setMaxValue(range.max);
+  return option;
 }
 
 export function discordCommands(): RESTPostAPIChatInputApplicationCommandsJSONBody[] {
@@ -71,52 +86,26 @@ export function discordCommands(): RESTPostAPIChatInputApplicationCommandsJSONBo
       s
         .setName('bias')
         .setDescription(describe('bias'))
-        .addNumberOption((o) =>
-          o
-            .setName('value')
-            .setDescription('-10 to 10')
-            .setRequired(true)
-            .setMinValue(CONFIG_RANGES.bias.min)
-            .setMaxValue(CONFIG_RANGES.bias.max),
-        ),
+        .addNumberOption((o) => ranged(o, 'value', '-10 to 10', CONFIG_RANGES.bias, true)),
     )
     .addSubcommand((s) =>
       s
         .setName('context')
         .setDescription(describe('context'))
-        .addIntegerOption((o) =>
-          o
-            .setName('messages')
-            .setDescription('Messages')
-            .setRequired(true)
-            .setMinValue(CONFIG_RANGES.contextMessages.min)
-            .setMaxValue(CONFIG_RANGES.contextMessages.max),
-        ),
+        .addIntegerOption((o) => ranged(o, 'messages', 'Messages', CONFIG_RANGES.contextMessages, true)),
     )
     .addSubcommand((s) =>
       s
         .setName('limits')
         .setDescription(describe('limits'))
         .addIntegerOption((o) =>
-          o
-            .setName('per-minute')
-            .setDescription('Jobs per user per minute')
-            .setMinValue(CONFIG_RANGES.userJobsPerMinute.min)
-            .setMaxValue(CONFIG_RANGES.userJobsPerMinute.max),
+          ranged(o, 'per-minute', 'Jobs per user per minute', CONFIG_RANGES.userJobsPerMinute),
         )
         .addIntegerOption((o) =>
-          o
-            .setName('concurrent')
-            .setDescription('Jobs at once per user')
-            .setMinValue(CONFIG_RANGES.userConcurrentJobs.min)
-            .setMaxValue(CONFIG_RANGES.userConcurrentJobs.max),
+          ranged(o, 'concurrent', 'Jobs at once per user', CONFIG_RANGES.userConcurrentJobs),
         )
         .addIntegerOption((o) =>
-          o
-            .setName('community')
-            .setDescription('Jobs at once in this server')
-            .setMinValue(CONFIG_RANGES.communityConcurrentJobs.min)
-            .setMaxValue(CONFIG_RANGES.communityConcurrentJobs.max),
+          ranged(o, 'community', 'Jobs at once in this server', CONFIG_RANGES.communityConcurrentJobs),
         ),
     )
     .addSubcommand((s) => s.setName('forget').setDescription(describe('forget')));
