@@ -8,8 +8,10 @@ import { UserInputError } from '../../jobs.ts';
 /**
  * Fetches user-posted images from the platform's own file hosts only (no SSRF): the URL's origin must be
  * one of the configured origins exactly, redirects are followed only within them, configured host names
- * must resolve to public addresses, and the body is capped in bytes while streaming and in pixels before
- * decoding. Tests configure the fake platform's loopback origin, so the same guard runs everywhere.
+ * must resolve to public addresses, the body is capped in bytes while streaming and in pixels before
+ * decoding, and the whole download (redirects included) has a deadline as well as an idle timeout, so a
+ * host dripping a byte at a time cannot hold a turn. Tests configure the fake platform's loopback origin,
+ * so the same guard runs everywhere.
  */
 
 export interface AllowedOrigin {
@@ -25,7 +27,10 @@ export interface FetchGuardOptions {
   maxBytes?: number;
   /** Largest image accepted, in width × height. */
   maxPixels?: number;
+  /** Longest silence on the connection, in milliseconds. */
   timeoutMs?: number;
+  /** Longest whole download, redirects included, in milliseconds. */
+  deadlineMs?: number;
   maxRedirects?: number;
 }
 
@@ -44,6 +49,7 @@ export type FetchRefusal =
   | 'too_many_pixels'
   | 'not_image'
   | 'corrupt'
+  | 'too_slow'
   | 'unavailable';
 
 /** Why an image was not taken; the message names the file and is meant for the person who posted it. */
@@ -57,6 +63,13 @@ export class FetchRefusedError extends UserInputError {
   }
 }
 
+interface Answer {
+  status: number;
+  location?: string;
+  type: string;
+  body: Buffer;
+}
+
 export interface FetchGuard {
   /** Maximum body size in bytes, so callers can refuse a file whose declared size is already over it. */
   readonly maxBytes: number;
@@ -68,6 +81,7 @@ export interface FetchGuard {
 
 export const DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024;
 export const DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096;
+export const DEFAULT_DOWNLOAD_DEADLINE_MS = 30_000;
 
 const FORMATS: Record<string, string> = {
   jpeg: 'image/jpeg',
@@ -76,7 +90,10 @@ const FORMATS: Record<string, string> = {
   gif: 'image/gif',
 };
 
-// Addresses a public file host never resolves to: loopback, private, link-local, CGNAT, multicast, reserved.
+// Addresses a public file host never resolves to: loopback, private, link-local, CGNAT, multicast,
+// documentation and reserved ranges (IANA's IPv4 and IPv6 special-purpose address registries), and the
+// IPv6 ranges that embed or tunnel to an IPv4 address (IPv4-compatible, 6to4, Teredo, NAT64), which could
+// reach a private IPv4 host.
 const NON_PUBLIC = new BlockList();
 for (const [net, prefix] of [
   ['0.0.0.0', 8],
@@ -86,19 +103,28 @@ for (const [net, prefix] of [
   ['169.254.0.0', 16],
   ['172.16.0.0', 12],
   ['192.0.0.0', 24],
+  ['192.0.2.0', 24],
   ['192.168.0.0', 16],
   ['198.18.0.0', 15],
+  ['198.51.100.0', 24],
+  ['203.0.113.0', 24],
   ['224.0.0.0', 4],
   ['240.0.0.0', 4],
 ] as const) {
   NON_PUBLIC.addSubnet(net, prefix, 'ipv4');
 }
 for (const [net, prefix] of [
-  ['::', 128],
-  ['::1', 128],
+  // Unspecified, loopback and IPv4-compatible (::a.b.c.d).
+  ['::', 96],
   ['64:ff9b::', 96],
+  ['64:ff9b:1::', 48],
+  ['100::', 64],
+  ['2001::', 32],
+  ['2001:db8::', 32],
+  ['2002::', 16],
   ['fc00::', 7],
   ['fe80::', 10],
+  ['fec0::', 10],
   ['ff00::', 8],
 ] as const) {
   NON_PUBLIC.addSubnet(net, prefix, 'ipv6');
@@ -152,6 +178,7 @@ export function createFetchGuard(options: FetchGuardOptions): FetchGuard {
   const maxBytes = options.maxBytes ?? DEFAULT_MAX_IMAGE_BYTES;
   const maxPixels = options.maxPixels ?? DEFAULT_MAX_IMAGE_PIXELS;
   const timeoutMs = options.timeoutMs ?? 15_000;
+  const deadlineMs = options.deadlineMs ?? DEFAULT_DOWNLOAD_DEADLINE_MS;
   const maxRedirects = options.maxRedirects ?? 3;
   const allowed = new Map<string, Record<string, string>>();
   for (const entry of options.allowed) {
@@ -161,15 +188,28 @@ export function createFetchGuard(options: FetchGuardOptions): FetchGuard {
     allowed.set(origin, spec.headers ?? {});
   }
 
-  function download(
-    url: URL,
-    label: string,
-  ): Promise<{ status: number; location?: string; type: string; body: Buffer }> {
+  /** One request, given up at `deadline` (epoch milliseconds) wherever it stands. */
+  function download(url: URL, label: string, deadline: number): Promise<Answer> {
     const headers = allowed.get(url.origin) ?? {};
     // A configured IP literal is the operator's explicit choice (the fake platform in tests); names must resolve publicly.
     const lookup = isIP(url.hostname.replace(/^\[|\]$/g, '')) ? undefined : publicOnlyLookup;
     const client = url.protocol === 'https:' ? https : http;
-    return new Promise((resolve, reject) => {
+    let timer: NodeJS.Timeout | undefined;
+    const answer = new Promise<Answer>((resolve, reject) => {
+      const fail = (error: NodeJS.ErrnoException) => {
+        if (error.code === 'GILL_PRIVATE_ADDRESS') {
+          reject(
+            new FetchRefusedError(
+              `${label}: its host resolves to a private address, so it was not fetched`,
+              'private_address',
+            ),
+          );
+        } else {
+          reject(
+            new FetchRefusedError(`${label}: could not be downloaded (${error.message})`, 'unavailable'),
+          );
+        }
+      };
       const request = client.get(url, { headers, lookup, timeout: timeoutMs }, (response) => {
         const status = response.statusCode ?? 0;
         const type = String(response.headers['content-type'] ?? '');
@@ -194,24 +234,20 @@ export function createFetchGuard(options: FetchGuardOptions): FetchGuard {
           chunks.push(chunk);
         });
         response.on('end', () => resolve({ status, type, body: Buffer.concat(chunks) }));
-        response.on('error', reject);
+        response.on('error', fail);
       });
       request.on('timeout', () => request.destroy(new Error(`no answer within ${timeoutMs} ms`)));
-      request.on('error', (error: NodeJS.ErrnoException) => {
-        if (error.code === 'GILL_PRIVATE_ADDRESS') {
-          reject(
-            new FetchRefusedError(
-              `${label}: its host resolves to a private address, so it was not fetched`,
-              'private_address',
-            ),
-          );
-        } else {
-          reject(
-            new FetchRefusedError(`${label}: could not be downloaded (${error.message})`, 'unavailable'),
-          );
-        }
-      });
+      request.on('error', fail);
+      timer = setTimeout(
+        () => {
+          // Settled first, so the errors that destroying the request raises change nothing.
+          reject(tooSlow(label, deadlineMs));
+          request.destroy();
+        },
+        Math.max(0, deadline - Date.now()),
+      );
     });
+    return answer.finally(() => clearTimeout(timer));
   }
 
   async function decode(body: Buffer, label: string): Promise<FetchedImage> {
@@ -269,6 +305,7 @@ export function createFetchGuard(options: FetchGuardOptions): FetchGuard {
       } catch {
         throw new FetchRefusedError(`${label}: "${raw.slice(0, 200)}" is not a URL`, 'bad_url');
       }
+      const deadline = Date.now() + deadlineMs;
       for (let hop = 0; ; hop++) {
         if (!allowed.has(url.origin)) {
           throw new FetchRefusedError(
@@ -276,7 +313,7 @@ export function createFetchGuard(options: FetchGuardOptions): FetchGuard {
             'foreign_host',
           );
         }
-        const answer = await download(url, label);
+        const answer = await download(url, label, deadline);
         if (answer.status >= 300 && answer.status < 400) {
           if (!answer.location || hop >= maxRedirects) {
             throw new FetchRefusedError(`${label}: too many redirects`, 'unavailable');
@@ -311,6 +348,13 @@ function sniff(body: Buffer): string | null {
   if (body.subarray(0, 4).toString('latin1') === 'RIFF' && body.subarray(8, 12).toString('latin1') === 'WEBP')
     return 'webp';
   return null;
+}
+
+function tooSlow(label: string, deadlineMs: number): FetchRefusedError {
+  return new FetchRefusedError(
+    `${label}: its host took longer than ${Math.ceil(deadlineMs / 1000)} s to send it, so it was not read`,
+    'too_slow',
+  );
 }
 
 function tooLarge(label: string, maxBytes: number): FetchRefusedError {
