@@ -10,7 +10,8 @@ import { UserInputError } from '../../jobs.ts';
  * one of the configured origins exactly, redirects are followed only within them, configured host names
  * must resolve to public addresses, the body is capped in bytes while streaming and in pixels before
  * decoding, and the whole download (redirects included) has a deadline as well as an idle timeout, so a
- * host dripping a byte at a time cannot hold a turn. Tests configure the fake platform's loopback origin,
+ * host dripping a byte at a time cannot hold a turn. What it returns is re-encoded without metadata
+ * (see `reencode`), so what the bots store and re-post carries no EXIF or GPS position. Tests configure the fake platform's loopback origin,
  * so the same guard runs everywhere.
  */
 
@@ -35,6 +36,7 @@ export interface FetchGuardOptions {
 }
 
 export interface FetchedImage {
+  /** The first frame, upright, re-encoded without metadata (see `reencode`); not the bytes as downloaded. */
   bytes: Uint8Array;
   mime: string;
   width: number;
@@ -251,6 +253,7 @@ export function createFetchGuard(options: FetchGuardOptions): FetchGuard {
   }
 
   async function decode(body: Buffer, label: string): Promise<FetchedImage> {
+    if (body.length === 0) throw new FetchRefusedError(`${label} is empty (0 bytes)`, 'not_image');
     let meta: Metadata;
     try {
       meta = await sharp(body).metadata();
@@ -280,15 +283,14 @@ export function createFetchGuard(options: FetchGuardOptions): FetchGuard {
       );
     }
     try {
-      // Decoding the whole image is the only way to find truncated or corrupt data before the engine does.
-      await sharp(body, { limitInputPixels: maxPixels, failOn: 'warning' }).raw().toBuffer();
+      const clean = await reencode(body, meta.format as keyof typeof ENCODING, maxPixels);
+      return { bytes: new Uint8Array(clean.data), mime, width: clean.info.width, height: clean.info.height };
     } catch {
       throw new FetchRefusedError(
         `${label} looks like a ${meta.format} image but is damaged or truncated`,
         'corrupt',
       );
     }
-    return { bytes: new Uint8Array(body), mime, width, height };
   }
 
   return {
@@ -338,6 +340,27 @@ export function createFetchGuard(options: FetchGuardOptions): FetchGuard {
       }
     },
   };
+}
+
+const ENCODING = {
+  jpeg: { quality: 90 },
+  png: {},
+  webp: { quality: 90 },
+  gif: {},
+} as const;
+
+/**
+ * The image as the bot keeps it: its first frame, upright, re-encoded in its own format without any
+ * metadata (sharp keeps none unless asked with withMetadata). That drops EXIF (GPS position, camera serial
+ * number), XMP, IPTC, comments and anything appended after the image, so none of it is stored or
+ * re-posted; the orientation is applied first because it goes with the EXIF. Decoding the whole frame is
+ * also the only way to find truncated or corrupt data before the engine does.
+ */
+function reencode(body: Buffer, format: keyof typeof ENCODING, maxPixels: number) {
+  return sharp(body, { limitInputPixels: maxPixels, failOn: 'warning', pages: 1 })
+    .rotate()
+    .toFormat(format, ENCODING[format])
+    .toBuffer({ resolveWithObject: true });
 }
 
 /** The format a file's first bytes announce, to tell a damaged image from something that never was one. */
