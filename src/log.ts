@@ -11,7 +11,7 @@ export type { Logger };
  * - the finished line is scrubbed of secrets wherever they appear: strings under secret-named keys
  *   (token, authorization, *_TOKEN, *_SECRET) at any depth, Slack `xox…`/`xapp-…` tokens,
  *   Discord bot tokens, the interaction or webhook token in a `/webhooks/<id>/<token>` or
- *   `/interactions/<id>/<token>` URL (DiscordAPIError's `url`), `Bot …`/`Bearer …` credentials and
+ *   `/interactions/<id>/<token>` URL (DiscordAPIError's `url`) or rate-limit bucket, `Bot …`/`Bearer …` credentials and
  *   passwords in URLs.
  */
 
@@ -31,6 +31,8 @@ const SECRET_PATTERNS: [RegExp, string][] = [
   // Discord bot token: base64 user id, timestamp, HMAC.
   [/(?<![\w-])[\w-]{23,28}\.[\w-]{6,7}\.[\w-]{27,}/g, CENSOR],
   [/(\/(?:webhooks|interactions)\/\d+\/)[\w.~%-]+/g, `$1${CENSOR}`],
+  // discord.js's rate-limit data names a webhook's bucket by "<id>/<token>".
+  [/("majorParameter":"\d+\/)[^"]*/g, `$1${CENSOR}`],
   [/\b(Bot|Bearer) [\w.~+/=-]{16,}/g, `$1 ${CENSOR}`],
   [/(\/\/[^/\s:@"]+:)[^/\s@"]+@/g, `$1${CENSOR}@`],
 ];

@@ -2,7 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Writable } from 'node:stream';
-import { DiscordAPIError, HTTPError } from 'discord.js';
+import { DiscordAPIError, HTTPError, RateLimitError } from 'discord.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type DiscordBot, startDiscord } from '../src/bots/discord/bot.ts';
 import { loadConfig } from '../src/config.ts';
@@ -102,6 +102,20 @@ describe('log serializer', () => {
     logger.info({ headers: { Authorization: `Bearer ${SLACK_TOKEN}` } }, `sent with Bot ${BOT_TOKEN}`);
     logger.info({ target: { data: { interactionToken: INTERACTION_TOKEN } } }, `from ${SLACK_TOKEN}`);
     logger.info({ url: 'postgres://gill:hunter2secret@db:5432/gill' }, 'connected');
+    const limited = new RateLimitError({
+      timeToReset: 1000,
+      limit: 5,
+      method: 'POST',
+      hash: 'bucket',
+      url: `https://discord.com/api/v10/webhooks/1098765432109876543/${INTERACTION_TOKEN}`,
+      route: '/webhooks/:id/:token',
+      majorParameter: `1098765432109876543/${INTERACTION_TOKEN}`,
+      global: false,
+      retryAfter: 1000,
+      sublimitTimeout: 0,
+      scope: 'user',
+    });
+    logger.warn({ err: limited }, 'rate limited');
     const text = lines.join('');
     for (const secret of [INTERACTION_TOKEN, BOT_TOKEN, SLACK_TOKEN, 'abc123', 'hunter2secret'])
       expect(text).not.toContain(secret);
@@ -113,7 +127,8 @@ describe('log serializer', () => {
       blob: `[${pixels.length} bytes]`,
       attachment: { data: `[${pixels.length} bytes]` },
     });
-    expect(lines).toHaveLength(6);
+    expect(lines).toHaveLength(7);
+    expect(JSON.parse(lines[6]!).err).toMatchObject({ majorParameter: '1098765432109876543/[redacted]' });
   });
 });
 
