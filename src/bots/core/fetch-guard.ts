@@ -85,12 +85,18 @@ export const DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024;
 export const DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096;
 export const DEFAULT_DOWNLOAD_DEADLINE_MS = 30_000;
 
-const FORMATS: Record<string, string> = {
-  jpeg: 'image/jpeg',
-  png: 'image/png',
-  webp: 'image/webp',
-  gif: 'image/gif',
-};
+/** The formats taken, with how each is re-encoded (lossy ones near-losslessly). */
+const FORMATS = {
+  jpeg: { mime: 'image/jpeg', encoding: { quality: 90 } },
+  png: { mime: 'image/png', encoding: {} },
+  webp: { mime: 'image/webp', encoding: { quality: 90 } },
+  gif: { mime: 'image/gif', encoding: {} },
+} as const;
+type Format = keyof typeof FORMATS;
+
+function isTaken(format: string | undefined): format is Format {
+  return format !== undefined && Object.hasOwn(FORMATS, format);
+}
 
 // Addresses a public file host never resolves to: loopback, private, link-local, CGNAT, multicast,
 // documentation and reserved ranges (IANA's IPv4 and IPv6 special-purpose address registries), and the
@@ -267,10 +273,10 @@ export function createFetchGuard(options: FetchGuardOptions): FetchGuard {
       }
       throw new FetchRefusedError(`${label} is not an image (PNG, JPEG, WebP or GIF)`, 'not_image');
     }
-    const mime = meta.format ? FORMATS[meta.format] : undefined;
-    if (!mime) {
+    const format = meta.format;
+    if (!isTaken(format)) {
       throw new FetchRefusedError(
-        `${label} is a ${meta.format ?? 'unknown'} file, not a PNG, JPEG, WebP or GIF image`,
+        `${label} is a ${format ?? 'unknown'} file, not a PNG, JPEG, WebP or GIF image`,
         'not_image',
       );
     }
@@ -283,11 +289,17 @@ export function createFetchGuard(options: FetchGuardOptions): FetchGuard {
       );
     }
     try {
-      const clean = await reencode(body, meta.format as keyof typeof ENCODING, maxPixels);
-      return { bytes: new Uint8Array(clean.data), mime, width: clean.info.width, height: clean.info.height };
+      // Upright dimensions: a rotated photo's width and height swap.
+      const { data, info } = await reencode(body, format, maxPixels);
+      return {
+        bytes: new Uint8Array(data),
+        mime: FORMATS[format].mime,
+        width: info.width,
+        height: info.height,
+      };
     } catch {
       throw new FetchRefusedError(
-        `${label} looks like a ${meta.format} image but is damaged or truncated`,
+        `${label} looks like a ${format} image but is damaged or truncated`,
         'corrupt',
       );
     }
@@ -342,13 +354,6 @@ export function createFetchGuard(options: FetchGuardOptions): FetchGuard {
   };
 }
 
-const ENCODING = {
-  jpeg: { quality: 90 },
-  png: {},
-  webp: { quality: 90 },
-  gif: {},
-} as const;
-
 /**
  * The image as the bot keeps it: its first frame, upright, re-encoded in its own format without any
  * metadata (sharp keeps none unless asked with withMetadata). That drops EXIF (GPS position, camera serial
@@ -356,10 +361,10 @@ const ENCODING = {
  * re-posted; the orientation is applied first because it goes with the EXIF. Decoding the whole frame is
  * also the only way to find truncated or corrupt data before the engine does.
  */
-function reencode(body: Buffer, format: keyof typeof ENCODING, maxPixels: number) {
+function reencode(body: Buffer, format: Format, maxPixels: number) {
   return sharp(body, { limitInputPixels: maxPixels, failOn: 'warning', pages: 1 })
     .rotate()
-    .toFormat(format, ENCODING[format])
+    .toFormat(format, FORMATS[format].encoding)
     .toBuffer({ resolveWithObject: true });
 }
 
