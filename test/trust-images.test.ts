@@ -3,75 +3,28 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import zlib from 'node:zlib';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createFetchGuard, FetchRefusedError } from '../src/bots/core/fetch-guard.ts';
 import { createImageIngest, type ImageIngest, type StoredImage } from '../src/bots/core/images.ts';
 import { connect } from '../src/store/connect.ts';
 import type { Store } from '../src/store/types.ts';
+import {
+  animation,
+  GPS_EXIF,
+  gpsPhoto,
+  hasGps,
+  PRIVATE_TEXT,
+  pngBomb,
+  SVG,
+  solid,
+} from './support/hostile-files.ts';
 
 /**
  * Hostile files through the bots' image intake (the fetch guard and the ingest into the real store, served
  * from a loopback file host): metadata never reaches the store, and every file that can't be taken gets a
  * specific reason for the person who posted it, in bounded time, with the process still serving.
  */
-
-const PRIVATE_TEXT = 'Alice, 12 Garden Lane';
-
-function solid(width: number, height: number, channels: 3 | 4 = 3) {
-  return sharp({ create: { width, height, channels, background: '#c83232' } });
-}
-
-/** EXIF with a GPS position and a private description, as a phone writes it. */
-const EXIF = {
-  IFD0: { ImageDescription: PRIVATE_TEXT, Copyright: PRIVATE_TEXT },
-  IFD3: {
-    GPSLatitudeRef: 'N',
-    GPSLatitude: '51/1 30/1 1234/100',
-    GPSLongitudeRef: 'W',
-    GPSLongitude: '0/1 7/1 3900/100',
-  },
-};
-
-/** Whether EXIF bytes hold a GPS IFD pointer (tag 0x8825, either byte order). */
-function hasGps(exif: Buffer | undefined): boolean {
-  return !!exif && (exif.includes(Buffer.from([0x88, 0x25])) || exif.includes(Buffer.from([0x25, 0x88])));
-}
-
-function pngChunk(type: string, data: Buffer): Buffer {
-  const length = Buffer.alloc(4);
-  length.writeUInt32BE(data.length);
-  const body = Buffer.concat([Buffer.from(type, 'latin1'), data]);
-  const crc = Buffer.alloc(4);
-  crc.writeUInt32BE(zlib.crc32(body));
-  return Buffer.concat([length, body, crc]);
-}
-
-/** A valid 10000×10000 grey PNG of about 100 KB that decodes to 100 MB: a decompression bomb. */
-function pngBomb(side = 10_000): Buffer {
-  const header = Buffer.alloc(13);
-  header.writeUInt32BE(side, 0);
-  header.writeUInt32BE(side, 4);
-  header[8] = 8; // bit depth
-  header[9] = 0; // greyscale
-  return Buffer.concat([
-    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
-    pngChunk('IHDR', header),
-    pngChunk('IDAT', zlib.deflateSync(Buffer.alloc((side + 1) * side), { level: 9 })),
-    pngChunk('IEND', Buffer.alloc(0)),
-  ]);
-}
-
-/** An animation of `frames` 16×16 frames, each a different grey. */
-function animation(format: 'gif' | 'webp', frames: number): Promise<Buffer> {
-  const frameBytes = 16 * 16 * 4;
-  const raw = Buffer.alloc(frameBytes * frames);
-  for (let f = 0; f < frames; f++) raw.fill(f % 251, f * frameBytes, (f + 1) * frameBytes);
-  return sharp(raw, { raw: { width: 16, height: 16 * frames, channels: 4, pageHeight: 16 } })
-    .toFormat(format)
-    .toBuffer();
-}
 
 interface Served {
   body: Buffer;
@@ -140,10 +93,9 @@ beforeAll(async () => {
 
   samples.png = await solid(40, 30).png().toBuffer();
   samples.jpeg = await solid(40, 30).jpeg().toBuffer();
-  // Orientation 6: the camera was turned; the picture is shown 90° clockwise, 20×40.
-  samples.gpsJpeg = await solid(40, 20).jpeg().withExif(EXIF).withMetadata({ orientation: 6 }).toBuffer();
-  samples.gpsPng = await solid(40, 20).png().withExif(EXIF).toBuffer();
-  samples.gpsWebp = await solid(40, 20).webp().withExif(EXIF).toBuffer();
+  samples.gpsJpeg = await gpsPhoto();
+  samples.gpsPng = await solid(40, 20).png().withExif(GPS_EXIF).toBuffer();
+  samples.gpsWebp = await solid(40, 20).webp().withExif(GPS_EXIF).toBuffer();
 });
 
 afterAll(async () => {
@@ -215,10 +167,7 @@ describe('hostile files get a specific reason and do not hang the intake', () =>
     ],
     [
       'drawing.png',
-      () =>
-        Buffer.from(
-          '<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="10" height="10"/></svg>',
-        ),
+      () => SVG,
       {},
       'not_image',
       '"drawing.png" is a svg file, not a PNG, JPEG, WebP or GIF image',
