@@ -46,6 +46,8 @@ interface Script {
   method: string;
   path: RegExp;
   times: number;
+  /** Only requests this accepts are answered by the script (all when absent). */
+  when?: (call: RecordedCall) => boolean;
   respond: (res: http.ServerResponse) => void;
 }
 
@@ -417,9 +419,20 @@ export class FakeDiscord {
     });
   }
 
-  /** The next `times` matching requests fail with a Discord error (e.g. 403 / 50013 Missing Permissions). */
-  failNext(method: string, path: RegExp, status: number, code: number, message: string, times = 1): void {
-    this.scripts.push({ method, path, times, respond: (res) => apiError(res, status, code, message) });
+  /**
+   * The next `times` matching requests fail with a Discord error (e.g. 403 / 50013 Missing Permissions);
+   * `when` narrows the match to some requests (e.g. only those carrying files).
+   */
+  failNext(
+    method: string,
+    path: RegExp,
+    status: number,
+    code: number,
+    message: string,
+    times = 1,
+    when?: (call: RecordedCall) => boolean,
+  ): void {
+    this.scripts.push({ method, path, times, when, respond: (res) => apiError(res, status, code, message) });
   }
 
   // ----- observation -----------------------------------------------------------------------------------
@@ -639,7 +652,9 @@ export class FakeDiscord {
     if (req.headers.authorization !== undefined && !/^Bot \S+$/.test(req.headers.authorization)) {
       return apiError(res, 401, 0, '401: Unauthorized');
     }
-    const script = this.scripts.find((s) => s.method === method && s.path.test(path) && s.times > 0);
+    const script = this.scripts.find(
+      (s) => s.method === method && s.path.test(path) && s.times > 0 && (s.when?.(call) ?? true),
+    );
     if (script) {
       script.times--;
       return script.respond(res);

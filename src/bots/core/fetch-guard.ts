@@ -8,8 +8,11 @@ import { UserInputError } from '../../jobs.ts';
 /**
  * Fetches user-posted images from the platform's own file hosts only (no SSRF): the URL's origin must be
  * one of the configured origins exactly, redirects are followed only within them, configured host names
- * must resolve to public addresses, and the body is capped in bytes while streaming and in pixels before
- * decoding. Tests configure the fake platform's loopback origin, so the same guard runs everywhere.
+ * must resolve to public addresses, the body is capped in bytes while streaming and in pixels before
+ * decoding, and the whole download (redirects included) has a deadline as well as an idle timeout, so a
+ * host dripping a byte at a time cannot hold a turn. What it returns is re-encoded without metadata
+ * (see `reencode`), so what the bots store and re-post carries no EXIF or GPS position. Tests configure the fake platform's loopback origin,
+ * so the same guard runs everywhere.
  */
 
 export interface AllowedOrigin {
@@ -25,11 +28,15 @@ export interface FetchGuardOptions {
   maxBytes?: number;
   /** Largest image accepted, in width × height. */
   maxPixels?: number;
+  /** Longest silence on the connection, in milliseconds. */
   timeoutMs?: number;
+  /** Longest whole download, redirects included, in milliseconds. */
+  deadlineMs?: number;
   maxRedirects?: number;
 }
 
 export interface FetchedImage {
+  /** The first frame, upright, re-encoded without metadata (see `reencode`); not the bytes as downloaded. */
   bytes: Uint8Array;
   mime: string;
   width: number;
@@ -44,6 +51,7 @@ export type FetchRefusal =
   | 'too_many_pixels'
   | 'not_image'
   | 'corrupt'
+  | 'too_slow'
   | 'unavailable';
 
 /** Why an image was not taken; the message names the file and is meant for the person who posted it. */
@@ -57,6 +65,13 @@ export class FetchRefusedError extends UserInputError {
   }
 }
 
+interface Answer {
+  status: number;
+  location?: string;
+  type: string;
+  body: Buffer;
+}
+
 export interface FetchGuard {
   /** Maximum body size in bytes, so callers can refuse a file whose declared size is already over it. */
   readonly maxBytes: number;
@@ -68,15 +83,25 @@ export interface FetchGuard {
 
 export const DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024;
 export const DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096;
+export const DEFAULT_DOWNLOAD_DEADLINE_MS = 30_000;
 
-const FORMATS: Record<string, string> = {
-  jpeg: 'image/jpeg',
-  png: 'image/png',
-  webp: 'image/webp',
-  gif: 'image/gif',
-};
+/** The formats taken, with how each is re-encoded (lossy ones near-losslessly). */
+const FORMATS = {
+  jpeg: { mime: 'image/jpeg', encoding: { quality: 90 } },
+  png: { mime: 'image/png', encoding: {} },
+  webp: { mime: 'image/webp', encoding: { quality: 90 } },
+  gif: { mime: 'image/gif', encoding: {} },
+} as const;
+type Format = keyof typeof FORMATS;
 
-// Addresses a public file host never resolves to: loopback, private, link-local, CGNAT, multicast, reserved.
+function isTaken(format: string | undefined): format is Format {
+  return format !== undefined && Object.hasOwn(FORMATS, format);
+}
+
+// Addresses a public file host never resolves to: loopback, private, link-local, CGNAT, multicast,
+// documentation and reserved ranges (IANA's IPv4 and IPv6 special-purpose address registries), and the
+// IPv6 ranges that embed or tunnel to an IPv4 address (IPv4-compatible, 6to4, Teredo, NAT64), which could
+// reach a private IPv4 host.
 const NON_PUBLIC = new BlockList();
 for (const [net, prefix] of [
   ['0.0.0.0', 8],
@@ -86,19 +111,28 @@ for (const [net, prefix] of [
   ['169.254.0.0', 16],
   ['172.16.0.0', 12],
   ['192.0.0.0', 24],
+  ['192.0.2.0', 24],
   ['192.168.0.0', 16],
   ['198.18.0.0', 15],
+  ['198.51.100.0', 24],
+  ['203.0.113.0', 24],
   ['224.0.0.0', 4],
   ['240.0.0.0', 4],
 ] as const) {
   NON_PUBLIC.addSubnet(net, prefix, 'ipv4');
 }
 for (const [net, prefix] of [
-  ['::', 128],
-  ['::1', 128],
+  // Unspecified, loopback and IPv4-compatible (::a.b.c.d).
+  ['::', 96],
   ['64:ff9b::', 96],
+  ['64:ff9b:1::', 48],
+  ['100::', 64],
+  ['2001::', 32],
+  ['2001:db8::', 32],
+  ['2002::', 16],
   ['fc00::', 7],
   ['fe80::', 10],
+  ['fec0::', 10],
   ['ff00::', 8],
 ] as const) {
   NON_PUBLIC.addSubnet(net, prefix, 'ipv6');
@@ -152,6 +186,7 @@ export function createFetchGuard(options: FetchGuardOptions): FetchGuard {
   const maxBytes = options.maxBytes ?? DEFAULT_MAX_IMAGE_BYTES;
   const maxPixels = options.maxPixels ?? DEFAULT_MAX_IMAGE_PIXELS;
   const timeoutMs = options.timeoutMs ?? 15_000;
+  const deadlineMs = options.deadlineMs ?? DEFAULT_DOWNLOAD_DEADLINE_MS;
   const maxRedirects = options.maxRedirects ?? 3;
   const allowed = new Map<string, Record<string, string>>();
   for (const entry of options.allowed) {
@@ -161,15 +196,28 @@ export function createFetchGuard(options: FetchGuardOptions): FetchGuard {
     allowed.set(origin, spec.headers ?? {});
   }
 
-  function download(
-    url: URL,
-    label: string,
-  ): Promise<{ status: number; location?: string; type: string; body: Buffer }> {
+  /** One request, given up at `deadline` (epoch milliseconds) wherever it stands. */
+  function download(url: URL, label: string, deadline: number): Promise<Answer> {
     const headers = allowed.get(url.origin) ?? {};
     // A configured IP literal is the operator's explicit choice (the fake platform in tests); names must resolve publicly.
     const lookup = isIP(url.hostname.replace(/^\[|\]$/g, '')) ? undefined : publicOnlyLookup;
     const client = url.protocol === 'https:' ? https : http;
-    return new Promise((resolve, reject) => {
+    let timer: NodeJS.Timeout | undefined;
+    const answer = new Promise<Answer>((resolve, reject) => {
+      const fail = (error: NodeJS.ErrnoException) => {
+        if (error.code === 'GILL_PRIVATE_ADDRESS') {
+          reject(
+            new FetchRefusedError(
+              `${label}: its host resolves to a private address, so it was not fetched`,
+              'private_address',
+            ),
+          );
+        } else {
+          reject(
+            new FetchRefusedError(`${label}: could not be downloaded (${error.message})`, 'unavailable'),
+          );
+        }
+      };
       const request = client.get(url, { headers, lookup, timeout: timeoutMs }, (response) => {
         const status = response.statusCode ?? 0;
         const type = String(response.headers['content-type'] ?? '');
@@ -194,27 +242,24 @@ export function createFetchGuard(options: FetchGuardOptions): FetchGuard {
           chunks.push(chunk);
         });
         response.on('end', () => resolve({ status, type, body: Buffer.concat(chunks) }));
-        response.on('error', reject);
+        response.on('error', fail);
       });
       request.on('timeout', () => request.destroy(new Error(`no answer within ${timeoutMs} ms`)));
-      request.on('error', (error: NodeJS.ErrnoException) => {
-        if (error.code === 'GILL_PRIVATE_ADDRESS') {
-          reject(
-            new FetchRefusedError(
-              `${label}: its host resolves to a private address, so it was not fetched`,
-              'private_address',
-            ),
-          );
-        } else {
-          reject(
-            new FetchRefusedError(`${label}: could not be downloaded (${error.message})`, 'unavailable'),
-          );
-        }
-      });
+      request.on('error', fail);
+      timer = setTimeout(
+        () => {
+          // Settled first, so the errors that destroying the request raises change nothing.
+          reject(tooSlow(label, deadlineMs));
+          request.destroy();
+        },
+        Math.max(0, deadline - Date.now()),
+      );
     });
+    return answer.finally(() => clearTimeout(timer));
   }
 
   async function decode(body: Buffer, label: string): Promise<FetchedImage> {
+    if (body.length === 0) throw new FetchRefusedError(`${label} is empty (0 bytes)`, 'not_image');
     let meta: Metadata;
     try {
       meta = await sharp(body).metadata();
@@ -228,10 +273,10 @@ export function createFetchGuard(options: FetchGuardOptions): FetchGuard {
       }
       throw new FetchRefusedError(`${label} is not an image (PNG, JPEG, WebP or GIF)`, 'not_image');
     }
-    const mime = meta.format ? FORMATS[meta.format] : undefined;
-    if (!mime) {
+    const format = meta.format;
+    if (!isTaken(format)) {
       throw new FetchRefusedError(
-        `${label} is a ${meta.format ?? 'unknown'} file, not a PNG, JPEG, WebP or GIF image`,
+        `${label} is a ${format ?? 'unknown'} file, not a PNG, JPEG, WebP or GIF image`,
         'not_image',
       );
     }
@@ -244,15 +289,20 @@ export function createFetchGuard(options: FetchGuardOptions): FetchGuard {
       );
     }
     try {
-      // Decoding the whole image is the only way to find truncated or corrupt data before the engine does.
-      await sharp(body, { limitInputPixels: maxPixels, failOn: 'warning' }).raw().toBuffer();
+      // Upright dimensions: a rotated photo's width and height swap.
+      const { data, info } = await reencode(body, format, maxPixels);
+      return {
+        bytes: new Uint8Array(data),
+        mime: FORMATS[format].mime,
+        width: info.width,
+        height: info.height,
+      };
     } catch {
       throw new FetchRefusedError(
-        `${label} looks like a ${meta.format} image but is damaged or truncated`,
+        `${label} looks like a ${format} image but is damaged or truncated`,
         'corrupt',
       );
     }
-    return { bytes: new Uint8Array(body), mime, width, height };
   }
 
   return {
@@ -269,6 +319,7 @@ export function createFetchGuard(options: FetchGuardOptions): FetchGuard {
       } catch {
         throw new FetchRefusedError(`${label}: "${raw.slice(0, 200)}" is not a URL`, 'bad_url');
       }
+      const deadline = Date.now() + deadlineMs;
       for (let hop = 0; ; hop++) {
         if (!allowed.has(url.origin)) {
           throw new FetchRefusedError(
@@ -276,7 +327,7 @@ export function createFetchGuard(options: FetchGuardOptions): FetchGuard {
             'foreign_host',
           );
         }
-        const answer = await download(url, label);
+        const answer = await download(url, label, deadline);
         if (answer.status >= 300 && answer.status < 400) {
           if (!answer.location || hop >= maxRedirects) {
             throw new FetchRefusedError(`${label}: too many redirects`, 'unavailable');
@@ -303,6 +354,20 @@ export function createFetchGuard(options: FetchGuardOptions): FetchGuard {
   };
 }
 
+/**
+ * The image as the bot keeps it: its first frame, upright, re-encoded in its own format without any
+ * metadata (sharp keeps none unless asked with withMetadata). That drops EXIF (GPS position, camera serial
+ * number), XMP, IPTC, comments and anything appended after the image, so none of it is stored or
+ * re-posted; the orientation is applied first because it goes with the EXIF. Decoding the whole frame is
+ * also the only way to find truncated or corrupt data before the engine does.
+ */
+function reencode(body: Buffer, format: Format, maxPixels: number) {
+  return sharp(body, { limitInputPixels: maxPixels, failOn: 'warning', pages: 1 })
+    .rotate()
+    .toFormat(format, FORMATS[format].encoding)
+    .toBuffer({ resolveWithObject: true });
+}
+
 /** The format a file's first bytes announce, to tell a damaged image from something that never was one. */
 function sniff(body: Buffer): string | null {
   if (body.subarray(0, 8).equals(Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]))) return 'png';
@@ -311,6 +376,13 @@ function sniff(body: Buffer): string | null {
   if (body.subarray(0, 4).toString('latin1') === 'RIFF' && body.subarray(8, 12).toString('latin1') === 'WEBP')
     return 'webp';
   return null;
+}
+
+function tooSlow(label: string, deadlineMs: number): FetchRefusedError {
+  return new FetchRefusedError(
+    `${label}: its host took longer than ${Math.ceil(deadlineMs / 1000)} s to send it, so it was not read`,
+    'too_slow',
+  );
 }
 
 function tooLarge(label: string, maxBytes: number): FetchRefusedError {

@@ -3,8 +3,9 @@ import { type FetchGuard, FetchRefusedError, formatBytes } from './fetch-guard.t
 import type { Attachment } from './turn.ts';
 
 /**
- * Turns platform attachments into stored images: checked through the fetch guard, kept in the store's
- * blobs by content hash (platform CDN links expire; the stored bytes are canonical). Results are cached
+ * Turns platform attachments into stored images: checked through the fetch guard, which hands back the
+ * image re-encoded without EXIF or other metadata, and kept in the store's blobs by content hash
+ * (platform CDN links expire; the stored bytes are canonical, and are what the bots re-post). Results are cached
  * by attachment, so a thread's images are downloaded once, not at every turn.
  */
 
