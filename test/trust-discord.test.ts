@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type DiscordBot, startDiscord } from '../src/bots/discord/bot.ts';
+import { type DiscordBot, startDiscord } from '../src/bots/discord/index.ts';
 import { loadConfig } from '../src/config.ts';
 import { MemoryJobQueue } from '../src/queue/memory.ts';
 import { runJobs } from '../src/queue/worker.ts';
