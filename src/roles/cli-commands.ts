@@ -3,8 +3,8 @@ import path from 'node:path';
 import pino from 'pino';
 import type { Config } from '../config.ts';
 import { loadBundle } from '../engine/bundle.ts';
-import { encodePrompt, generate } from '../engine/diffusion/pipeline.ts';
 import type { SchedulerName } from '../engine/diffusion/schedulers.ts';
+import { GillModel } from '../engine/gill/model.ts';
 import type { GillEngine } from '../engine/gill-engine.ts';
 import { probeImage } from '../engine/images.ts';
 import { createEngine } from '../engine/index.ts';
@@ -179,14 +179,13 @@ export async function runImagine(
   });
   try {
     const seed = opts.seed ?? Math.floor(Math.random() * 2 ** 31);
-    const image = await generate({
-      bundle,
-      conditioning: await encodePrompt(bundle, prompt),
+    const image = await new GillModel(bundle).imagine(prompt, {
       seed,
       steps: opts.steps,
       guidance: opts.guidance,
       scheduler: opts.scheduler as SchedulerName | undefined,
-      onStep: (step, steps) => progressPrinter()({ stage: 'generating', step, steps }),
+      onProgress: progressPrinter(),
+      previews: 0,
     });
     await mkdir(path.dirname(path.resolve(opts.out)), { recursive: true });
     await writeFile(opts.out, image.png);

@@ -3,7 +3,7 @@ import type { Bundle } from '../bundle.ts';
 import { embedTokens } from './lm.ts';
 
 /**
- * The GILL heads (gill-method.md §1.3-1.7): image encoder and visual prefix, the two retrieval
+ * The GILL heads (docs/gill-method.md §1.3, §1.4, §1.6, §1.7): image encoder and visual prefix, the two retrieval
  * projections, the GILLMapper and the decision head. Inputs and outputs are flat Float32Arrays.
  */
 

@@ -1,0 +1,176 @@
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { z } from 'zod';
+
+/** The bundle manifest (models/README.md): its schema and the checks that need more than one field. */
+
+export class BundleError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'BundleError';
+  }
+}
+
+const file = z
+  .string()
+  .min(1)
+  .refine((p) => !path.isAbsolute(p) && !p.split(/[\\/]/).includes('..'), {
+    message: 'must be a file name inside the bundle folder',
+  });
+const dim = z.number().int().positive();
+const tokenId = z.number().int().nonnegative();
+const rgb = z.tuple([z.number(), z.number(), z.number()]);
+
+const lmV1 = z.object({
+  embed: file,
+  decoder: file,
+  tokenizer: file,
+  hiddenSize: dim,
+  numLayers: dim,
+  numHeads: dim,
+  headDim: dim,
+  vocabSize: dim,
+  maxPositions: dim,
+  bosId: tokenId,
+  eosId: tokenId,
+  padId: tokenId,
+  newlineId: tokenId,
+  addBos: z.boolean(),
+  imgTokenIds: z.array(tokenId).min(1),
+});
+
+const vision = z.object({
+  encoder: file,
+  imageSize: dim,
+  resize: z.literal('shortest-side-bicubic-center-crop'),
+  mean: rgb,
+  std: rgb.refine((s) => s.every((v) => v > 0), { message: 'every std must be > 0' }),
+  pooledSize: dim,
+});
+
+const gill = z.object({
+  visualPrefix: file,
+  numVisualTokens: dim,
+  imageRetrieval: file,
+  textRetrieval: file,
+  retrievalDim: dim,
+  logitScale: z.number(),
+  mapper: file,
+  decision: file,
+});
+
+const diffusion = z.object({
+  textEncoder: file,
+  textTokenizer: file,
+  textMaxLength: dim,
+  textPadId: tokenId,
+  textBosId: tokenId.nullable(),
+  textEosId: tokenId.nullable(),
+  conditioningDim: dim,
+  unet: file,
+  vaeDecoder: file,
+  latentChannels: dim,
+  latentSize: dim,
+  imageSize: dim,
+  vaeScalingFactor: z.number().positive(),
+  scheduler: z.object({
+    numTrainTimesteps: dim,
+    betaSchedule: z.enum(['linear', 'scaled_linear', 'squaredcos_cap_v2']),
+    betaStart: z.number().positive(),
+    betaEnd: z.number().positive(),
+    predictionType: z.enum(['epsilon', 'v_prediction', 'sample']),
+    // Optional, with diffusers' DDIMScheduler names and meanings.
+    timestepSpacing: z.enum(['linspace', 'leading', 'trailing']).optional(),
+    stepsOffset: z.number().int().nonnegative().optional(),
+    setAlphaToOne: z.boolean().optional(),
+    clipSample: z.boolean().optional(),
+  }),
+});
+
+const defaults = z.object({
+  maxNewTokens: dim,
+  temperature: z.number().min(0),
+  topP: z.number().gt(0).max(1),
+  retScaleFactor: z.number().positive(),
+  genScaleFactor: z.number().positive(),
+  dialogueTemplate: z.string().includes('{text}'),
+  scheduler: z.enum(['ddim', 'dpm++']),
+  steps: dim,
+  guidance: z.number().min(0),
+  /**
+   * When the decision head picks "retrieve" on its own but the closest gallery image is less similar than
+   * this (cosine), the image is generated instead. The paper's first decision model saw the best retrieval
+   * score as a feature; this keeps that safeguard for bundles whose decision head does not. Absent: no floor.
+   */
+  minRetrieveSimilarity: z.number().min(-1).max(1).optional(),
+});
+
+export const manifestSchema = z.object({
+  format: z.literal('gill-bundle/1'),
+  name: z.string().min(1),
+  lm: lmV1,
+  vision,
+  gill,
+  diffusion,
+  defaults,
+});
+
+export type Manifest = z.infer<typeof manifestSchema>;
+
+export const MANIFEST_FILE = 'manifest.json';
+
+/** Reads and validates manifest.json; errors name the bundle file and the field. */
+export async function readManifest(dir: string): Promise<Manifest> {
+  const where = path.join(dir, MANIFEST_FILE);
+  let raw: string;
+  try {
+    raw = await readFile(where, 'utf8');
+  } catch (error) {
+    throw new BundleError(
+      `model bundle: cannot read ${where} (${(error as NodeJS.ErrnoException).code ?? error})`,
+    );
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(raw);
+  } catch (error) {
+    throw new BundleError(`model bundle: ${where} is not valid JSON (${(error as Error).message})`);
+  }
+  const parsed = manifestSchema.safeParse(json);
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`);
+    throw new BundleError(`model bundle: ${where} is invalid:\n  ${problems.join('\n  ')}`);
+  }
+  checkManifestConsistency(parsed.data, where);
+  return parsed.data;
+}
+
+function checkManifestConsistency(m: Manifest, where: string): void {
+  const problems: string[] = [];
+  const ids = { bosId: m.lm.bosId, eosId: m.lm.eosId, padId: m.lm.padId, newlineId: m.lm.newlineId };
+  for (const [key, id] of Object.entries(ids)) {
+    if (id >= m.lm.vocabSize) problems.push(`lm.${key}: ${id} is not below lm.vocabSize ${m.lm.vocabSize}`);
+  }
+  m.lm.imgTokenIds.forEach((id, i) => {
+    if (id >= m.lm.vocabSize)
+      problems.push(`lm.imgTokenIds[${i}]: ${id} is not below lm.vocabSize ${m.lm.vocabSize}`);
+  });
+  if (new Set(m.lm.imgTokenIds).size !== m.lm.imgTokenIds.length)
+    problems.push('lm.imgTokenIds: ids must be distinct');
+  if (m.lm.numHeads * m.lm.headDim !== m.lm.hiddenSize) {
+    problems.push(
+      `lm.numHeads × lm.headDim (${m.lm.numHeads}×${m.lm.headDim}) must equal lm.hiddenSize ${m.lm.hiddenSize}`,
+    );
+  }
+  const reserved = m.gill.numVisualTokens + m.lm.imgTokenIds.length + 2;
+  if (m.lm.maxPositions <= reserved) {
+    problems.push(
+      `lm.maxPositions ${m.lm.maxPositions} leaves no room for a prompt (needs more than ${reserved})`,
+    );
+  }
+  if (m.diffusion.scheduler.betaEnd <= m.diffusion.scheduler.betaStart) {
+    problems.push('diffusion.scheduler.betaEnd must be greater than betaStart');
+  }
+  if (problems.length)
+    throw new BundleError(`model bundle: ${where} is inconsistent:\n  ${problems.join('\n  ')}`);
+}
