@@ -3,7 +3,7 @@ import type { Engine, JobContext } from '../jobs.ts';
 import { type JobPayload, type JobResult, type ResultImage, UserInputError } from '../jobs.ts';
 import type { Logger } from '../log.ts';
 import type { ScoredImage, Store } from '../store/types.ts';
-import type { SchedulerName } from './diffusion/schedulers.ts';
+import type { SchedulerName } from './diffusion/schedulers/index.ts';
 import type { GillModel, Retrieved } from './gill/model.ts';
 import type { ConversationItem } from './gill/prompt.ts';
 

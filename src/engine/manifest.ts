@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
+import { ACCEPTED_SCHEDULER_NAMES, parseSchedulerName } from './diffusion/schedulers/index.ts';
 
 /** The bundle manifest (models/README.md): its schema and the checks that need more than one field. */
 
@@ -79,7 +80,7 @@ const diffusion = z.object({
     betaStart: z.number().positive(),
     betaEnd: z.number().positive(),
     predictionType: z.enum(['epsilon', 'v_prediction', 'sample']),
-    // Optional, with diffusers' DDIMScheduler names and meanings.
+    // Optional, with diffusers' scheduler config names and meanings.
     timestepSpacing: z.enum(['linspace', 'leading', 'trailing']).optional(),
     stepsOffset: z.number().int().nonnegative().optional(),
     setAlphaToOne: z.boolean().optional(),
@@ -94,7 +95,12 @@ const defaults = z.object({
   retScaleFactor: z.number().positive(),
   genScaleFactor: z.number().positive(),
   dialogueTemplate: z.string().includes('{text}'),
-  scheduler: z.enum(['ddim', 'dpm++']),
+  scheduler: z
+    .string()
+    .refine((name) => parseSchedulerName(name) !== undefined, {
+      message: `must be one of ${ACCEPTED_SCHEDULER_NAMES.join(', ')}`,
+    })
+    .transform((name) => parseSchedulerName(name)!),
   steps: dim,
   guidance: z.number().min(0),
   /**

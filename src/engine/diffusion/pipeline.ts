@@ -4,7 +4,8 @@ import sharp from 'sharp';
 import type { JobProgress } from '../../jobs.ts';
 import { type Bundle, inputType } from '../bundle.ts';
 import { fillGaussian } from './noise.ts';
-import { alphasCumprod, createSampler, type SchedulerName } from './schedulers.ts';
+import { createSampler, type SchedulerName } from './schedulers/index.ts';
+import { alphasCumprod } from './schedulers/schedule.ts';
 
 /**
  * Text-to-image with the bundle's latent diffusion model, as a Stable Diffusion pipeline does it:

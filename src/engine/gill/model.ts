@@ -1,7 +1,7 @@
 import { type JobProgress, UserInputError } from '../../jobs.ts';
 import type { Bundle } from '../bundle.ts';
 import { encodePrompt, type GeneratedImage, generate, progressWithPreviews } from '../diffusion/pipeline.ts';
-import type { SchedulerName } from '../diffusion/schedulers.ts';
+import type { SchedulerName } from '../diffusion/schedulers/index.ts';
 import { imageToPixelValues } from '../images.ts';
 import { type DecodeResult, decode } from './decode.ts';
 import {
