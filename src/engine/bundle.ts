@@ -1,7 +1,10 @@
 import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { BundleError, type Manifest, readManifest } from './manifest.ts';
+import { float16Bits } from './float16.ts';
+import { type VerifyReport, verifyBundleFiles } from './integrity.ts';
+import { BundleError, type Manifest, type ManifestV2, readManifest } from './manifest.ts';
+import { inputType } from './tensors.ts';
 
 /**
  * Loads a model bundle (models/README.md): validates manifest.json and every file it names, opens one
@@ -38,9 +41,12 @@ export interface Bundle {
   threads: number | undefined;
   /**
    * The decision graph also takes `retrieval_score` [B,1], the best gallery cosine for the [IMG0] (GILL's first
-   * decision model); read from the graph, so older bundles keep their single input.
+   * decision model): the manifest's `decision.usesRetrievalScore` in a v2 bundle (checked against the graph),
+   * read from the graph in a v1 bundle.
    */
   decisionUsesRetrievalScore: boolean;
+  /** What the v2 file check found (null for a v1 bundle, which lists no sizes or checksums). */
+  verified: VerifyReport | null;
   close(): Promise<void>;
 }
 
@@ -50,6 +56,11 @@ export interface LoadBundleOptions {
   threads?: number;
   /** Run each graph once on dummy inputs (checks dimensions; first real job is not slowed). Default true. */
   warmUp?: boolean;
+  /**
+   * Check the sha256 of every file a v2 manifest lists (sizes are always checked). Default: on unless the
+   * environment sets GILL_SKIP_CHECKSUMS=1.
+   */
+  verifyChecksums?: boolean;
   /**
    * Let idle intra-op threads spin between ops (ONNX Runtime's default, true): a little faster on cores of
    * its own, much slower on cores shared with other busy processes.
@@ -228,7 +239,7 @@ async function openSession(
   } catch (error) {
     const hint =
       options.executionProvider === 'cuda'
-        ? '\nGILL_EXECUTION_PROVIDER=cuda needs onnxruntime-node installed with CUDA (npm install with onnxruntime-node-install=cuda12) and the CUDA 12 libraries'
+        ? "\nGILL_EXECUTION_PROVIDER=cuda needs onnxruntime-node's CUDA binaries (ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node, see README) and CUDA 12 with cuDNN 9 on the host"
         : '';
     throw new BundleError(
       `model bundle: ${spec.manifestField} ${full} cannot be loaded by ONNX Runtime: ${(error as Error).message}${hint}`,
@@ -253,17 +264,12 @@ async function openSession(
   return session;
 }
 
-/** The element type a graph declares for one of its inputs (e.g. the UNet's timestep may be int64 or float). */
-export function inputType(session: ort.InferenceSession, name: string): ort.Tensor.Type {
-  const meta = session.inputMetadata.find((v) => v.name === name);
-  return meta?.isTensor ? meta.type : 'float32';
-}
-
 /** A tensor of ones (a valid token id, mask value and timestep alike) of the type the graph declares. */
 function ones(type: ort.Tensor.Type, dims: number[]): ort.Tensor {
   const size = dims.reduce((a, b) => a * b, 1);
   if (type === 'int64') return new ort.Tensor('int64', new BigInt64Array(size).fill(1n), dims);
   if (type === 'int32') return new ort.Tensor('int32', new Int32Array(size).fill(1), dims);
+  if (type === 'float16') return new ort.Tensor('float16', new Uint16Array(size).fill(float16Bits(1)), dims);
   return new ort.Tensor('float32', new Float32Array(size).fill(1), dims);
 }
 
@@ -299,11 +305,35 @@ async function warmUp(sessions: BundleSessions, m: Manifest): Promise<void> {
   for (const name of Object.keys(GRAPHS) as GraphName[]) await checkRun(sessions[name], GRAPHS[name], m);
 }
 
+/**
+ * What a v2 manifest states about its graphs' inputs, checked against the graphs: the decision head's
+ * retrieval_score input and the KV cache's element type.
+ */
+function checkDeclaredTypes(m: ManifestV2, sessions: BundleSessions, graphScore: boolean): void {
+  const problems: string[] = [];
+  if (m.decision.usesRetrievalScore !== graphScore) {
+    problems.push(
+      `decision.usesRetrievalScore is ${m.decision.usesRetrievalScore}, but ${m.gill.decision} ${graphScore ? 'takes a' : 'has no'} retrieval_score input`,
+    );
+  }
+  const kvType = inputType(sessions.lm, 'past_key_values.0.key');
+  if (kvType !== m.lm.kvCacheDtype) {
+    problems.push(`lm.kvCacheDtype is ${m.lm.kvCacheDtype}, but ${m.lm.decoder} takes a ${kvType} KV cache`);
+  }
+  if (problems.length) throw new BundleError(`model bundle: ${problems.join('; ')}`);
+}
+
 /** Opens a bundle. Every problem surfaces here, at start, with the file and field named. */
 export async function loadBundle(dirInput: string, options: LoadBundleOptions = {}): Promise<Bundle> {
   const dir = path.resolve(dirInput);
   const provider = options.executionProvider ?? 'cpu';
   const manifest = await readManifest(dir);
+  const verified =
+    manifest.format === 'gill-bundle/2'
+      ? await verifyBundleFiles(dir, manifest, {
+          checksums: options.verifyChecksums ?? process.env.GILL_SKIP_CHECKSUMS !== '1',
+        })
+      : null;
   const lmTokenizerJson = await readTokenizerJson(dir, manifest.lm.tokenizer, 'lm.tokenizer');
   const textTokenizerJson = await readTokenizerJson(
     dir,
@@ -325,6 +355,8 @@ export async function loadBundle(dirInput: string, options: LoadBundleOptions = 
       entries.push([name, session]);
     }
     const sessions = Object.fromEntries(entries) as unknown as BundleSessions;
+    const graphScore = sessions.decision.inputNames.includes('retrieval_score');
+    if (manifest.format === 'gill-bundle/2') checkDeclaredTypes(manifest, sessions, graphScore);
     if (options.warmUp !== false) await warmUp(sessions, manifest);
     return {
       dir,
@@ -334,7 +366,8 @@ export async function loadBundle(dirInput: string, options: LoadBundleOptions = 
       textTokenizerJson,
       executionProvider: provider,
       threads: options.threads,
-      decisionUsesRetrievalScore: sessions.decision.inputNames.includes('retrieval_score'),
+      decisionUsesRetrievalScore: graphScore,
+      verified,
       close: closeAll,
     };
   } catch (error) {

@@ -3,7 +3,12 @@ import path from 'node:path';
 import { z } from 'zod';
 import { ACCEPTED_SCHEDULER_NAMES, parseSchedulerName } from './diffusion/schedulers/index.ts';
 
-/** The bundle manifest (models/README.md): its schema and the checks that need more than one field. */
+/**
+ * The bundle manifest (models/README.md): its schema, in both formats, and the checks that need more than
+ * one field. `gill-bundle/1` is what the tiny bundle uses; `gill-bundle/2` adds what a converted real model
+ * needs: the LM's architecture, per-graph dtypes and checksums, external data files, the decision head's
+ * inputs, provenance and licences.
+ */
 
 export class BundleError extends Error {
   constructor(message: string) {
@@ -21,6 +26,8 @@ const file = z
 const dim = z.number().int().positive();
 const tokenId = z.number().int().nonnegative();
 const rgb = z.tuple([z.number(), z.number(), z.number()]);
+const sha256 = z.string().regex(/^[0-9a-f]{64}$/, { message: 'must be a lowercase hex sha256' });
+const bytes = z.number().int().nonnegative();
 
 const lmV1 = z.object({
   embed: file,
@@ -111,7 +118,7 @@ const defaults = z.object({
   minRetrieveSimilarity: z.number().min(-1).max(1).optional(),
 });
 
-export const manifestSchema = z.object({
+const manifestV1 = z.object({
   format: z.literal('gill-bundle/1'),
   name: z.string().min(1),
   lm: lmV1,
@@ -121,7 +128,48 @@ export const manifestSchema = z.object({
   defaults,
 });
 
+export const graphDtypes = ['float32', 'float16', 'int8'] as const;
+export type GraphDtype = (typeof graphDtypes)[number];
+
+/** One ONNX graph file of a v2 bundle, and its external data file when its weights live outside it. */
+const graphEntry = z.object({
+  dtype: z.enum(graphDtypes),
+  bytes,
+  sha256,
+  externalData: z
+    .array(z.object({ file, bytes, sha256 }))
+    .max(1, { message: 'one external data file per graph at most' })
+    .default([]),
+});
+export type GraphEntry = z.infer<typeof graphEntry>;
+
+const manifestV2 = manifestV1.extend({
+  format: z.literal('gill-bundle/2'),
+  lm: lmV1.extend({
+    architecture: z.object({
+      family: z.enum(['opt', 'gill-tiny']),
+      numLayers: dim,
+      hiddenSize: dim,
+      numHeads: dim,
+      ffnSize: dim,
+      activation: z.enum(['relu', 'gelu']),
+      /** OPT's learned positions start at index 2 (its embedding table has 2 extra rows). */
+      positionOffset: z.number().int().nonnegative(),
+      layerNorm: z.literal('pre'),
+      tiedHead: z.literal(true),
+    }),
+    kvCacheDtype: z.enum(['float32', 'float16']),
+  }),
+  /** Keyed by the file name of each .onnx graph the other sections name. */
+  graphs: z.record(file, graphEntry),
+  decision: z.object({ usesRetrievalScore: z.boolean() }),
+  provenance: z.object({ converter: z.string().min(1), inputs: z.record(z.string(), sha256) }),
+  licences: z.record(z.string(), z.string().min(1)),
+});
+
+export const manifestSchema = z.discriminatedUnion('format', [manifestV1, manifestV2]);
 export type Manifest = z.infer<typeof manifestSchema>;
+export type ManifestV2 = z.infer<typeof manifestV2>;
 
 export const MANIFEST_FILE = 'manifest.json';
 
@@ -151,6 +199,23 @@ export async function readManifest(dir: string): Promise<Manifest> {
   return parsed.data;
 }
 
+/** Every .onnx file the manifest's sections name, by the field that names it. */
+export function graphFiles(m: Manifest): Record<string, string> {
+  return {
+    'lm.embed': m.lm.embed,
+    'lm.decoder': m.lm.decoder,
+    'vision.encoder': m.vision.encoder,
+    'gill.visualPrefix': m.gill.visualPrefix,
+    'gill.imageRetrieval': m.gill.imageRetrieval,
+    'gill.textRetrieval': m.gill.textRetrieval,
+    'gill.mapper': m.gill.mapper,
+    'gill.decision': m.gill.decision,
+    'diffusion.textEncoder': m.diffusion.textEncoder,
+    'diffusion.unet': m.diffusion.unet,
+    'diffusion.vaeDecoder': m.diffusion.vaeDecoder,
+  };
+}
+
 function checkManifestConsistency(m: Manifest, where: string): void {
   const problems: string[] = [];
   const ids = { bosId: m.lm.bosId, eosId: m.lm.eosId, padId: m.lm.padId, newlineId: m.lm.newlineId };
@@ -177,6 +242,24 @@ function checkManifestConsistency(m: Manifest, where: string): void {
   if (m.diffusion.scheduler.betaEnd <= m.diffusion.scheduler.betaStart) {
     problems.push('diffusion.scheduler.betaEnd must be greater than betaStart');
   }
+  if (m.format === 'gill-bundle/2') problems.push(...v2Problems(m));
   if (problems.length)
     throw new BundleError(`model bundle: ${where} is inconsistent:\n  ${problems.join('\n  ')}`);
+}
+
+function v2Problems(m: ManifestV2): string[] {
+  const problems: string[] = [];
+  const arch = m.lm.architecture;
+  for (const key of ['numLayers', 'hiddenSize', 'numHeads'] as const) {
+    if (arch[key] !== m.lm[key])
+      problems.push(`lm.architecture.${key} ${arch[key]} differs from lm.${key} ${m.lm[key]}`);
+  }
+  const named = new Set(Object.values(graphFiles(m)));
+  for (const [field, rel] of Object.entries(graphFiles(m))) {
+    if (!m.graphs[rel]) problems.push(`graphs has no entry for "${rel}" (named by ${field})`);
+  }
+  for (const rel of Object.keys(m.graphs)) {
+    if (!named.has(rel)) problems.push(`graphs lists "${rel}", which no section of the manifest names`);
+  }
+  return problems;
 }
