@@ -1,8 +1,8 @@
 import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
+import { type VerifyReport, verifyBundleFiles } from './bundle-files.ts';
 import { float16Bits } from './float16.ts';
-import { type VerifyReport, verifyBundleFiles } from './integrity.ts';
 import { BundleError, type Manifest, type ManifestV2, readManifest } from './manifest.ts';
 import { inputType } from './tensors.ts';
 

@@ -3,12 +3,13 @@ import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { BundleError, type GraphEntry, type ManifestV2 } from './manifest.ts';
+import { BundleError, type GraphEntry, graphFiles, type Manifest, type ManifestV2 } from './manifest.ts';
 
 /**
- * The files of a `gill-bundle/2` bundle against its manifest: every graph and external data file must have
- * the listed size (always checked, it costs a stat) and sha256 (read in full, streamed; minutes for a 13 GB
- * LM, so it can be skipped with GILL_SKIP_CHECKSUMS=1 once a copy is known good).
+ * The files of a bundle: what they take on disk and in memory, and for a `gill-bundle/2` their check against
+ * the manifest: every graph and external data file must have the listed size (always checked, it costs a
+ * stat) and sha256 (read in full, streamed; minutes for a 13 GB LM, so GILL_SKIP_CHECKSUMS=1 skips it once a
+ * copy is known good).
  */
 
 export interface ListedFile {
@@ -72,4 +73,29 @@ export async function verifyBundleFiles(
     }
   }
   return { files: files.length, bytes, hashMs: performance.now() - started };
+}
+
+export interface BundleFootprint {
+  /** Each graph file with its dtype and its bytes on disk, external data included. */
+  graphs: { file: string; dtype: string; bytes: number }[];
+  /** Bytes of the graphs and their external data: about what the weights take in memory. */
+  weightBytes: number;
+  /** Bytes of every file the manifest names (graphs, external data, tokenizers). */
+  diskBytes: number;
+}
+
+/** What a bundle takes on disk and, roughly, in memory; v1 bundles' graphs are float32 (models/README.md). */
+export async function bundleFootprint(dir: string, manifest: Manifest): Promise<BundleFootprint> {
+  const size = async (rel: string) => (await stat(path.join(dir, rel)).catch(() => null))?.size ?? 0;
+  const graphs = await Promise.all(
+    Object.values(graphFiles(manifest)).map(async (file) => {
+      const entry = manifest.format === 'gill-bundle/2' ? manifest.graphs[file] : undefined;
+      const external = entry ? await Promise.all(entry.externalData.map((d) => size(d.file))) : [];
+      const bytes = (await size(file)) + external.reduce((a, b) => a + b, 0);
+      return { file, dtype: entry?.dtype ?? 'float32', bytes };
+    }),
+  );
+  const weightBytes = graphs.reduce((n, g) => n + g.bytes, 0);
+  const tokenizers = (await size(manifest.lm.tokenizer)) + (await size(manifest.diffusion.textTokenizer));
+  return { graphs, weightBytes, diskBytes: weightBytes + tokenizers };
 }
