@@ -366,7 +366,8 @@ export async function loadBundle(dirInput: string, options: LoadBundleOptions = 
       textTokenizerJson,
       executionProvider: provider,
       threads: options.threads,
-      decisionUsesRetrievalScore: graphScore,
+      decisionUsesRetrievalScore:
+        manifest.format === 'gill-bundle/2' ? manifest.decision.usesRetrievalScore : graphScore,
       verified,
       close: closeAll,
     };
