@@ -7,10 +7,12 @@ import { BundleError, type Manifest, type ManifestV2, readManifest } from './man
 import { inputType } from './tensors.ts';
 
 /**
- * Loads a model bundle (models/README.md): validates manifest.json and every file it names, opens one
- * ONNX Runtime session per graph, checks each graph's input/output names against the format, and runs
- * every graph once on dummy inputs. The warm-up doubles as the dimension check: exported graphs often
- * declare symbolic dimensions, so the only reliable way to know a graph matches the manifest is to run it.
+ * Loads a model bundle (models/README.md): validates manifest.json and every file it names (for a
+ * gill-bundle/2 also their sizes and checksums), opens one ONNX Runtime session per graph by path (so ONNX
+ * Runtime reads a graph's external data file itself), checks each graph's input/output names against the
+ * format, and runs every graph once on dummy inputs. The warm-up doubles as the dimension check: exported
+ * graphs often declare symbolic dimensions, so the only reliable way to know a graph matches the manifest is
+ * to run it.
  */
 
 /** One session per graph of the bundle. */
