@@ -147,7 +147,7 @@ export async function generate(options: GenerateOptions): Promise<GeneratedImage
   }
   signal?.throwIfAborted();
   const state = stateOf(bundle);
-  // The manifest's optional diffusers settings (timestep spacing, offset, final alpha, clipping) apply to either sampler.
+  // The manifest's optional diffusers settings (timestep spacing, offset, final alpha, clipping) apply to every sampler.
   const sampler = createSampler(schedulerName, d.scheduler, steps, n, d.scheduler, state.alphas);
 
   // diffusers enables guidance only above 1; at 1 or below the conditional branch alone is the answer.
