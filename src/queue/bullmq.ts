@@ -9,13 +9,24 @@ import {
   QueueUnavailableError,
   WorkerShutdownError,
 } from './errors.ts';
+import {
+  communityKey,
+  type Lane,
+  laneOf,
+  laneScores,
+  priorityOf,
+  START_SCRIPT,
+  TAG_SCRIPT,
+  tagOf,
+} from './fair.ts';
 import { QueueListeners } from './listeners.ts';
 import type { JobProcessor, JobQueue, QueuedJob, QueueEvent, WorkerHandle, WorkerOptions } from './queue.ts';
 import { checkRedis, consumerConnectionOptions, producerConnection, redactRedisUrl } from './redis.ts';
 
 /**
  * The distributed queue: BullMQ on Redis. The BullMQ job id is the store's job id, so adding it twice is a
- * no-op. Progress travels through job.updateProgress and reaches every subscriber through QueueEvents.
+ * no-op. Jobs start in fair order across communities, user requests before indexing: each add takes a
+ * tag from a clock kept in Redis (fair.ts) and becomes a BullMQ priority. Progress travels through job.updateProgress and reaches every subscriber through QueueEvents.
  *
  * Cancellation across processes: BullMQ 6.7 aborts a running job only from inside the worker process
  * that runs it (Worker.cancelJob), so a cancel is a Redis pub/sub message every worker listens to, plus
@@ -64,11 +75,19 @@ export function decodeFailure(reason: string): JobFailure {
     : { message: reason, userFacing: false };
 }
 
-/** Position of a job in the wait list (BullMQ pushes on the left and takes from the right). */
+/**
+ * Jobs ahead of one: BullMQ takes the wait list (jobs without a priority, pushed on the left and taken
+ * from the right) before the prioritized set (by score). A delayed job (a retry) counts behind all.
+ * KEYS: wait, prioritized, delayed.
+ */
 const POSITION_SCRIPT = `
+local rank = redis.call('ZRANK', KEYS[2], ARGV[1])
+if rank then return redis.call('LLEN', KEYS[1]) + rank end
 local pos = redis.call('LPOS', KEYS[1], ARGV[1])
 if pos then return redis.call('LLEN', KEYS[1]) - 1 - pos end
-if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return redis.call('LLEN', KEYS[1]) end
+if redis.call('ZSCORE', KEYS[3], ARGV[1]) then
+  return redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2])
+end
 return -1`;
 
 /** Checks that Redis answers, then opens the queue: a clear error instead of a silent retry loop. */
@@ -115,8 +134,25 @@ export class BullJobQueue implements JobQueue {
   }
 
   async add(job: QueuedJob): Promise<void> {
+    const lane = laneOf(job.payload);
     try {
-      await this.queue.add(job.payload.kind, { payload: job.payload }, { jobId: job.id });
+      const tag = Number(
+        await this.control.eval(
+          TAG_SCRIPT,
+          3,
+          this.queue.toKey(job.id),
+          this.clockKey(lane),
+          this.queue.toKey('prioritized'),
+          communityKey(job.payload),
+          ...laneScores(lane),
+        ),
+      );
+      if (tag < 0) return;
+      await this.queue.add(
+        job.payload.kind,
+        { payload: job.payload },
+        { jobId: job.id, priority: priorityOf(lane, tag) },
+      );
     } catch (error) {
       throw this.unavailable('could not add the job', error);
     }
@@ -125,8 +161,9 @@ export class BullJobQueue implements JobQueue {
   async position(jobId: string): Promise<number | null> {
     const result = await this.control.eval(
       POSITION_SCRIPT,
-      2,
+      3,
       this.queue.toKey('wait'),
+      this.queue.toKey('prioritized'),
       this.queue.toKey('delayed'),
       jobId,
     );
@@ -221,8 +258,16 @@ export class BullJobQueue implements JobQueue {
     running.set(id, controller);
     const attempt = job.attemptsMade + 1;
     const maxAttempts = job.opts.attempts ?? 1;
+    const lane = laneOf(job.data.payload);
     try {
-      if (await this.control.exists(this.cancelKey(id))) throw new JobCancelledError();
+      const cancelled = await this.control.eval(
+        START_SCRIPT,
+        2,
+        this.cancelKey(id),
+        this.clockKey(lane),
+        tagOf(lane, job.priority) ?? -1,
+      );
+      if (cancelled) throw new JobCancelledError();
       return await processor(
         { id, payload: job.data.payload, attempt, maxAttempts },
         {
@@ -263,6 +308,10 @@ export class BullJobQueue implements JobQueue {
       this.listeners.emit({ type: 'failed', jobId, error: decodeFailure(failedReason) });
     });
     return events;
+  }
+
+  private clockKey(lane: Lane): string {
+    return `${this.prefix}:${this.name}:fair:${lane}`;
   }
 
   private cancelKey(jobId: string): string {
