@@ -20,7 +20,15 @@ import {
   tagOf,
 } from './fair.ts';
 import { QueueListeners } from './listeners.ts';
-import type { JobProcessor, JobQueue, QueuedJob, QueueEvent, WorkerHandle, WorkerOptions } from './queue.ts';
+import type {
+  JobPresence,
+  JobProcessor,
+  JobQueue,
+  QueuedJob,
+  QueueEvent,
+  WorkerHandle,
+  WorkerOptions,
+} from './queue.ts';
 import { checkRedis, consumerConnectionOptions, producerConnection, redactRedisUrl } from './redis.ts';
 
 /**
@@ -89,6 +97,17 @@ if redis.call('ZSCORE', KEYS[3], ARGV[1]) then
   return redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2])
 end
 return -1`;
+
+/** Takes the lease when free or renews it for its holder. KEYS: the lease; ARGV: owner, ttl in ms. */
+const HOLD_LEASE_SCRIPT = `
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1`;
+
+const RELEASE_LEASE_SCRIPT = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0`;
 
 /** Checks that Redis answers, then opens the queue: a clear error instead of a silent retry loop. */
 export async function openBullJobQueue(options: BullJobQueueOptions): Promise<BullJobQueue> {
@@ -169,6 +188,29 @@ export class BullJobQueue implements JobQueue {
     );
     const position = Number(result);
     return position >= 0 ? position : null;
+  }
+
+  async presence(jobId: string): Promise<JobPresence> {
+    let state: string;
+    try {
+      state = await this.queue.getJobState(jobId);
+    } catch (error) {
+      throw this.unavailable('could not look the job up', error);
+    }
+    if (state === 'unknown') return 'absent';
+    return state === 'completed' || state === 'failed' ? 'finished' : 'held';
+  }
+
+  async holdLease(name: string, owner: string, ttlMs: number): Promise<boolean> {
+    try {
+      return (await this.control.eval(HOLD_LEASE_SCRIPT, 1, this.leaseKey(name), owner, ttlMs)) === 1;
+    } catch (error) {
+      throw this.unavailable('could not take a lease', error);
+    }
+  }
+
+  async releaseLease(name: string, owner: string): Promise<void> {
+    await this.control.eval(RELEASE_LEASE_SCRIPT, 1, this.leaseKey(name), owner);
   }
 
   async cancel(jobId: string): Promise<boolean> {
@@ -308,6 +350,10 @@ export class BullJobQueue implements JobQueue {
       this.listeners.emit({ type: 'failed', jobId, error: decodeFailure(failedReason) });
     });
     return events;
+  }
+
+  private leaseKey(name: string): string {
+    return `${this.prefix}:${this.name}:lease:${name}`;
   }
 
   private clockKey(lane: Lane): string {

@@ -3,7 +3,15 @@ import type { Logger } from '../log.ts';
 import { backoffDelay, JobCancelledError, judgeFailure, WorkerShutdownError } from './errors.ts';
 import { communityKey, FairClock, type Lane, laneOf, priorityOf } from './fair.ts';
 import { QueueListeners } from './listeners.ts';
-import type { JobProcessor, JobQueue, QueuedJob, QueueEvent, WorkerHandle, WorkerOptions } from './queue.ts';
+import type {
+  JobPresence,
+  JobProcessor,
+  JobQueue,
+  QueuedJob,
+  QueueEvent,
+  WorkerHandle,
+  WorkerOptions,
+} from './queue.ts';
 
 /**
  * The in-process queue of the embedded mode, with the BullMQ queue's semantics: a job id is added once,
@@ -91,6 +99,19 @@ export class MemoryJobQueue implements JobQueue {
     // A job waiting out a retry delay is counted behind everything waiting now.
     return this.entries.get(jobId)?.state === 'delayed' ? this.waiting.length : null;
   }
+
+  async presence(jobId: string): Promise<JobPresence> {
+    const state = this.entries.get(jobId)?.state;
+    if (!state) return 'absent';
+    return state === 'waiting' || state === 'delayed' || state === 'active' ? 'held' : 'finished';
+  }
+
+  /** One process owns this queue: its lease is always held. */
+  async holdLease(): Promise<boolean> {
+    return true;
+  }
+
+  async releaseLease(): Promise<void> {}
 
   async cancel(jobId: string): Promise<boolean> {
     const entry = this.entries.get(jobId);

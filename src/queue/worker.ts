@@ -7,7 +7,10 @@ import type { ActiveJob, JobQueue, WorkerHandle } from './queue.ts';
 /**
  * The engine worker's loop: takes jobs one at a time, runs the engine on them with progress and the
  * abort signal, and records every outcome in the store BEFORE the queue reports it, so whoever hears
- * "completed" or "failed" finds the result in the store.
+ * "completed" or "failed" finds the result in the store. A job the queue gives up on by itself (one that
+ * stalled too often) never reaches this loop; the reconciler (reconcile.ts) fails it in the store. The
+ * loop does not read the queue's event stream for that: every worker would read every job's events, a
+ * cost per job that grows with the size of the fleet.
  */
 
 export interface RunJobsOptions {
@@ -20,18 +23,10 @@ export interface RunJobsOptions {
 }
 
 /** Jobs the queue failed without a worker recording it (a job that killed its workers too often). */
-const LOST_JOB_MESSAGE = 'The worker stopped while working on this request.';
+export const LOST_JOB_MESSAGE = 'The worker stopped while working on this request.';
 
 export function runJobs({ queue, store, engine, logger, shutdownGraceMs }: RunJobsOptions): WorkerHandle {
-  // A job the queue gives up on by itself never reaches the processor's catch: record it here.
-  const unsubscribe = queue.subscribe((event) => {
-    if (event.type !== 'failed') return;
-    recordLostJob(store, event.jobId, event.error.message, logger).catch((error) => {
-      logger.error({ err: error, jobId: event.jobId }, 'could not record a failed job');
-    });
-  });
-
-  const handle = queue.process(
+  return queue.process(
     async (job, ctx) => {
       const record = await store.jobs.get(job.id);
       if (!record)
@@ -55,13 +50,6 @@ export function runJobs({ queue, store, engine, logger, shutdownGraceMs }: RunJo
     },
     { concurrency: 1, shutdownGraceMs },
   );
-
-  return {
-    close: async () => {
-      await handle.close();
-      unsubscribe();
-    },
-  };
 }
 
 /** A job already finished in the store (its worker died before telling the queue): replay the outcome. */
@@ -95,11 +83,4 @@ async function recordFailure(store: Store, job: ActiveJob, error: unknown, signa
     await store.jobs.fail(job.id, verdict.failure);
     log[verdict.failure.userFacing ? 'info' : 'error']({ err: error }, 'job failed');
   }
-}
-
-async function recordLostJob(store: Store, jobId: string, message: string, logger: Logger): Promise<void> {
-  const record = await store.jobs.get(jobId);
-  if (!record || (record.status !== 'queued' && record.status !== 'running')) return;
-  logger.error({ jobId, reason: message }, 'the queue gave up on a job');
-  await store.jobs.fail(jobId, { message: LOST_JOB_MESSAGE, userFacing: false });
 }
