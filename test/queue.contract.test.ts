@@ -216,6 +216,7 @@ for (const harness of harnesses) {
       await queue.add({ id: u1, payload: fakePayload({ tag: 'u1' }, 'a') });
       await queue.add({ id: u2, payload: fakePayload({ tag: 'u2' }, 'a') });
       expect(await Promise.all([u1, u2, i1, i2].map((id) => queue.position(id)))).toEqual([0, 1, 2, 3]);
+      expect(await queue.depth()).toEqual({ user: 2, index: 2 });
       const engine = new FakeEngine();
       queue.process(engineProcessor(engine));
       await waitFor(i2, 'completed');

@@ -190,6 +190,17 @@ export class BullJobQueue implements JobQueue {
     return position >= 0 ? position : null;
   }
 
+  async depth(): Promise<Record<Lane, number>> {
+    const counts = await Promise.all(
+      (['user', 'index'] as const).map((lane) =>
+        this.control.zcount(this.queue.toKey('prioritized'), ...laneScores(lane)),
+      ),
+    );
+    // Jobs added without a priority (by an older version) are taken first, as user requests.
+    const unprioritized = await this.control.llen(this.queue.toKey('wait'));
+    return { user: counts[0]! + unprioritized, index: counts[1]! };
+  }
+
   async presence(jobId: string): Promise<JobPresence> {
     let state: string;
     try {
@@ -311,7 +322,7 @@ export class BullJobQueue implements JobQueue {
       );
       if (cancelled) throw new JobCancelledError();
       return await processor(
-        { id, payload: job.data.payload, attempt, maxAttempts },
+        { id, payload: job.data.payload, attempt, maxAttempts, queuedAt: job.timestamp },
         {
           progress: (progress: JobProgress) => {
             job.updateProgress(progress).catch((error) => {

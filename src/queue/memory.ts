@@ -15,8 +15,9 @@ import type {
 
 /**
  * The in-process queue of the embedded mode, with the BullMQ queue's semantics: a job id is added once,
- * fair order across communities with user requests before indexing (fair.ts), retries with exponential backoff, no retry for bad input, cancellation through the
- * processor's AbortSignal, and a close() that lets running jobs finish or puts them back at the front.
+ * fair order across communities with user requests before indexing (fair.ts), retries with exponential
+ * backoff, no retry for bad input, cancellation through the processor's AbortSignal, and a close() that
+ * lets running jobs finish or puts them back at the front.
  * Nothing survives the process: at start, recoverUnfinished() re-enqueues what the store still holds.
  */
 
@@ -43,6 +44,7 @@ interface Entry {
   seq: number;
   /** Runs started so far. */
   attempt: number;
+  queuedAt: number;
   controller?: AbortController;
   /** The consumer running it, while active. */
   owner?: Consumer;
@@ -88,7 +90,16 @@ export class MemoryJobQueue implements JobQueue {
     const idle = !this.waiting.some((entry) => entry.lane === lane);
     const tag = this.clocks[lane].tag(communityKey(job.payload), idle);
     const priority = priorityOf(lane, tag);
-    const entry: Entry = { job, state: 'waiting', attempt: 0, lane, tag, priority, seq: ++this.added };
+    const entry: Entry = {
+      job,
+      state: 'waiting',
+      attempt: 0,
+      queuedAt: Date.now(),
+      lane,
+      tag,
+      priority,
+      seq: ++this.added,
+    };
     this.entries.set(job.id, entry);
     this.enqueue(entry);
   }
@@ -98,6 +109,12 @@ export class MemoryJobQueue implements JobQueue {
     if (index >= 0) return index;
     // A job waiting out a retry delay is counted behind everything waiting now.
     return this.entries.get(jobId)?.state === 'delayed' ? this.waiting.length : null;
+  }
+
+  async depth(): Promise<Record<Lane, number>> {
+    const depth = { user: 0, index: 0 };
+    for (const entry of this.waiting) depth[entry.lane] += 1;
+    return depth;
   }
 
   async presence(jobId: string): Promise<JobPresence> {
@@ -213,7 +230,7 @@ export class MemoryJobQueue implements JobQueue {
     let result: JobResult;
     try {
       result = await consumer.processor(
-        { id, payload, attempt: entry.attempt, maxAttempts: this.attempts },
+        { id, payload, attempt: entry.attempt, maxAttempts: this.attempts, queuedAt: entry.queuedAt },
         {
           progress: (progress) => {
             if (entry.state === 'active') this.listeners.emit({ type: 'progress', jobId: id, progress });

@@ -1,4 +1,5 @@
 import type { JobContext, JobPayload, JobProgress, JobResult } from '../jobs.ts';
+import type { Lane } from './fair.ts';
 
 /**
  * One job-queue interface, two implementations: BullMQ on Redis (distributed) and an in-process queue
@@ -22,6 +23,8 @@ export interface ActiveJob extends QueuedJob {
   /** 1 on the first run. */
   attempt: number;
   maxAttempts: number;
+  /** When it was first added to the queue (epoch ms), for its wait time. */
+  queuedAt: number;
 }
 
 export type JobProcessor = (job: ActiveJob, ctx: JobContext) => Promise<JobResult>;
@@ -47,6 +50,8 @@ export interface JobQueue {
   add(job: QueuedJob): Promise<void>;
   /** Jobs waiting ahead of this one (0 = next), or null when it is no longer waiting. */
   position(jobId: string): Promise<number | null>;
+  /** Jobs waiting (not running, not waiting out a retry delay) per lane. */
+  depth(): Promise<Record<Lane, number>>;
   /** Whether the queue still holds the job (the reconciler compares it with the store). */
   presence(jobId: string): Promise<JobPresence>;
   /**

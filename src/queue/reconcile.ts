@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from '../log.ts';
+import type { GillMetrics } from '../metrics/metrics.ts';
 import type { JobRecord, Store } from '../store/types.ts';
 import { QueueUnavailableError } from './errors.ts';
 import type { JobQueue } from './queue.ts';
@@ -32,6 +33,8 @@ export interface ReconcileOptions {
   giveUpMs?: number;
   /** Unfinished jobs looked at per pass, oldest first. */
   limit?: number;
+  /** Re-enqueued and failed jobs are counted here when given. */
+  metrics?: GillMetrics;
 }
 
 export interface ReconcileReport {
@@ -55,7 +58,7 @@ export const RECONCILE_DEFAULTS = {
 
 /** One pass over the store's unfinished jobs. */
 export async function reconcileJobs(options: ReconcileOptions): Promise<ReconcileReport> {
-  const { store, queue, logger } = options;
+  const { store, logger } = options;
   const graceMs = options.graceMs ?? RECONCILE_DEFAULTS.graceMs;
   const giveUpMs = options.giveUpMs ?? RECONCILE_DEFAULTS.giveUpMs;
   const report: ReconcileReport = { requeued: 0, failed: 0, unreachable: 0 };
@@ -64,7 +67,7 @@ export async function reconcileJobs(options: ReconcileOptions): Promise<Reconcil
     const idleMs = Date.now() - job.updatedAt.getTime();
     if (idleMs < graceMs) continue;
     try {
-      await reconcileOne(store, queue, job, report, logger);
+      await reconcileOne(options, job, report);
     } catch (error) {
       if (!(error instanceof QueueUnavailableError)) throw error;
       if (idleMs < giveUpMs) {
@@ -72,6 +75,7 @@ export async function reconcileJobs(options: ReconcileOptions): Promise<Reconcil
         continue;
       }
       await store.jobs.fail(job.id, { message: UNREACHABLE_MESSAGE, userFacing: true });
+      options.metrics?.failures.inc({ kind: job.kind, reason: 'lost' });
       logger?.error({ jobId: job.id, err: error.message }, 'job failed: the queue stayed unreachable');
       report.failed += 1;
     }
@@ -81,21 +85,21 @@ export async function reconcileJobs(options: ReconcileOptions): Promise<Reconcil
 }
 
 async function reconcileOne(
-  store: Store,
-  queue: JobQueue,
+  { store, queue, logger, metrics }: ReconcileOptions,
   job: JobRecord,
   report: ReconcileReport,
-  logger?: Logger,
 ): Promise<void> {
   const presence = await queue.presence(job.id);
   if (presence === 'held') return;
   if (presence === 'absent') {
     await queue.add({ id: job.id, payload: job.payload });
     logger?.warn({ jobId: job.id, status: job.status }, 'job missing from the queue; added again');
+    metrics?.requeued.inc();
     report.requeued += 1;
     return;
   }
   await store.jobs.fail(job.id, { message: LOST_JOB_MESSAGE, userFacing: false });
+  metrics?.failures.inc({ kind: job.kind, reason: 'lost' });
   logger?.error({ jobId: job.id }, 'the queue finished a job the store never heard of; failed it');
   report.failed += 1;
 }
