@@ -70,7 +70,10 @@ async function runChild(): Promise<void> {
   // Jobs are taken only once the parent says so, so that every worker starts on a full queue.
   await new Promise((resolve) => process.stdin.once('data', resolve));
   process.stdin.pause();
+  const cpuAtStart = process.cpuUsage();
   await serveJobs({ queue, store, engine, logger, shutdownGraceMs: 1000 });
+  const cpu = process.cpuUsage(cpuAtStart);
+  report({ cpuMs: (cpu.user + cpu.system) / 1000 });
   await queue.close();
   await store.close();
 }
@@ -88,6 +91,8 @@ type Event = { started: string; at: number } | { done: true; at: number };
 
 class Fleet {
   readonly events: Event[] = [];
+  /** CPU time each worker process spent from taking its first job to stopping. */
+  readonly cpuMs: number[] = [];
   private readonly workers: Worker[] = [];
 
   constructor(
@@ -119,6 +124,7 @@ class Fleet {
           if (!line.startsWith('{')) continue;
           const message = JSON.parse(line);
           if (message.ready) onReady();
+          else if ('cpuMs' in message) this.cpuMs.push(message.cpuMs);
           else this.events.push(message);
         }
       });
@@ -144,7 +150,7 @@ class Fleet {
   }
 
   async stop(): Promise<void> {
-    for (const worker of this.workers) worker.process.kill('SIGTERM');
+    for (const worker of this.workers) if (worker.process.exitCode === null) worker.process.kill('SIGTERM');
     await Promise.all(this.workers.map((worker) => worker.exited));
   }
 }
@@ -176,6 +182,8 @@ interface Throughput {
   jobsPerSec: number;
   /** Worker time per job beyond the service time. */
   overheadMsPerJob: number;
+  /** CPU time of the worker processes per job (the worker loop, BullMQ and pg clients). */
+  workerCpuMsPerJob: number;
   /** Against N × the one-worker figure. */
   efficiency: number;
   /** Against N workers each doing nothing but the service time. */
@@ -204,11 +212,13 @@ async function measureThroughput(
       .sort((a, b) => a - b);
     const [from, to] = [Math.floor(jobs * 0.1), Math.floor(jobs * 0.9)];
     const jobsPerSec = ((to - from) / (ends[to]! - ends[from]!)) * 1000;
+    await fleet.stop();
     return {
       workers,
       jobs,
       jobsPerSec: round(jobsPerSec, 2),
       overheadMsPerJob: round((workers / jobsPerSec) * 1000 - context.serviceMs, 2),
+      workerCpuMsPerJob: round(fleet.cpuMs.reduce((sum, ms) => sum + ms, 0) / jobs, 2),
       efficiencyVsIdeal: round(jobsPerSec / (workers * (1000 / context.serviceMs)), 3),
     };
   } finally {
@@ -320,10 +330,10 @@ async function main(): Promise<void> {
       ...m,
       efficiency: round(m.jobsPerSec / (m.workers * single), 3),
     }));
-    console.log('workers  jobs  jobs/s   efficiency  vs ideal  overhead ms/job');
+    console.log('workers  jobs  jobs/s   efficiency  vs ideal  overhead ms/job  worker CPU ms/job');
     for (const t of throughput) {
       console.log(
-        `${String(t.workers).padStart(7)}  ${String(t.jobs).padStart(4)}  ${t.jobsPerSec.toFixed(2).padStart(6)}   ${(t.efficiency * 100).toFixed(1).padStart(9)}%  ${(t.efficiencyVsIdeal * 100).toFixed(1).padStart(7)}%  ${t.overheadMsPerJob.toFixed(2).padStart(15)}`,
+        `${String(t.workers).padStart(7)}  ${String(t.jobs).padStart(4)}  ${t.jobsPerSec.toFixed(2).padStart(6)}   ${(t.efficiency * 100).toFixed(1).padStart(9)}%  ${(t.efficiencyVsIdeal * 100).toFixed(1).padStart(7)}%  ${t.overheadMsPerJob.toFixed(2).padStart(15)}  ${t.workerCpuMsPerJob.toFixed(2).padStart(17)}`,
       );
     }
     const fairness: Fairness[] = [];
