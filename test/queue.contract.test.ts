@@ -17,7 +17,14 @@ import { recoverUnfinished } from '../src/queue/recover.ts';
 import { cancelJob, submitJob } from '../src/queue/submit.ts';
 import { runJobs } from '../src/queue/worker.ts';
 import { connect, type JobRecord, type Store } from '../src/store/index.ts';
-import { FakeEngine, type FakeScript, fakePayload, fakeResult, scriptOf } from './support/fake-engine.ts';
+import {
+  FakeEngine,
+  type FakeScript,
+  fakeIndexPayload,
+  fakePayload,
+  fakeResult,
+  scriptOf,
+} from './support/fake-engine.ts';
 import {
   createTempDatabase,
   probePostgres,
@@ -150,6 +157,70 @@ for (const harness of harnesses) {
       await waitFor(c, 'completed');
       expect(engine.runs.map((run) => run.tag)).toEqual(['a', 'c']);
       expect(await queue.position(a)).toBeNull();
+    });
+
+    it('takes turns across communities, each community in its own order', async () => {
+      const queue = await harness.open();
+      const { waitFor } = await listen(queue);
+      const jobs: [string, string][] = [
+        ['a1', 'a'],
+        ['a2', 'a'],
+        ['a3', 'a'],
+        ['a4', 'a'],
+        ['b1', 'b'],
+        ['b2', 'b'],
+        ['c1', 'c'],
+      ];
+      const ids = new Map(jobs.map(([tag]) => [tag, randomUUID()]));
+      for (const [tag, community] of jobs) {
+        await queue.add({ id: ids.get(tag)!, payload: fakePayload({ tag }, community) });
+      }
+      const order = ['a1', 'b1', 'c1', 'a2', 'b2', 'a3', 'a4'];
+      const positions = await Promise.all(order.map((tag) => queue.position(ids.get(tag)!)));
+      expect(positions).toEqual([0, 1, 2, 3, 4, 5, 6]);
+      const engine = new FakeEngine();
+      queue.process(engineProcessor(engine));
+      await waitFor(ids.get('a4')!, 'completed');
+      expect(engine.runs.map((run) => run.tag)).toEqual(order);
+    });
+
+    it('gives a community arriving during a flood the next free slot', async () => {
+      const queue = await harness.open();
+      const { waitFor } = await listen(queue);
+      const engine = new FakeEngine();
+      queue.process(engineProcessor(engine));
+      const flood = [randomUUID(), randomUUID(), randomUUID(), randomUUID()];
+      await queue.add({ id: flood[0]!, payload: fakePayload({ tag: 'a1', hang: true }, 'a') });
+      for (const [i, id] of flood.slice(1).entries()) {
+        await queue.add({ id, payload: fakePayload({ tag: `a${i + 2}` }, 'a') });
+      }
+      await vi.waitFor(() => expect(engine.runs).toHaveLength(1), { timeout: 10_000, interval: 10 });
+      const [b1, b2] = [randomUUID(), randomUUID()];
+      await queue.add({ id: b1, payload: fakePayload({ tag: 'b1' }, 'b') });
+      await queue.add({ id: b2, payload: fakePayload({ tag: 'b2' }, 'b') });
+      // b1 goes before the waiting flood; b2 after the flood's next job, as in round robin.
+      expect([await queue.position(b1), await queue.position(flood[1]!), await queue.position(b2)]).toEqual([
+        0, 1, 2,
+      ]);
+      await queue.cancel(flood[0]!);
+      await waitFor(flood[3]!, 'completed');
+      expect(engine.runs.map((run) => run.tag)).toEqual(['a1', 'b1', 'a2', 'b2', 'a3', 'a4']);
+    });
+
+    it('runs index jobs only when no user request waits', async () => {
+      const queue = await harness.open();
+      const { waitFor } = await listen(queue);
+      const [i1, i2, u1, u2] = [randomUUID(), randomUUID(), randomUUID(), randomUUID()];
+      await queue.add({ id: i1, payload: fakeIndexPayload('i1', 'a') });
+      await queue.add({ id: i2, payload: fakeIndexPayload('i2', 'b') });
+      await queue.add({ id: u1, payload: fakePayload({ tag: 'u1' }, 'a') });
+      await queue.add({ id: u2, payload: fakePayload({ tag: 'u2' }, 'a') });
+      expect(await Promise.all([u1, u2, i1, i2].map((id) => queue.position(id)))).toEqual([0, 1, 2, 3]);
+      expect(await queue.depth()).toEqual({ user: 2, index: 2 });
+      const engine = new FakeEngine();
+      queue.process(engineProcessor(engine));
+      await waitFor(i2, 'completed');
+      expect(engine.runs.map((run) => run.tag)).toEqual(['u1', 'u2', 'i1', 'i2']);
     });
 
     it('sends progress events in order, then the result', async () => {

@@ -9,13 +9,32 @@ import {
   QueueUnavailableError,
   WorkerShutdownError,
 } from './errors.ts';
+import {
+  communityKey,
+  type Lane,
+  laneOf,
+  laneScores,
+  priorityOf,
+  START_SCRIPT,
+  TAG_SCRIPT,
+  tagOf,
+} from './fair.ts';
 import { QueueListeners } from './listeners.ts';
-import type { JobProcessor, JobQueue, QueuedJob, QueueEvent, WorkerHandle, WorkerOptions } from './queue.ts';
+import type {
+  JobPresence,
+  JobProcessor,
+  JobQueue,
+  QueuedJob,
+  QueueEvent,
+  WorkerHandle,
+  WorkerOptions,
+} from './queue.ts';
 import { checkRedis, consumerConnectionOptions, producerConnection, redactRedisUrl } from './redis.ts';
 
 /**
  * The distributed queue: BullMQ on Redis. The BullMQ job id is the store's job id, so adding it twice is a
- * no-op. Progress travels through job.updateProgress and reaches every subscriber through QueueEvents.
+ * no-op. Jobs start in fair order across communities, user requests before indexing: each add takes a
+ * tag from a clock kept in Redis (fair.ts) and becomes a BullMQ priority. Progress travels through job.updateProgress and reaches every subscriber through QueueEvents.
  *
  * Cancellation across processes: BullMQ 6.7 aborts a running job only from inside the worker process
  * that runs it (Worker.cancelJob), so a cancel is a Redis pub/sub message every worker listens to, plus
@@ -64,12 +83,31 @@ export function decodeFailure(reason: string): JobFailure {
     : { message: reason, userFacing: false };
 }
 
-/** Position of a job in the wait list (BullMQ pushes on the left and takes from the right). */
+/**
+ * Jobs ahead of one: BullMQ takes the wait list (jobs without a priority, pushed on the left and taken
+ * from the right) before the prioritized set (by score). A delayed job (a retry) counts behind all.
+ * KEYS: wait, prioritized, delayed.
+ */
 const POSITION_SCRIPT = `
+local rank = redis.call('ZRANK', KEYS[2], ARGV[1])
+if rank then return redis.call('LLEN', KEYS[1]) + rank end
 local pos = redis.call('LPOS', KEYS[1], ARGV[1])
 if pos then return redis.call('LLEN', KEYS[1]) - 1 - pos end
-if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return redis.call('LLEN', KEYS[1]) end
+if redis.call('ZSCORE', KEYS[3], ARGV[1]) then
+  return redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2])
+end
 return -1`;
+
+/** Takes the lease when free or renews it for its holder. KEYS: the lease; ARGV: owner, ttl in ms. */
+const HOLD_LEASE_SCRIPT = `
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1`;
+
+const RELEASE_LEASE_SCRIPT = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0`;
 
 /** Checks that Redis answers, then opens the queue: a clear error instead of a silent retry loop. */
 export async function openBullJobQueue(options: BullJobQueueOptions): Promise<BullJobQueue> {
@@ -115,8 +153,25 @@ export class BullJobQueue implements JobQueue {
   }
 
   async add(job: QueuedJob): Promise<void> {
+    const lane = laneOf(job.payload);
     try {
-      await this.queue.add(job.payload.kind, { payload: job.payload }, { jobId: job.id });
+      const tag = Number(
+        await this.control.eval(
+          TAG_SCRIPT,
+          3,
+          this.queue.toKey(job.id),
+          this.clockKey(lane),
+          this.queue.toKey('prioritized'),
+          communityKey(job.payload),
+          ...laneScores(lane),
+        ),
+      );
+      if (tag < 0) return;
+      await this.queue.add(
+        job.payload.kind,
+        { payload: job.payload },
+        { jobId: job.id, priority: priorityOf(lane, tag) },
+      );
     } catch (error) {
       throw this.unavailable('could not add the job', error);
     }
@@ -125,13 +180,48 @@ export class BullJobQueue implements JobQueue {
   async position(jobId: string): Promise<number | null> {
     const result = await this.control.eval(
       POSITION_SCRIPT,
-      2,
+      3,
       this.queue.toKey('wait'),
+      this.queue.toKey('prioritized'),
       this.queue.toKey('delayed'),
       jobId,
     );
     const position = Number(result);
     return position >= 0 ? position : null;
+  }
+
+  async depth(): Promise<Record<Lane, number>> {
+    const counts = await Promise.all(
+      (['user', 'index'] as const).map((lane) =>
+        this.control.zcount(this.queue.toKey('prioritized'), ...laneScores(lane)),
+      ),
+    );
+    // Jobs added without a priority (by an older version) are taken first, as user requests.
+    const unprioritized = await this.control.llen(this.queue.toKey('wait'));
+    return { user: counts[0]! + unprioritized, index: counts[1]! };
+  }
+
+  async presence(jobId: string): Promise<JobPresence> {
+    let state: string;
+    try {
+      state = await this.queue.getJobState(jobId);
+    } catch (error) {
+      throw this.unavailable('could not look the job up', error);
+    }
+    if (state === 'unknown') return 'absent';
+    return state === 'completed' || state === 'failed' ? 'finished' : 'held';
+  }
+
+  async holdLease(name: string, owner: string, ttlMs: number): Promise<boolean> {
+    try {
+      return (await this.control.eval(HOLD_LEASE_SCRIPT, 1, this.leaseKey(name), owner, ttlMs)) === 1;
+    } catch (error) {
+      throw this.unavailable('could not take a lease', error);
+    }
+  }
+
+  async releaseLease(name: string, owner: string): Promise<void> {
+    await this.control.eval(RELEASE_LEASE_SCRIPT, 1, this.leaseKey(name), owner);
   }
 
   async cancel(jobId: string): Promise<boolean> {
@@ -221,10 +311,18 @@ export class BullJobQueue implements JobQueue {
     running.set(id, controller);
     const attempt = job.attemptsMade + 1;
     const maxAttempts = job.opts.attempts ?? 1;
+    const lane = laneOf(job.data.payload);
     try {
-      if (await this.control.exists(this.cancelKey(id))) throw new JobCancelledError();
+      const cancelled = await this.control.eval(
+        START_SCRIPT,
+        2,
+        this.cancelKey(id),
+        this.clockKey(lane),
+        tagOf(lane, job.priority) ?? -1,
+      );
+      if (cancelled) throw new JobCancelledError();
       return await processor(
-        { id, payload: job.data.payload, attempt, maxAttempts },
+        { id, payload: job.data.payload, attempt, maxAttempts, queuedAt: job.timestamp },
         {
           progress: (progress: JobProgress) => {
             job.updateProgress(progress).catch((error) => {
@@ -263,6 +361,14 @@ export class BullJobQueue implements JobQueue {
       this.listeners.emit({ type: 'failed', jobId, error: decodeFailure(failedReason) });
     });
     return events;
+  }
+
+  private leaseKey(name: string): string {
+    return `${this.prefix}:${this.name}:lease:${name}`;
+  }
+
+  private clockKey(lane: Lane): string {
+    return `${this.prefix}:${this.name}:fair:${lane}`;
   }
 
   private cancelKey(jobId: string): string {

@@ -33,6 +33,54 @@ export function consumerConnectionOptions(url: string) {
 
 /** Connects once and pings: a clear error when Redis is unreachable. */
 export async function checkRedis(url: string, timeoutMs = 3000): Promise<void> {
+  await withShortClient(url, timeoutMs, async () => {});
+}
+
+export interface EvictionPolicyReport {
+  /** Redis's maxmemory-policy, or null when Redis refuses to tell (CONFIG disabled, as on some hosts). */
+  policy: string | null;
+  /** True only for `noeviction`. */
+  ok: boolean;
+  /** One sentence for `gill doctor`. */
+  message: string;
+}
+
+/**
+ * Redis's maxmemory-policy, for `gill doctor`. Anything but `noeviction` lets Redis drop queue keys when
+ * memory runs short: jobs vanish from the queue (the reconciler then adds them again, late) and BullMQ's
+ * own bookkeeping breaks. Throws QueueUnavailableError when Redis is unreachable.
+ */
+export async function redisEvictionPolicy(url: string, timeoutMs = 3000): Promise<EvictionPolicyReport> {
+  return withShortClient(url, timeoutMs, async (client) => {
+    let policy: string | null;
+    try {
+      const reply = (await client.config('GET', 'maxmemory-policy')) as string[];
+      policy = reply[1] ?? null;
+    } catch (error) {
+      const reason = error instanceof Error ? error.message : String(error);
+      return {
+        policy: null,
+        ok: false,
+        message: `Redis did not say its maxmemory-policy (${reason}); make sure it is noeviction.`,
+      };
+    }
+    if (policy === 'noeviction') {
+      return { policy, ok: true, message: 'Redis maxmemory-policy is noeviction.' };
+    }
+    return {
+      policy,
+      ok: false,
+      message: `Redis maxmemory-policy is ${policy ?? 'not set'}: Redis may evict queued jobs when memory runs short. Set maxmemory-policy noeviction.`,
+    };
+  });
+}
+
+/** Connects and pings, for one short exchange: a clear error when Redis is unreachable. */
+async function withShortClient<T>(
+  url: string,
+  timeoutMs: number,
+  use: (client: Redis) => Promise<T>,
+): Promise<T> {
   const client = new Redis(url, {
     lazyConnect: true,
     connectTimeout: timeoutMs,
@@ -46,13 +94,16 @@ export async function checkRedis(url: string, timeoutMs = 3000): Promise<void> {
     socketError ??= error;
   });
   try {
-    await client.connect();
-    await client.ping();
-  } catch (error) {
-    const reason = (socketError ?? (error instanceof Error ? error : new Error(String(error)))).message;
-    throw new QueueUnavailableError(`Redis at ${redactRedisUrl(url)} is unreachable: ${reason}`, {
-      cause: error,
-    });
+    try {
+      await client.connect();
+      await client.ping();
+    } catch (error) {
+      const reason = (socketError ?? (error instanceof Error ? error : new Error(String(error)))).message;
+      throw new QueueUnavailableError(`Redis at ${redactRedisUrl(url)} is unreachable: ${reason}`, {
+        cause: error,
+      });
+    }
+    return await use(client);
   } finally {
     client.disconnect();
   }

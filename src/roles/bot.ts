@@ -1,6 +1,7 @@
 import { type Config, ConfigError } from '../config.ts';
 import { createLogger } from '../log.ts';
 import { openBullJobQueue } from '../queue/bullmq.ts';
+import { startReconciler } from '../queue/reconcile.ts';
 import { openWhenAvailable, redactRedisUrl } from '../queue/redis.ts';
 import { connectWithRetry, describeDatabase } from '../store/index.ts';
 import { discordConfigured, slackConfigured, startAdapters, stopAdapters, untilSignal } from './adapters.ts';
@@ -29,6 +30,7 @@ export async function runBot(config: Config): Promise<void> {
   const store = await connectWithRetry(config, logger);
   try {
     const queue = await openWhenAvailable(() => openBullJobQueue({ redisUrl, logger }), logger);
+    const reconciler = startReconciler({ store, queue, logger });
     try {
       const adapters = await startAdapters({ config, store, queue, logger, playground: false });
       logger.info(
@@ -43,6 +45,7 @@ export async function runBot(config: Config): Promise<void> {
       logger.info({ signal }, 'shutting down');
       await stopAdapters(adapters, logger);
     } finally {
+      await reconciler.close();
       await queue.close();
     }
   } finally {

@@ -5,6 +5,7 @@ import { openBullJobQueue } from '../queue/bullmq.ts';
 import { startEngineThread } from '../queue/engine-thread.ts';
 import { MemoryJobQueue } from '../queue/memory.ts';
 import type { JobQueue, WorkerHandle } from '../queue/queue.ts';
+import { type Reconciler, startReconciler } from '../queue/reconcile.ts';
 import { recoverUnfinished } from '../queue/recover.ts';
 import { openWhenAvailable } from '../queue/redis.ts';
 import { runJobs } from '../queue/worker.ts';
@@ -46,6 +47,7 @@ export async function runStart(config: Config): Promise<void> {
   let queue: JobQueue | undefined;
   let engine: Engine | undefined;
   let worker: WorkerHandle | undefined;
+  let reconciler: Reconciler | undefined;
   let adapters: RunningAdapter[] = [];
   try {
     const redisUrl = config.REDIS_URL;
@@ -58,6 +60,7 @@ export async function runStart(config: Config): Promise<void> {
       const recovered = await recoverUnfinished(store, queue, logger);
       if (recovered) logger.info({ recovered }, 'resumed jobs left unfinished by the last run');
     }
+    reconciler = startReconciler({ store, queue, logger });
     adapters = await startAdapters({ config, store, queue, logger, playground: true });
     const { seedGallery } = await import('../bots/playground/seed-gallery.ts');
     void seedGallery({ store, queue, logger }).catch((error: unknown) =>
@@ -79,6 +82,7 @@ export async function runStart(config: Config): Promise<void> {
   } finally {
     await stopAdapters(adapters, logger);
     await worker?.close();
+    await reconciler?.close();
     await Promise.allSettled([engine?.close(), queue?.close()]);
     await store.close();
   }

@@ -4,7 +4,8 @@ import { type JobPayload, type JobResult, UserInputError } from '../../src/jobs.
 
 /**
  * A scriptable stand-in for the GILL engine. The script travels inside the job's payload (an imagine
- * prompt `fake:{json}`), so a worker in another process or thread follows the same script.
+ * prompt `fake:{json}`), so a worker in another process or thread follows the same script. Index jobs
+ * (fakeIndexPayload) carry only a tag, their image id.
  */
 
 export interface FakeScript {
@@ -25,15 +26,20 @@ export interface FakeScript {
 
 const PREFIX = 'fake:';
 
-export function fakePayload(script: FakeScript = {}): JobPayload {
+export function fakePayload(script: FakeScript = {}, community = 'queue-tests'): JobPayload {
   return {
     kind: 'imagine',
-    community: { platform: 'cli', externalId: 'queue-tests' },
+    community: { platform: 'cli', externalId: community },
     prompt: `${PREFIX}${JSON.stringify(script)}`,
   };
 }
 
+export function fakeIndexPayload(tag: string, community = 'queue-tests'): JobPayload {
+  return { kind: 'index', community: { platform: 'cli', externalId: community }, imageId: tag };
+}
+
 export function scriptOf(payload: JobPayload): FakeScript {
+  if (payload.kind === 'index') return { tag: payload.imageId };
   if (payload.kind !== 'imagine' || !payload.prompt.startsWith(PREFIX)) return {};
   return JSON.parse(payload.prompt.slice(PREFIX.length)) as FakeScript;
 }
