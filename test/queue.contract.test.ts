@@ -336,6 +336,26 @@ for (const harness of harnesses) {
   });
 }
 
+describe.skipIf(!redisUp)('fair order across processes (BullMQ)', () => {
+  it('keeps one clock for every producer: a community stays in order across bots', async () => {
+    const first = await harnesses[1]!.open();
+    // A second producer on the same queue, as a second bot process would be.
+    const second = new BullJobQueue({ redisUrl: TEST_REDIS_URL, prefix: `${RUN}-${prefixes}` });
+    opened.push(second);
+    await second.ready();
+    const { waitFor } = await listen(first);
+    const ids = new Map(['a1', 'a2', 'a3', 'b1'].map((tag) => [tag, randomUUID()]));
+    await first.add({ id: ids.get('a1')!, payload: fakePayload({ tag: 'a1' }, 'a') });
+    await first.add({ id: ids.get('a2')!, payload: fakePayload({ tag: 'a2' }, 'a') });
+    await second.add({ id: ids.get('a3')!, payload: fakePayload({ tag: 'a3' }, 'a') });
+    await second.add({ id: ids.get('b1')!, payload: fakePayload({ tag: 'b1' }, 'b') });
+    const engine = new FakeEngine();
+    first.process(engineProcessor(engine));
+    await waitFor(ids.get('a3')!, 'completed');
+    expect(engine.runs.map((run) => run.tag)).toEqual(['a1', 'b1', 'a2', 'a3']);
+  });
+});
+
 // ---------------------------------------------------------------------------------------------------
 // The worker loop, the store and the delivery loop around each queue, including killed processes.
 // ---------------------------------------------------------------------------------------------------
