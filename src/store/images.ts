@@ -30,13 +30,23 @@ export function imageRepository(db: SqlClient): Store['images'] {
         if (!Number.isInteger(v) || v < 1 || v > 1_000_000)
           throw new RangeError(`image ${side} must be a positive whole number, got ${v}`);
       }
+      const threadId = meta.threadId ?? null;
+      const visibility = meta.visibility ?? 'public';
+      if (visibility !== 'public' && visibility !== 'private')
+        throw new RangeError(`image visibility must be public or private, got "${visibility}"`);
+      if ((visibility === 'private' || threadId !== null) && meta.channelId == null)
+        throw new RangeError('an image that is private or posted in a thread needs its channelId');
       const source = [meta.channelId, meta.messageId];
       let inserted: ImageRow[];
       try {
+        // A replay that learnt the source is private tightens the row; nothing ever widens it.
         inserted = await db.query<ImageRow>(
-          `INSERT INTO images (community_id, hash, mime, width, height, channel_id, message_id, author_id, permalink, title)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-           ON CONFLICT ON CONSTRAINT images_source_key DO NOTHING
+          `INSERT INTO images (community_id, hash, mime, width, height, channel_id, message_id, author_id, permalink, title,
+             thread_id, visibility)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+           ON CONFLICT ON CONSTRAINT images_source_key DO UPDATE
+             SET visibility = EXCLUDED.visibility, thread_id = EXCLUDED.thread_id
+             WHERE images.visibility = 'public' AND EXCLUDED.visibility = 'private'
            RETURNING ${IMAGE_COLUMNS}`,
           [
             communityId,
@@ -48,6 +58,8 @@ export function imageRepository(db: SqlClient): Store['images'] {
             meta.authorId,
             optionalText(meta.permalink),
             optionalText(meta.title),
+            threadId,
+            visibility,
           ],
         );
       } catch (error) {
@@ -89,9 +101,15 @@ export function imageRepository(db: SqlClient): Store['images'] {
       if (rows.length === 0) throw new RangeError(`no image ${id}`);
     },
 
-    async search(communityId, embedding, k, excludeIds = []) {
+    async search(communityId, embedding, k, excludeIds = [], scope) {
       requireRowId(communityId, 'community id');
-      return nearest<ImageRow & ScoredImage>(db, IMAGE_COLUMNS, { communityId, embedding, k, excludeIds });
+      return nearest<ImageRow & ScoredImage>(db, IMAGE_COLUMNS, {
+        communityId,
+        scope,
+        embedding,
+        k,
+        excludeIds,
+      });
     },
 
     async count(communityId) {

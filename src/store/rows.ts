@@ -26,6 +26,8 @@ export const IMAGE_COLUMNS = selectList<ImageRecord>({
   authorId: 'author_id',
   permalink: 'permalink',
   title: 'title',
+  threadId: 'thread_id',
+  visibility: 'visibility',
   hasEmbedding: 'embedding IS NOT NULL',
   createdAt: 'created_at',
 });
