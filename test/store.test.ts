@@ -20,7 +20,7 @@ import { loadMigrations, migrate } from '../src/store/migrations.ts';
 import { pgliteClient, type SqlClient } from '../src/store/sql-client.ts';
 import { createStore } from '../src/store/store.ts';
 import { DEFAULT_COMMUNITY_CONFIG, type Store, type ViewerScope } from '../src/store/types.ts';
-import { nearest } from '../src/store/vector-search.ts';
+import { communityIndexName, ensureCommunityIndex, nearest } from '../src/store/vector-search.ts';
 import { createTempDatabase, probePostgres, serviceAvailable } from './support/services.ts';
 
 const postgresUp = await serviceAvailable('Postgres with pgvector (TEST_DATABASE_URL)', probePostgres);
@@ -310,6 +310,38 @@ function contractSuite(name: string, setup: () => Promise<Backend>, embedded: bo
           ),
         );
         expect(found[0]?.def).toMatch(/USING hnsw .*vector_ip_ops/);
+      });
+
+      it.runIf(!embedded)('builds a large community its own index once, and searches walk it', async () => {
+        expect(await ensureCommunityIndex(sql, DIM, big)).toBe(true);
+        expect(await ensureCommunityIndex(sql, DIM, big)).toBe(false);
+        const [index] = await sql.query<{ def: string; valid: boolean }>(
+          `SELECT pg_get_indexdef(i.indexrelid) AS def, i.indisvalid AS valid FROM pg_index i
+           WHERE i.indexrelid = to_regclass($1)`,
+          [communityIndexName(DIM, big)],
+        );
+        expect(index).toMatchObject({ valid: true, def: expect.stringMatching(/hnsw .*community_id = /) });
+        const plans: string[] = [];
+        const rows = await nearest<{ id: string; score: number; communityId: string }>(
+          sql,
+          'id::text AS id, community_id::text AS "communityId"',
+          {
+            communityId: big,
+            embedding: randomUnit(random, DIM),
+            k: 10,
+            plan: 'hnsw',
+            onPlan: (p) => plans.push(p),
+          },
+        );
+        expect(plans).toEqual(['hnsw']);
+        expect(rows).toHaveLength(10);
+        expect(rows.every((r) => r.communityId === big)).toBe(true);
+        const [plan] = await sql.query<{ plan: string }>(
+          `EXPLAIN (FORMAT JSON) SELECT id FROM images WHERE vector_dims(embedding) = ${DIM} AND deleted_at IS NULL
+           AND community_id = ${big} ORDER BY embedding::vector(${DIM}) <#> $1::text::vector(${DIM}) LIMIT 10`,
+          [`[${randomUnit(random, DIM).join(',')}]`],
+        );
+        expect(JSON.stringify(plan)).toContain(communityIndexName(DIM, big));
       });
 
       it('returns k results from one community that is 1% of the rows, best first, with cosine scores', async () => {

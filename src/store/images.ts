@@ -2,7 +2,7 @@ import { foreignKeyViolation, IMAGE_COLUMNS, type ImageRow, optionalText } from 
 import type { SqlClient } from './sql-client.ts';
 import type { ScoredImage, Store } from './types.ts';
 import { isRowId, isSha256, requireMime, requireRowId } from './validate.ts';
-import { ensureEmbeddingIndex, nearest, normalisedVector } from './vector-search.ts';
+import { ensureEmbeddingIndex, nearest, normalisedVector, planner } from './vector-search.ts';
 
 /** The gallery: images posted in indexed channels, their source, their embeddings, and search over them. */
 export function imageRepository(db: SqlClient): Store['images'] {
@@ -19,6 +19,8 @@ export function imageRepository(db: SqlClient): Store['images'] {
     }
     return pending;
   };
+
+  const planFor = planner(db);
 
   return {
     async add(communityId, hash, meta) {
@@ -109,6 +111,7 @@ export function imageRepository(db: SqlClient): Store['images'] {
         embedding,
         k,
         excludeIds,
+        plan: await planFor(communityId, embedding.length),
       });
     },
 

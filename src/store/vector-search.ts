@@ -1,7 +1,7 @@
 import pgvector from 'pgvector';
 import type { Row, SqlClient, SqlQuery } from './sql-client.ts';
 import type { ViewerScope } from './types.ts';
-import { isRowId } from './validate.ts';
+import { isRowId, requireRowId } from './validate.ts';
 
 /**
  * Nearest-neighbour search over image embeddings with pgvector.
@@ -13,30 +13,37 @@ import { isRowId } from './validate.ts';
  * Embeddings are normalised on write and queries before searching, so the inner product is the cosine.
  *
  * Every search is scoped to one community and to what the viewer may see (ImagePlacement): the public
- * images, plus the private ones of the viewer's own channel or thread. Two plans answer it:
+ * images, plus the private ones of the viewer's own channel or thread. The plan depends on the
+ * community's size (README, "Scaling: the gallery", has the measurements):
  * - exact: a community with at most EXACT_SCAN_MAX_ROWS live images is scanned whole (B-tree on
- *   community_id), which is exact and, at that size, faster than the graph walk. A filtered HNSW walk
- *   over a small community is what the index does worst: most of the graph it visits is other rows.
- * - hnsw: larger communities use pgvector 0.8's iterative index scans (Postgres and PGlite both bundle
- *   ≥ 0.8): the scan keeps walking the graph until enough rows pass the filter. Iterative scans stop
- *   after hnsw.max_scan_tuples; when that leaves fewer than k rows (a viewer's filter that admits few of
- *   a large community's rows), the exact search answers instead.
+ *   community_id): exact, and at that size about as fast as a graph walk. A filtered walk of the shared
+ *   graph is what HNSW does worst for a small community: most of what it visits is other rows.
+ * - its own index: on Postgres, a community of more than COMMUNITY_INDEX_MIN_ROWS holding less than
+ *   half the table gets a partial HNSW index of its own (built in the background once it grows past
+ *   that), so its searches walk its own graph instead of discarding the other communities' rows.
+ * - the shared index otherwise, with pgvector 0.8's iterative scans (Postgres and PGlite both bundle
+ *   ≥ 0.8): the scan keeps walking until enough rows pass the filter. Iterative scans stop after
+ *   hnsw.max_scan_tuples; when that leaves fewer than k rows (a viewer's filter that admits few of a
+ *   large community's rows), the exact search answers instead.
+ * The community id is inlined as a literal so that the planner can match the partial index.
  */
 
 /** pgvector's limit for HNSW on the `vector` type. */
 export const MAX_INDEXED_DIM = 2000;
 
 /**
- * Defaults from `npm run bench:store` (100k × 256, clustered): hnsw.ef_search 100 gives recall@10 0.999
- * on a whole table (a community that is most of it), where 40 gives 0.989. Scoped to a community of 10%
- * of the rows, ef_search hardly matters (0.944 to 0.949 from 40 to 200) but over-fetching does: taking
- * 4k index-scan rows and keeping the best k lifts recall@10 to 0.978 at p95 ≈ 14 ms.
+ * From `npm run bench:store` (README, "Scaling: the gallery"): at 1M × 256 clustered rows, ef_search 100
+ * gives recall@10 0.975 over the whole table; a community whose nearest images are mostly unrelated
+ * ones (near-ties at low cosine) needs 400–800 for 0.935–0.985, at 3–10× the latency.
+ * Taking 4k index-scan rows and keeping the best k recovers neighbours relaxed_order returns late.
  */
 export const DEFAULT_EF_SEARCH = 100;
 /** Index-scan rows per result kept (see NearestOptions.candidates). */
 export const DEFAULT_CANDIDATES = 4;
 /** Communities with at most this many live images are searched exactly (see the top of this file). */
-export const EXACT_SCAN_MAX_ROWS = 20_000;
+export const EXACT_SCAN_MAX_ROWS = 5_000;
+/** Communities with more live images than this, if less than half the table, get their own index. */
+export const COMMUNITY_INDEX_MIN_ROWS = 50_000;
 
 export function indexName(dim: number): string {
   return `images_embedding_ip_${dim}`;
@@ -100,7 +107,7 @@ export interface NearestOptions {
    * slightly out of order, so taking more than k and re-sorting recovers near neighbours found late.
    */
   candidates?: number;
-  /** Use this plan whatever the community's size (benchmarks compare them). */
+  /** The plan, as the store's planner chose it or a benchmark forces it; by default counted now. */
   plan?: SearchPlan;
   /** Told which plan answered: 'hnsw', 'exact', or 'hnsw→exact' when the index scan came back short. */
   onPlan?: (plan: string) => void;
@@ -124,14 +131,100 @@ function visibleTo(scope: ViewerScope | undefined, params: unknown[]): string {
   return `(visibility = 'public' OR (channel_id = $${channel} AND (thread_id IS NULL OR thread_id = $${thread}::text)))`;
 }
 
-/** Whether the community is small enough for the exact plan: counts its live rows, stopping past the limit. */
-async function smallCommunity(client: SqlClient, communityId: string): Promise<boolean> {
+/** The name of one community's own HNSW index for one dimension. */
+export function communityIndexName(dim: number, communityId: string): string {
+  return `${indexName(dim)}_c${communityId}`;
+}
+
+/**
+ * Builds one community's own HNSW index if it is missing (Postgres only: PGlite would stall every query
+ * for the minutes a build takes). CONCURRENTLY, so images are written meanwhile; a failed build leaves an
+ * invalid index, dropped here so that the next call builds it again. Returns whether it built one.
+ */
+export async function ensureCommunityIndex(
+  client: SqlClient,
+  dim: number,
+  communityId: string,
+): Promise<boolean> {
+  if (!Number.isInteger(dim) || dim < 1 || dim > MAX_INDEXED_DIM)
+    throw new RangeError(`bad dimension ${dim}`);
+  requireRowId(communityId, 'community id');
+  const name = communityIndexName(dim, communityId);
+  const [state] = await client.query<{ valid: boolean; building: boolean }>(
+    `SELECT i.indisvalid AS valid,
+       EXISTS (SELECT 1 FROM pg_stat_progress_create_index p WHERE p.index_relid = i.indexrelid) AS building
+     FROM pg_index i WHERE i.indexrelid = to_regclass($1)`,
+    [name],
+  );
+  if (state?.valid || state?.building) return false;
+  if (state) await client.exec(`DROP INDEX CONCURRENTLY IF EXISTS ${name}`);
+  await client.exec(
+    `CREATE INDEX CONCURRENTLY IF NOT EXISTS ${name} ON images USING hnsw ((embedding::vector(${dim})) vector_ip_ops)
+     WHERE vector_dims(embedding) = ${dim} AND deleted_at IS NULL AND community_id = ${communityId}`,
+  );
+  return true;
+}
+
+/** Counts a community's live images, stopping past `limit`: classifying a large one costs no more. */
+async function liveImages(client: SqlClient, communityId: string, limit: number): Promise<number> {
   const [row] = await client.query<{ n: number }>(
     `SELECT count(*)::int AS n FROM
        (SELECT 1 FROM images WHERE community_id = $1 AND deleted_at IS NULL LIMIT $2) AS live`,
-    [communityId, EXACT_SCAN_MAX_ROWS + 1],
+    [communityId, limit + 1],
   );
-  return row!.n <= EXACT_SCAN_MAX_ROWS;
+  return row!.n;
+}
+
+/** The plan for a community's search: exact when it has at most EXACT_SCAN_MAX_ROWS live images. */
+async function planFor(client: SqlClient, communityId: string): Promise<SearchPlan> {
+  return (await liveImages(client, communityId, EXACT_SCAN_MAX_ROWS)) <= EXACT_SCAN_MAX_ROWS
+    ? 'exact'
+    : 'hnsw';
+}
+
+/**
+ * Whether a community should have its own index: on Postgres, at least COMMUNITY_INDEX_MIN_ROWS live
+ * images and less than half of the table (a 1% sample of its pages): in its own graph a community's
+ * search walks only its own images, where the shared graph's filtered walk discards the others'.
+ */
+async function wantsOwnIndex(client: SqlClient, communityId: string): Promise<boolean> {
+  if (client.kind !== 'postgres') return false;
+  if ((await liveImages(client, communityId, COMMUNITY_INDEX_MIN_ROWS)) <= COMMUNITY_INDEX_MIN_ROWS)
+    return false;
+  const [sample] = await client.query<{ share: number | null }>(
+    `SELECT (count(*) FILTER (WHERE community_id = $1))::float8 / NULLIF(count(*), 0) AS share
+     FROM images TABLESAMPLE SYSTEM (1) WHERE deleted_at IS NULL`,
+    [communityId],
+  );
+  return sample?.share != null && sample.share < 0.5;
+}
+
+/**
+ * planFor, remembered per community for ttlMs: the count costs about as much as a search on PGlite,
+ * and a community's size changes slowly. A stale plan is only slower, never wrong: both plans are exact
+ * about who may see what, and a short index scan falls back to the exact one. On each count of a large
+ * community it also starts building the community's own index when it should have one (in the
+ * background: the search goes on with the shared index; a failed build is tried again a ttl later).
+ */
+export function planner(
+  client: SqlClient,
+  ttlMs = 60_000,
+): (communityId: string, dim: number) => Promise<SearchPlan> {
+  const known = new Map<string, { plan: SearchPlan; until: number }>();
+  return async (communityId, dim) => {
+    const now = Date.now();
+    const key = `${communityId}:${dim}`;
+    const cached = known.get(key);
+    if (cached && cached.until > now) return cached.plan;
+    const plan = await planFor(client, communityId);
+    known.set(key, { plan, until: now + ttlMs });
+    if (plan === 'hnsw') {
+      void wantsOwnIndex(client, communityId)
+        .then((wanted) => wanted && ensureCommunityIndex(client, dim, communityId))
+        .catch(() => {});
+    }
+    return plan;
+  };
 }
 
 /**
@@ -153,8 +246,11 @@ export async function nearest<T extends NearestRow>(
   const params: unknown[] = [query, exclude, candidates, k];
   const filters = [`vector_dims(embedding) = ${dim}`, 'deleted_at IS NULL', 'id <> ALL ($2::bigint[])'];
   if (communityId !== undefined) {
-    params.push(communityId);
-    filters.push(`community_id = $${params.length}`, visibleTo(options.scope, params));
+    // A literal, not a parameter, so the planner can match the community's own partial index.
+    filters.push(
+      `community_id = ${requireRowId(communityId, 'community id')}`,
+      visibleTo(options.scope, params),
+    );
   }
   // The indexed expression (a cast to vector(D)) makes the planner use the HNSW index; the exact search
   // orders by the uncast column, which no index matches, so it scans the community's rows.
@@ -171,9 +267,7 @@ export async function nearest<T extends NearestRow>(
     return clean(await client.query<T>(sqlFor(exactDistance), params));
   };
 
-  const plan =
-    options.plan ??
-    (communityId !== undefined && (await smallCommunity(client, communityId)) ? 'exact' : 'hnsw');
+  const plan = options.plan ?? (communityId === undefined ? 'hnsw' : await planFor(client, communityId));
   if (plan === 'exact') return exact('exact');
   const ef = Math.min(1000, Math.max(Math.trunc(options.efSearch ?? DEFAULT_EF_SEARCH), candidates)); // pgvector allows 1..1000
   const rows = await client.transaction(async (tx) => {
