@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .weights import ConversionError
+
 
 @dataclass
 class TowerConfig:
@@ -25,7 +27,10 @@ class TowerConfig:
     def from_hf(cfg: dict, what: str) -> "TowerConfig":
         act = cfg.get("hidden_act", "quick_gelu")
         if act != "quick_gelu":
-            raise ValueError(f"CLIP {what} config: hidden_act {act!r} is not supported (CLIP ViT-L/14 uses quick_gelu)")
+            raise ConversionError(f"CLIP {what} config: hidden_act {act!r} is not supported (CLIP ViT-L/14 uses quick_gelu)")
+        missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size") if k not in cfg]
+        if missing:
+            raise ConversionError(f"CLIP {what} config: missing {', '.join(missing)}")
         return TowerConfig(cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"],
                            cfg["intermediate_size"], cfg.get("layer_norm_eps", 1e-5))
 

@@ -109,7 +109,7 @@ def build_vision(folder: Path, dtype: torch.dtype) -> CLIPVision:
 def build_text(folder: Path, dtype: torch.dtype) -> CLIPText:
     cfg = read_json(Path(folder) / "config.json", "--sd text_encoder/config.json")
     tc = cfg.get("text_config", cfg)
-    m = CLIPText(TowerConfig.from_hf(tc, "text"), tc["vocab_size"], tc.get("max_position_embeddings", 77), META)
+    m = CLIPText(TowerConfig.from_hf(tc, "text"), tc.get("vocab_size", 49408), tc.get("max_position_embeddings", 77), META)
     src = read_folder(folder, "--sd text_encoder", "model")
     # CLIPTextModel files hold `text_model.…` (transformers 4, SD 1.5's own) or the bare names (transformers 5).
     bare = "text_model.final_layer_norm.weight" not in src.shapes

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .weights import ConversionError
+
 POSITION_OFFSET = 2  # OPT's learned position table reserves its first two rows
 
 
@@ -37,7 +39,11 @@ class OPTConfig:
         }
         bad = [f"{k}={got!r} (supported: {want!r})" for k, (got, want) in unsupported.items() if got != want]
         if bad:
-            raise ValueError(f"OPT config: unsupported variant: {', '.join(bad)}")
+            raise ConversionError(f"OPT config: unsupported variant: {', '.join(bad)}")
+        missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "ffn_dim",
+                               "max_position_embeddings") if k not in cfg]
+        if missing:
+            raise ConversionError(f"OPT config: missing {', '.join(missing)}")
         return OPTConfig(cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["ffn_dim"],
                          vocab_size, cfg["max_position_embeddings"])
 

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .weights import ConversionError
+
 DOWN = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
 UP = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
 
@@ -47,7 +49,7 @@ class UNetConfig:
         if not isinstance(heads, int):
             bad.append(f"attention_head_dim={heads!r} (SD 1.5: one head count for every block)")
         if bad:
-            raise ValueError(f"UNet config: not the Stable Diffusion 1.5 architecture: {'; '.join(bad)}")
+            raise ConversionError(f"UNet config: not the Stable Diffusion 1.5 architecture: {'; '.join(bad)}")
         return UNetConfig(tuple(cfg["block_out_channels"]), cfg.get("layers_per_block", 2), heads,
                           cfg.get("cross_attention_dim", 768), cfg.get("norm_num_groups", 32),
                           cfg.get("in_channels", 4), cfg.get("out_channels", 4), cfg.get("sample_size", 64))

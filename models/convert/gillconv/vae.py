@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .weights import ConversionError
+
 from .unet import ResnetBlock, Upsample
 
 # Key names of diffusers' deprecated attention blocks (older SD 1.5 files), mapped to today's.
@@ -31,13 +33,14 @@ class VAEConfig:
 
     @staticmethod
     def from_diffusers(cfg: dict) -> "VAEConfig":
-        ups = cfg.get("up_block_types", ["UpDecoderBlock2D"] * len(cfg["block_out_channels"]))
+        channels = tuple(cfg.get("block_out_channels", (128, 256, 512, 512)))  # absent: SD 1.5's
+        ups = cfg.get("up_block_types", ["UpDecoderBlock2D"] * len(channels))
         bad = [] if set(ups) == {"UpDecoderBlock2D"} else [f"up_block_types={ups!r}"]
         if cfg.get("act_fn", "silu") != "silu":
             bad.append(f"act_fn={cfg['act_fn']!r}")
         if bad:
-            raise ValueError(f"VAE config: not the Stable Diffusion 1.5 architecture: {'; '.join(bad)}")
-        return VAEConfig(tuple(cfg["block_out_channels"]), cfg.get("layers_per_block", 2), cfg.get("norm_num_groups", 32),
+            raise ConversionError(f"VAE config: not the Stable Diffusion 1.5 architecture: {'; '.join(bad)}")
+        return VAEConfig(channels, cfg.get("layers_per_block", 2), cfg.get("norm_num_groups", 32),
                          cfg.get("latent_channels", 4), cfg.get("out_channels", 3), cfg.get("scaling_factor", 0.18215))
 
 

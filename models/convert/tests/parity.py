@@ -11,7 +11,9 @@ strict loading and the manifest. Prints one JSON report on stdout; exits 1 when 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -196,10 +198,17 @@ def make_inputs(root: Path) -> dict:
     return {"dirs": d, "gill": bf, "mapper": mapper, "decision": decision.eval(), "unet": unet.eval(), "vae": vae.eval()}
 
 
-def run_convert(d: dict, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(CONVERT), "--gill", str(d["gill"]), "--opt", str(d["opt"]),
+def run_convert(d: dict, out: Path, *extra: str, python: str = sys.executable, path: str | None = None):
+    env = {**os.environ, **({"PYTHONPATH": path} if path else {})}
+    return subprocess.run([python, str(CONVERT), "--gill", str(d["gill"]), "--opt", str(d["opt"]),
                            "--clip", str(d["clip"]), "--sd", str(d["sd"]), "--out", str(out), *extra],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=env)
+
+
+def torch_version(python: str, path: str | None) -> str:
+    env = {**os.environ, **({"PYTHONPATH": path} if path else {})}
+    return subprocess.run([python, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True,
+                          env=env).stdout.strip()
 
 
 # ---------------------------------------------------------------- parity
@@ -351,6 +360,51 @@ def manifest_checks(out: Path) -> None:
           and "opt/model.safetensors" in m["provenance"]["inputs"], sorted(m["provenance"]["inputs"])[:6])
 
 
+def fp16_checks(d: dict, out32: Path, out16: Path) -> None:
+    """The fp16 bundle (torch 2.x): float16 weights and KV cache, float32 graph inputs/outputs otherwise."""
+    m = json.loads((out16 / "manifest.json").read_text())
+    dtypes = {f: r["dtype"] for f, r in m["graphs"].items()}
+    check("fp16 manifest: every graph float16, KV cache float16",
+          set(dtypes.values()) == {"float16"} and m["lm"]["kvCacheDtype"] == "float16", dtypes)
+    lm16, lm32 = session(out16 / "lm.onnx"), session(out32 / "lm.onnx")
+    kinds = {i.name: i.type for i in lm16.get_inputs()}
+    e = np.random.default_rng(0).standard_normal((1, 5, H)).astype(np.float32) * 0.05
+    feeds = {"inputs_embeds": e, "attention_mask": np.ones((1, 5), np.int64)}
+    for half, sess in ((True, lm16), (False, lm32)):
+        for i in range(LAYERS):
+            for kv in ("key", "value"):
+                feeds_kv = np.zeros((1, HEADS, 0, H // HEADS), np.float16 if half else np.float32)
+                feeds[f"past_key_values.{i}.{kv}"] = feeds_kv
+        res = sess.run(["hidden_states", "present.0.key"], feeds)
+        if half:
+            h16, k16 = res
+        else:
+            h32 = res[0]
+    err = diff(h16, h32)
+    report["figures"]["lm_fp16_vs_fp32_hidden_max_abs"] = err
+    check("fp16 LM runs on ONNX Runtime (CPU) with a float16 KV cache, hidden states near fp32",
+          kinds["inputs_embeds"] == "tensor(float)" and kinds["past_key_values.0.key"] == "tensor(float16)"
+          and k16.dtype == np.float16 and err < 0.05, {"kinds": kinds, "err": err})
+
+
+def int8_checks(out32: Path, work: Path) -> None:
+    """--quantize-lm int8 on a copy of the fp32 LM graph."""
+    import shutil
+    sys.path.insert(0, str(HERE.parent))
+    import convert
+    copy = work / "int8"
+    copy.mkdir()
+    for f in ("lm.onnx", "lm.onnx.data"):
+        shutil.copy(out32 / f, copy / f)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries the report only
+        q = convert.quantize_lm(copy, {"hidden": H, "heads": HEADS, "head_dim": H // HEADS})
+    report["figures"]["lm_int8_hidden_max_abs"] = q["maxAbsError"]
+    report["figures"]["lm_int8_hidden_relative_l2"] = q["relativeL2Error"]
+    types = {i.name: i.type for i in session(copy / "lm.onnx").get_inputs()}
+    check("int8 LM keeps the graph's interface, its error is measured", types["inputs_embeds"] == "tensor(float)"
+          and sorted(os.listdir(copy)) == ["lm.onnx", "lm.onnx.data"] and q["relativeL2Error"] < 0.1, q)
+
+
 # ---------------------------------------------------------------- SD 1.5 listings and strict loading
 def read_listing(name: str) -> dict:
     rows = (ln.split(" ") for ln in (HERE.parent / "fixtures" / name).read_text().splitlines())
@@ -420,12 +474,18 @@ def strict_gill_checks(made: dict, root: Path) -> None:
 
 
 def main() -> int:
+    """argv: [bundle copy folder]. CONVERT_PYTHON / CONVERT_PYTHONPATH: the interpreter of the fp32 conversion
+    (e.g. Debian's /usr/bin/python3 with torch 1.13); the fp16 conversion runs on this interpreter (torch 2.x)."""
+    python, path = os.environ.get("CONVERT_PYTHON", sys.executable), os.environ.get("CONVERT_PYTHONPATH")
+    report["figures"]["fp32_conversion_torch"] = torch_version(python, path)
+    report["figures"]["fp16_conversion_torch"] = torch.__version__
     with tempfile.TemporaryDirectory(prefix="gill-convert-") as tmp:
         root = Path(tmp)
         made = make_inputs(root)
-        out = root / "bundle"
-        proc = run_convert(made["dirs"], out, "--dtype", "fp32")
-        check("convert.py exits 0", proc.returncode == 0, proc.stderr[-3000:] if proc.returncode else None)
+        out, out16 = root / "bundle", root / "bundle16"
+        proc = run_convert(made["dirs"], out, "--dtype", "fp32", python=python, path=path)
+        check(f"convert.py --dtype fp32 exits 0 (torch {report['figures']['fp32_conversion_torch']})",
+              proc.returncode == 0, proc.stderr[-3000:] if proc.returncode else None)
         if proc.returncode == 0:
             lm_parity(made["dirs"], made["gill"], out)
             clip_parity(made["dirs"], out)
@@ -433,9 +493,15 @@ def main() -> int:
             diffusion_parity(made, out)
             tokenizer_checks(made["dirs"], out)
             manifest_checks(out)
+            int8_checks(out, root)
             if len(sys.argv) > 1:  # keep the bundle for the engine's end-to-end test
                 import shutil
                 shutil.copytree(out, sys.argv[1], dirs_exist_ok=True)
+        proc16 = run_convert(made["dirs"], out16, "--dtype", "fp16")
+        check(f"convert.py --dtype fp16 exits 0 (torch {torch.__version__})", proc16.returncode == 0,
+              proc16.stderr[-3000:] if proc16.returncode else None)
+        if proc.returncode == 0 and proc16.returncode == 0:
+            fp16_checks(made["dirs"], out, out16)
         sd15_checks()
         decision_fixture_checks()
         strict_gill_checks(made, root)
