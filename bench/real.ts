@@ -11,7 +11,7 @@
  *
  *   npm run bench:real -- [--threads 2] [--lm-iters 20] [--unet-iters 3] [--clip-iters 5] [--spin]
  */
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
@@ -103,6 +103,18 @@ async function onnxRun(name: Module, dir: string, iters: number, warmup: number)
   return JSON.parse(stdout.trim().split('\n').at(-1)!) as Timing;
 }
 
+interface ExportStats {
+  seconds: number;
+  weightsMiB: number;
+  peakRssMiB: number;
+}
+
+/** The graph as convert.py exports it, in its own process (its peak RSS is the export's). */
+async function exportGraph(name: Module, dir: string): Promise<ExportStats> {
+  const { stdout } = await run(PYTHON, [HELPER, 'export', name, dir], { maxBuffer: 1 << 24 });
+  return JSON.parse(stdout.trim().split('\n').at(-1)!) as ExportStats;
+}
+
 async function eagerRun(name: Module, iters: number, warmup: number): Promise<Timing & { torch: string }> {
   const { stdout } = await run(PYTHON, [HELPER, 'eager', name, String(threads), String(iters), String(warmup)], {
     env: { ...process.env, OMP_NUM_THREADS: String(threads) },
@@ -117,23 +129,24 @@ async function main(): Promise<void> {
   const dir = await mkdtemp(path.join(tmpdir(), 'gill-bench-real-'));
   try {
     console.log(`bench:real — threads ${threads}, ONNX Runtime spinning ${args.spin ? 'on' : 'off'}, graphs in ${dir}`);
-    await new Promise<void>((resolve, reject) => {
-      const child = spawn(PYTHON, [HELPER, 'export', dir], { stdio: ['ignore', 'inherit', 'inherit'] });
-      child.on('error', reject);
-      child.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`export exited ${code}`))));
-    });
     const plan: [Module, number, number][] = [
       ['lm1', Number(args['lm-iters']), 3],
       ['lm2', Number(args['lm-iters']), 3],
       ['clip', Number(args['clip-iters']), 1],
       ['unet', Number(args['unet-iters']), 1],
     ];
-    const results: Record<string, { onnx: Timing; eager: Timing & { torch: string } }> = {};
+    const results: Record<string, { onnx: Timing; eager: Timing & { torch: string }; export: ExportStats }> = {};
     for (const [name, iters, warmup] of plan) {
-      // Alternating sides per module: on a shared machine both meet about the same load.
+      const exported = await exportGraph(name, dir);
+      console.log(
+        `${name.padEnd(5)} exported in ${exported.seconds} s: weights ${exported.weightsMiB} MiB, exporter peak RSS ${exported.peakRssMiB} MiB`,
+      );
+      // Both sides per module back to back: on a shared machine they meet about the same load.
       const onnx = await onnxRun(name, dir, iters, warmup);
       const eager = await eagerRun(name, iters, warmup);
-      results[name] = { onnx, eager };
+      results[name] = { onnx, eager, export: exported };
+      await rm(path.join(dir, `${name}.onnx`), { force: true });
+      await rm(path.join(dir, `${name}.onnx.data`), { force: true });
       console.log(
         `${name.padEnd(5)} onnxruntime-node p50 ${median(onnx.ms).toFixed(1)} ms (p95 ${quantile(onnx.ms, 0.95).toFixed(1)}), peak RSS ${onnx.peakRssMiB.toFixed(0)} MiB | torch ${eager.torch} eager p50 ${median(eager.ms).toFixed(1)} ms (p95 ${quantile(eager.ms, 0.95).toFixed(1)}), peak RSS ${eager.peakRssMiB.toFixed(0)} MiB`,
       );
@@ -154,6 +167,10 @@ async function main(): Promise<void> {
       'peak RSS, LM 2-layer process (MiB)': [results.lm2!.onnx.peakRssMiB, results.lm2!.eager.peakRssMiB],
       'peak RSS, CLIP process (MiB)': [results.clip!.onnx.peakRssMiB, results.clip!.eager.peakRssMiB],
     };
+    for (const [name, r] of Object.entries(results))
+      console.log(
+        `export ${name}: peak RSS ${(r.export.peakRssMiB / r.export.weightsMiB).toFixed(2)}× the weights (${r.export.weightsMiB} MiB)`,
+      );
     console.log(`\n${'figure'.padEnd(58)} ${'onnxruntime-node'.padStart(16)} ${'torch eager'.padStart(12)}  ratio`);
     for (const [label, [o, e]] of Object.entries(rows))
       console.log(`${label.padEnd(58)} ${o!.toFixed(1).padStart(16)} ${e!.toFixed(1).padStart(12)}  ${(o! / e!).toFixed(2)}`);

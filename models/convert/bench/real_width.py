@@ -1,7 +1,7 @@
 """bench:real's Python side (bench/real.ts drives it): the converter's own modules at real width with random
 weights, exported to ONNX the way convert.py exports them, and timed in PyTorch eager.
 
-    real_width.py export DIR                      # lm1.onnx, lm2.onnx, unet.onnx, clip.onnx (+ .data)
+    real_width.py export lm1|lm2|unet|clip DIR    # DIR/<name>.onnx + .data; one JSON line: seconds, peak RSS
     real_width.py eager lm1|lm2|unet|clip THREADS ITERS WARMUP   # one JSON line: per-call ms, peak RSS
 
 Widths: OPT-6.7B (hidden 4096, 32 heads, FFN 16384, vocab 50274) with 1 and 2 of its 32 layers, so the
@@ -53,18 +53,16 @@ def inputs(name: str, m: torch.nn.Module) -> tuple:
     return (torch.randn(1, 3, 224, 224),)
 
 
-def export_all(out: Path) -> None:
-    for name in ("lm1", "lm2", "clip", "unet"):
-        m = build(name)
-        spec = graphs.lm_decoder(m) if name.startswith("lm") else graphs.unet(m, 64, 77) if name == "unet" \
-            else graphs.image_encoder(m)
-        t = time.perf_counter()
-        export.export(spec[0], spec[1], out / f"{name}.onnx", spec[2], spec[3], spec[4], external=True)
-        weights = sum(p.numel() * p.element_size() for p in m.parameters()) / 2**20
-        # ru_maxrss only grows: the first graph's figure is its own, later ones are upper bounds.
-        print(json.dumps({"exported": name, "seconds": round(time.perf_counter() - t, 1), "weightsMiB": round(weights),
-                          "peakRssMiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}), flush=True)
-        del m, spec
+def export_one(name: str, out: Path) -> None:
+    """One graph per process, so the peak RSS printed is this export's (weights + what the exporter adds)."""
+    m = build(name)
+    spec = graphs.lm_decoder(m) if name.startswith("lm") else graphs.unet(m, 64, 77) if name == "unet" \
+        else graphs.image_encoder(m)
+    weights = sum(p.numel() * p.element_size() for p in m.parameters()) / 2**20
+    t = time.perf_counter()
+    export.export(spec[0], spec[1], out / f"{name}.onnx", spec[2], spec[3], spec[4], external=True)
+    print(json.dumps({"exported": name, "seconds": round(time.perf_counter() - t, 1), "weightsMiB": round(weights),
+                      "peakRssMiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}), flush=True)
 
 
 def eager(name: str, threads: int, iters: int, warmup: int) -> None:
@@ -84,6 +82,6 @@ def eager(name: str, threads: int, iters: int, warmup: int) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1] == "export":
-        export_all(Path(sys.argv[2]))
+        export_one(sys.argv[2], Path(sys.argv[3]))
     else:
         eager(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
