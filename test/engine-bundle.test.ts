@@ -2,8 +2,9 @@ import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BundleError, loadBundle, readManifest } from '../src/engine/bundle.ts';
+import { loadBundle } from '../src/engine/bundle.ts';
 import { GillTokenizer } from '../src/engine/gill/tokenizer.ts';
+import { BundleError, readManifest } from '../src/engine/manifest.ts';
 import { makeRandomBundle, torchAvailable } from './support/random-bundle.ts';
 
 const torchUp = await torchAvailable();

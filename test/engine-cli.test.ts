@@ -119,6 +119,6 @@ describe.skipIf(!torchUp)('gill engine commands', () => {
     expect(await readdir(path.dirname(file))).toEqual(['star.png']);
     const bad = await gill('imagine', 'x', '--out', file, '--scheduler', 'euler');
     expect(bad.code).toBe(2);
-    expect(bad.stderr).toContain('--scheduler must be ddim or dpm++');
+    expect(bad.stderr).toContain('--scheduler must be one of ddim, pndm, dpm++, dpmsolver++');
   });
 });

@@ -11,7 +11,7 @@ import {
   tokenizePrompt,
   unconditionalEmbedding,
 } from '../src/engine/diffusion/pipeline.ts';
-import { createSampler } from '../src/engine/diffusion/schedulers.ts';
+import { createSampler } from '../src/engine/diffusion/schedulers/index.ts';
 import type { JobProgress } from '../src/jobs.ts';
 import { makeRandomBundle, torchAvailable } from './support/random-bundle.ts';
 

@@ -6,8 +6,8 @@ import { promisify } from 'node:util';
 import { crc32 } from 'node:zlib';
 import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
-import type { Manifest } from '../src/engine/bundle.ts';
 import { decodeRgb, imageToPixelValues, probeImage } from '../src/engine/images.ts';
+import type { Manifest } from '../src/engine/manifest.ts';
 import { UserInputError } from '../src/jobs.ts';
 import { serviceAvailable } from './support/services.ts';
 

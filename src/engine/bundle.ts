@@ -1,116 +1,19 @@
 import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { z } from 'zod';
+import { type VerifyReport, verifyBundleFiles } from './bundle-files.ts';
+import { float16Bits } from './float16.ts';
+import { BundleError, type Manifest, type ManifestV2, readManifest } from './manifest.ts';
+import { inputType } from './tensors.ts';
 
 /**
- * Loads a model bundle (models/README.md): validates manifest.json and every file it names, opens one
- * ONNX Runtime session per graph, checks each graph's input/output names against the format, and runs
- * every graph once on dummy inputs. The warm-up doubles as the dimension check: exported graphs often
- * declare symbolic dimensions, so the only reliable way to know a graph matches the manifest is to run it.
+ * Loads a model bundle (models/README.md): validates manifest.json and every file it names (for a
+ * gill-bundle/2 also their sizes and checksums), opens one ONNX Runtime session per graph by path (so ONNX
+ * Runtime reads a graph's external data file itself), checks each graph's input/output names against the
+ * format, and runs every graph once on dummy inputs. The warm-up doubles as the dimension check: exported
+ * graphs often declare symbolic dimensions, so the only reliable way to know a graph matches the manifest is
+ * to run it.
  */
-
-export class BundleError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'BundleError';
-  }
-}
-
-const file = z
-  .string()
-  .min(1)
-  .refine((p) => !path.isAbsolute(p) && !p.split(/[\\/]/).includes('..'), {
-    message: 'must be a file name inside the bundle folder',
-  });
-const dim = z.number().int().positive();
-const tokenId = z.number().int().nonnegative();
-const rgb = z.tuple([z.number(), z.number(), z.number()]);
-
-export const manifestSchema = z.object({
-  format: z.literal('gill-bundle/1'),
-  name: z.string().min(1),
-  lm: z.object({
-    embed: file,
-    decoder: file,
-    tokenizer: file,
-    hiddenSize: dim,
-    numLayers: dim,
-    numHeads: dim,
-    headDim: dim,
-    vocabSize: dim,
-    maxPositions: dim,
-    bosId: tokenId,
-    eosId: tokenId,
-    padId: tokenId,
-    newlineId: tokenId,
-    addBos: z.boolean(),
-    imgTokenIds: z.array(tokenId).min(1),
-  }),
-  vision: z.object({
-    encoder: file,
-    imageSize: dim,
-    resize: z.literal('shortest-side-bicubic-center-crop'),
-    mean: rgb,
-    std: rgb.refine((s) => s.every((v) => v > 0), { message: 'every std must be > 0' }),
-    pooledSize: dim,
-  }),
-  gill: z.object({
-    visualPrefix: file,
-    numVisualTokens: dim,
-    imageRetrieval: file,
-    textRetrieval: file,
-    retrievalDim: dim,
-    logitScale: z.number(),
-    mapper: file,
-    decision: file,
-  }),
-  diffusion: z.object({
-    textEncoder: file,
-    textTokenizer: file,
-    textMaxLength: dim,
-    textPadId: tokenId,
-    textBosId: tokenId.nullable(),
-    textEosId: tokenId.nullable(),
-    conditioningDim: dim,
-    unet: file,
-    vaeDecoder: file,
-    latentChannels: dim,
-    latentSize: dim,
-    imageSize: dim,
-    vaeScalingFactor: z.number().positive(),
-    scheduler: z.object({
-      numTrainTimesteps: dim,
-      betaSchedule: z.enum(['linear', 'scaled_linear', 'squaredcos_cap_v2']),
-      betaStart: z.number().positive(),
-      betaEnd: z.number().positive(),
-      predictionType: z.enum(['epsilon', 'v_prediction', 'sample']),
-      // Optional, with diffusers' DDIMScheduler names and meanings.
-      timestepSpacing: z.enum(['linspace', 'leading', 'trailing']).optional(),
-      stepsOffset: z.number().int().nonnegative().optional(),
-      setAlphaToOne: z.boolean().optional(),
-      clipSample: z.boolean().optional(),
-    }),
-  }),
-  defaults: z.object({
-    maxNewTokens: dim,
-    temperature: z.number().min(0),
-    topP: z.number().gt(0).max(1),
-    retScaleFactor: z.number().positive(),
-    genScaleFactor: z.number().positive(),
-    dialogueTemplate: z.string().includes('{text}'),
-    scheduler: z.enum(['ddim', 'dpm++']),
-    steps: dim,
-    guidance: z.number().min(0),
-    /**
-     * When the decision head picks "retrieve" on its own but the closest gallery image is less similar than
-     * this (cosine), the image is generated instead. The paper's first decision model saw the best retrieval
-     * score as a feature; this keeps that safeguard for bundles whose decision head does not. Absent: no floor.
-     */
-    minRetrieveSimilarity: z.number().min(-1).max(1).optional(),
-  }),
-});
-export type Manifest = z.infer<typeof manifestSchema>;
 
 /** One session per graph of the bundle. */
 export interface BundleSessions {
@@ -140,9 +43,12 @@ export interface Bundle {
   threads: number | undefined;
   /**
    * The decision graph also takes `retrieval_score` [B,1], the best gallery cosine for the [IMG0] (GILL's first
-   * decision model); read from the graph, so older bundles keep their single input.
+   * decision model): the manifest's `decision.usesRetrievalScore` in a v2 bundle (checked against the graph),
+   * read from the graph in a v1 bundle.
    */
   decisionUsesRetrievalScore: boolean;
+  /** What the v2 file check found (null for a v1 bundle, which lists no sizes or checksums). */
+  verified: VerifyReport | null;
   close(): Promise<void>;
 }
 
@@ -153,152 +59,139 @@ export interface LoadBundleOptions {
   /** Run each graph once on dummy inputs (checks dimensions; first real job is not slowed). Default true. */
   warmUp?: boolean;
   /**
+   * Check the sha256 of every file a v2 manifest lists (sizes are always checked). Default: on unless the
+   * environment sets GILL_SKIP_CHECKSUMS=1.
+   */
+  verifyChecksums?: boolean;
+  /**
    * Let idle intra-op threads spin between ops (ONNX Runtime's default, true): a little faster on cores of
    * its own, much slower on cores shared with other busy processes.
    */
   spinWait?: boolean;
 }
 
+/** Dimensions of one tensor, by name. */
+type Shapes = Record<string, number[]>;
+
+/**
+ * The contract of one graph: the manifest field naming its file, the inputs it must declare (with the
+ * shapes it is warmed up with), the inputs it may declare, and the outputs it must declare (with the
+ * shapes the warm-up inputs must give).
+ */
 interface GraphSpec {
   manifestField: string;
   file: (m: Manifest) => string;
-  inputs: (m: Manifest) => string[];
+  inputs: (m: Manifest) => Shapes;
   /** Inputs the graph may leave out (the engine feeds only what the graph declares). */
-  optionalInputs?: string[];
-  outputs: (m: Manifest) => string[];
+  optionalInputs?: (m: Manifest) => Shapes;
+  outputs: (m: Manifest) => Shapes;
 }
 
-const kvNames = (m: Manifest, prefix: string) =>
-  Array.from({ length: m.lm.numLayers }, (_, i) => [`${prefix}.${i}.key`, `${prefix}.${i}.value`]).flat();
+/** The KV cache tensors of every layer, `${prefix}.{i}.key|value`, each of `dims`. */
+const kvShapes = (m: Manifest, prefix: string, dims: number[]): Shapes =>
+  Object.fromEntries(
+    Array.from({ length: m.lm.numLayers }, (_, i) => [
+      [`${prefix}.${i}.key`, dims],
+      [`${prefix}.${i}.value`, dims],
+    ]).flat(),
+  );
 
+// Warm-up shapes are batch 1 and one position, except the UNet's batch 2: the guidance loop runs the
+// unconditional and conditional branches in one call.
 const GRAPHS: Record<GraphName, GraphSpec> = {
   lmEmbed: {
     manifestField: 'lm.embed',
     file: (m) => m.lm.embed,
-    inputs: () => ['input_ids'],
-    outputs: () => ['inputs_embeds'],
+    inputs: () => ({ input_ids: [1, 1] }),
+    outputs: (m) => ({ inputs_embeds: [1, 1, m.lm.hiddenSize] }),
   },
   lm: {
     manifestField: 'lm.decoder',
     file: (m) => m.lm.decoder,
-    inputs: (m) => ['inputs_embeds', 'attention_mask', ...kvNames(m, 'past_key_values')],
-    optionalInputs: ['position_ids'],
-    outputs: (m) => ['logits', 'hidden_states', ...kvNames(m, 'present')],
+    inputs: (m) => ({
+      inputs_embeds: [1, 1, m.lm.hiddenSize],
+      attention_mask: [1, 1],
+      ...kvShapes(m, 'past_key_values', [1, m.lm.numHeads, 0, m.lm.headDim]),
+    }),
+    optionalInputs: () => ({ position_ids: [1, 1] }),
+    outputs: (m) => ({
+      logits: [1, 1, m.lm.vocabSize],
+      hidden_states: [1, 1, m.lm.hiddenSize],
+      ...kvShapes(m, 'present', [1, m.lm.numHeads, 1, m.lm.headDim]),
+    }),
   },
   imageEncoder: {
     manifestField: 'vision.encoder',
     file: (m) => m.vision.encoder,
-    inputs: () => ['pixel_values'],
-    outputs: () => ['pooler_output'],
+    inputs: (m) => ({ pixel_values: [1, 3, m.vision.imageSize, m.vision.imageSize] }),
+    outputs: (m) => ({ pooler_output: [1, m.vision.pooledSize] }),
   },
   visualPrefix: {
     manifestField: 'gill.visualPrefix',
     file: (m) => m.gill.visualPrefix,
-    inputs: () => ['pooled'],
-    outputs: () => ['prefix'],
+    inputs: (m) => ({ pooled: [1, m.vision.pooledSize] }),
+    outputs: (m) => ({ prefix: [1, m.gill.numVisualTokens, m.lm.hiddenSize] }),
   },
   imageRetrieval: {
     manifestField: 'gill.imageRetrieval',
     file: (m) => m.gill.imageRetrieval,
-    inputs: () => ['pooled'],
-    outputs: () => ['embedding'],
+    inputs: (m) => ({ pooled: [1, m.vision.pooledSize] }),
+    outputs: (m) => ({ embedding: [1, m.gill.retrievalDim] }),
   },
   textRetrieval: {
     manifestField: 'gill.textRetrieval',
     file: (m) => m.gill.textRetrieval,
-    inputs: () => ['hidden'],
-    outputs: () => ['embedding'],
+    inputs: (m) => ({ hidden: [1, m.lm.hiddenSize] }),
+    outputs: (m) => ({ embedding: [1, m.gill.retrievalDim] }),
   },
   mapper: {
     manifestField: 'gill.mapper',
     file: (m) => m.gill.mapper,
-    inputs: () => ['hidden', 'token_embeds'],
-    outputs: () => ['cond'],
+    inputs: (m) => {
+      const img = [1, m.lm.imgTokenIds.length, m.lm.hiddenSize];
+      return { hidden: img, token_embeds: img };
+    },
+    outputs: (m) => ({ cond: [1, m.diffusion.textMaxLength, m.diffusion.conditioningDim] }),
   },
   decision: {
     manifestField: 'gill.decision',
     file: (m) => m.gill.decision,
-    inputs: () => ['hidden'],
-    optionalInputs: ['retrieval_score'],
-    outputs: () => ['logits'],
+    inputs: (m) => ({ hidden: [1, m.lm.hiddenSize] }),
+    optionalInputs: () => ({ retrieval_score: [1, 1] }),
+    outputs: () => ({ logits: [1, 2] }),
   },
   textEncoder: {
     manifestField: 'diffusion.textEncoder',
     file: (m) => m.diffusion.textEncoder,
-    inputs: () => ['input_ids'],
-    outputs: () => ['last_hidden_state'],
+    inputs: (m) => ({ input_ids: [1, m.diffusion.textMaxLength] }),
+    outputs: (m) => ({ last_hidden_state: [1, m.diffusion.textMaxLength, m.diffusion.conditioningDim] }),
   },
   unet: {
     manifestField: 'diffusion.unet',
     file: (m) => m.diffusion.unet,
-    inputs: () => ['sample', 'timestep', 'encoder_hidden_states'],
-    outputs: () => ['noise_pred'],
+    inputs: (m) => {
+      const d = m.diffusion;
+      return {
+        sample: [2, d.latentChannels, d.latentSize, d.latentSize],
+        timestep: [2],
+        encoder_hidden_states: [2, d.textMaxLength, d.conditioningDim],
+      };
+    },
+    outputs: (m) => {
+      const d = m.diffusion;
+      return { noise_pred: [2, d.latentChannels, d.latentSize, d.latentSize] };
+    },
   },
   vaeDecoder: {
     manifestField: 'diffusion.vaeDecoder',
     file: (m) => m.diffusion.vaeDecoder,
-    inputs: () => ['latent'],
-    outputs: () => ['image'],
+    inputs: (m) => {
+      const d = m.diffusion;
+      return { latent: [1, d.latentChannels, d.latentSize, d.latentSize] };
+    },
+    outputs: (m) => ({ image: [1, 3, m.diffusion.imageSize, m.diffusion.imageSize] }),
   },
 };
-
-export const MANIFEST_FILE = 'manifest.json';
-
-/** Reads and validates manifest.json; errors name the bundle file and the field. */
-export async function readManifest(dir: string): Promise<Manifest> {
-  const where = path.join(dir, MANIFEST_FILE);
-  let raw: string;
-  try {
-    raw = await readFile(where, 'utf8');
-  } catch (error) {
-    throw new BundleError(
-      `model bundle: cannot read ${where} (${(error as NodeJS.ErrnoException).code ?? error})`,
-    );
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(raw);
-  } catch (error) {
-    throw new BundleError(`model bundle: ${where} is not valid JSON (${(error as Error).message})`);
-  }
-  const parsed = manifestSchema.safeParse(json);
-  if (!parsed.success) {
-    const problems = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`);
-    throw new BundleError(`model bundle: ${where} is invalid:\n  ${problems.join('\n  ')}`);
-  }
-  checkManifestConsistency(parsed.data, where);
-  return parsed.data;
-}
-
-function checkManifestConsistency(m: Manifest, where: string): void {
-  const problems: string[] = [];
-  const ids = { bosId: m.lm.bosId, eosId: m.lm.eosId, padId: m.lm.padId, newlineId: m.lm.newlineId };
-  for (const [key, id] of Object.entries(ids)) {
-    if (id >= m.lm.vocabSize) problems.push(`lm.${key}: ${id} is not below lm.vocabSize ${m.lm.vocabSize}`);
-  }
-  m.lm.imgTokenIds.forEach((id, i) => {
-    if (id >= m.lm.vocabSize)
-      problems.push(`lm.imgTokenIds[${i}]: ${id} is not below lm.vocabSize ${m.lm.vocabSize}`);
-  });
-  if (new Set(m.lm.imgTokenIds).size !== m.lm.imgTokenIds.length)
-    problems.push('lm.imgTokenIds: ids must be distinct');
-  if (m.lm.numHeads * m.lm.headDim !== m.lm.hiddenSize) {
-    problems.push(
-      `lm.numHeads × lm.headDim (${m.lm.numHeads}×${m.lm.headDim}) must equal lm.hiddenSize ${m.lm.hiddenSize}`,
-    );
-  }
-  const reserved = m.gill.numVisualTokens + m.lm.imgTokenIds.length + 2;
-  if (m.lm.maxPositions <= reserved) {
-    problems.push(
-      `lm.maxPositions ${m.lm.maxPositions} leaves no room for a prompt (needs more than ${reserved})`,
-    );
-  }
-  if (m.diffusion.scheduler.betaEnd <= m.diffusion.scheduler.betaStart) {
-    problems.push('diffusion.scheduler.betaEnd must be greater than betaStart');
-  }
-  if (problems.length)
-    throw new BundleError(`model bundle: ${where} is inconsistent:\n  ${problems.join('\n  ')}`);
-}
 
 async function requireFile(dir: string, rel: string, field: string): Promise<string> {
   const full = path.join(dir, rel);
@@ -348,16 +241,17 @@ async function openSession(
   } catch (error) {
     const hint =
       options.executionProvider === 'cuda'
-        ? '\nGILL_EXECUTION_PROVIDER=cuda needs onnxruntime-node installed with CUDA (npm install with onnxruntime-node-install=cuda12) and the CUDA 12 libraries'
+        ? "\nGILL_EXECUTION_PROVIDER=cuda needs onnxruntime-node's CUDA binaries (ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node, see README) and CUDA 12 with cuDNN 9 on the host"
         : '';
     throw new BundleError(
       `model bundle: ${spec.manifestField} ${full} cannot be loaded by ONNX Runtime: ${(error as Error).message}${hint}`,
     );
   }
-  const missingIn = spec.inputs(m).filter((n) => !session.inputNames.includes(n));
-  const allowedIn = new Set([...spec.inputs(m), ...(spec.optionalInputs ?? [])]);
+  const required = Object.keys(spec.inputs(m));
+  const missingIn = required.filter((n) => !session.inputNames.includes(n));
+  const allowedIn = new Set([...required, ...Object.keys(spec.optionalInputs?.(m) ?? {})]);
   const extraIn = session.inputNames.filter((n) => !allowedIn.has(n));
-  const missingOut = spec.outputs(m).filter((n) => !session.outputNames.includes(n));
+  const missingOut = Object.keys(spec.outputs(m)).filter((n) => !session.outputNames.includes(n));
   const problems = [
     missingIn.length ? `missing inputs ${missingIn.join(', ')}` : '',
     extraIn.length ? `unexpected inputs ${extraIn.join(', ')}` : '',
@@ -372,17 +266,13 @@ async function openSession(
   return session;
 }
 
-/** The element type a graph declares for one of its inputs (e.g. the UNet's timestep may be int64 or float). */
-export function inputType(session: ort.InferenceSession, name: string): ort.Tensor.Type {
-  const meta = session.inputMetadata.find((v) => v.name === name);
-  return meta?.isTensor ? meta.type : 'float32';
-}
-
-function zeros(type: ort.Tensor.Type, dims: number[]): ort.Tensor {
+/** A tensor of ones (a valid token id, mask value and timestep alike) of the type the graph declares. */
+function ones(type: ort.Tensor.Type, dims: number[]): ort.Tensor {
   const size = dims.reduce((a, b) => a * b, 1);
-  if (type === 'int64') return new ort.Tensor('int64', new BigInt64Array(size), dims);
-  if (type === 'int32') return new ort.Tensor('int32', new Int32Array(size), dims);
-  return new ort.Tensor('float32', new Float32Array(size), dims);
+  if (type === 'int64') return new ort.Tensor('int64', new BigInt64Array(size).fill(1n), dims);
+  if (type === 'int32') return new ort.Tensor('int32', new Int32Array(size).fill(1), dims);
+  if (type === 'float16') return new ort.Tensor('float16', new Uint16Array(size).fill(float16Bits(1)), dims);
+  return new ort.Tensor('float32', new Float32Array(size).fill(1), dims);
 }
 
 function shapeError(field: string, output: string, got: readonly number[], want: number[]): BundleError {
@@ -391,114 +281,48 @@ function shapeError(field: string, output: string, got: readonly number[], want:
   );
 }
 
-async function checkRun(
-  sessions: BundleSessions,
-  name: GraphName,
-  feeds: Record<string, ort.Tensor>,
-  expected: Record<string, number[]>,
-): Promise<void> {
-  const session = sessions[name];
-  const field = GRAPHS[name].manifestField;
-  const declared = Object.fromEntries(Object.entries(feeds).filter(([k]) => session.inputNames.includes(k)));
+/** Runs one graph on its spec's warm-up inputs (those it declares) and checks the output shapes. */
+async function checkRun(session: ort.InferenceSession, spec: GraphSpec, m: Manifest): Promise<void> {
+  const shapes = { ...spec.inputs(m), ...spec.optionalInputs?.(m) };
+  const feeds = Object.fromEntries(
+    session.inputNames.map((name) => [name, ones(inputType(session, name), shapes[name]!)]),
+  );
   let out: ort.InferenceSession.OnnxValueMapType;
   try {
-    out = await session.run(declared);
+    out = await session.run(feeds);
   } catch (error) {
     throw new BundleError(
-      `model bundle: ${field} failed its warm-up run with manifest dimensions: ${(error as Error).message}`,
+      `model bundle: ${spec.manifestField} failed its warm-up run with manifest dimensions: ${(error as Error).message}`,
     );
   }
-  for (const [output, want] of Object.entries(expected)) {
+  for (const [output, want] of Object.entries(spec.outputs(m))) {
     const got = (out[output] as ort.Tensor).dims;
     if (got.length !== want.length || got.some((d, i) => d !== want[i]))
-      throw shapeError(field, output, got, want);
+      throw shapeError(spec.manifestField, output, got, want);
   }
 }
 
 /** Runs every graph once with the manifest's dimensions and checks the shapes that come out. */
 async function warmUp(sessions: BundleSessions, m: Manifest): Promise<void> {
-  const { hiddenSize: H, numHeads, headDim, vocabSize, numLayers } = m.lm;
-  const Dv = m.vision.pooledSize;
-  const S = m.vision.imageSize;
-  const r = m.lm.imgTokenIds.length;
-  const d = m.diffusion;
-  const L = d.textMaxLength;
-  const C = d.latentChannels;
-  const h = d.latentSize;
+  for (const name of Object.keys(GRAPHS) as GraphName[]) await checkRun(sessions[name], GRAPHS[name], m);
+}
 
-  await checkRun(sessions, 'lmEmbed', { input_ids: zeros('int64', [1, 1]) }, { inputs_embeds: [1, 1, H] });
-  const lmFeeds: Record<string, ort.Tensor> = {
-    inputs_embeds: zeros('float32', [1, 1, H]),
-    attention_mask: new ort.Tensor('int64', BigInt64Array.from([1n]), [1, 1]),
-    position_ids: zeros('int64', [1, 1]),
-  };
-  const lmExpected: Record<string, number[]> = { logits: [1, 1, vocabSize], hidden_states: [1, 1, H] };
-  for (let i = 0; i < numLayers; i++) {
-    for (const kv of ['key', 'value']) {
-      lmFeeds[`past_key_values.${i}.${kv}`] = zeros('float32', [1, numHeads, 0, headDim]);
-      lmExpected[`present.${i}.${kv}`] = [1, numHeads, 1, headDim];
-    }
+/**
+ * What a v2 manifest states about its graphs' inputs, checked against the graphs: the decision head's
+ * retrieval_score input and the KV cache's element type.
+ */
+function checkDeclaredTypes(m: ManifestV2, sessions: BundleSessions, graphScore: boolean): void {
+  const problems: string[] = [];
+  if (m.decision.usesRetrievalScore !== graphScore) {
+    problems.push(
+      `decision.usesRetrievalScore is ${m.decision.usesRetrievalScore}, but ${m.gill.decision} ${graphScore ? 'takes a' : 'has no'} retrieval_score input`,
+    );
   }
-  await checkRun(sessions, 'lm', lmFeeds, lmExpected);
-  await checkRun(
-    sessions,
-    'imageEncoder',
-    { pixel_values: zeros('float32', [1, 3, S, S]) },
-    { pooler_output: [1, Dv] },
-  );
-  await checkRun(
-    sessions,
-    'visualPrefix',
-    { pooled: zeros('float32', [1, Dv]) },
-    { prefix: [1, m.gill.numVisualTokens, H] },
-  );
-  await checkRun(
-    sessions,
-    'imageRetrieval',
-    { pooled: zeros('float32', [1, Dv]) },
-    { embedding: [1, m.gill.retrievalDim] },
-  );
-  await checkRun(
-    sessions,
-    'textRetrieval',
-    { hidden: zeros('float32', [1, H]) },
-    { embedding: [1, m.gill.retrievalDim] },
-  );
-  await checkRun(
-    sessions,
-    'mapper',
-    { hidden: zeros('float32', [1, r, H]), token_embeds: zeros('float32', [1, r, H]) },
-    { cond: [1, L, d.conditioningDim] },
-  );
-  await checkRun(
-    sessions,
-    'decision',
-    { hidden: zeros('float32', [1, H]), retrieval_score: zeros('float32', [1, 1]) },
-    { logits: [1, 2] },
-  );
-  await checkRun(
-    sessions,
-    'textEncoder',
-    { input_ids: zeros('int64', [1, L]) },
-    { last_hidden_state: [1, L, d.conditioningDim] },
-  );
-  // Batch 2: the guidance loop runs the unconditional and conditional branches in one call.
-  await checkRun(
-    sessions,
-    'unet',
-    {
-      sample: zeros('float32', [2, C, h, h]),
-      timestep: zeros(inputType(sessions.unet, 'timestep'), [2]),
-      encoder_hidden_states: zeros('float32', [2, L, d.conditioningDim]),
-    },
-    { noise_pred: [2, C, h, h] },
-  );
-  await checkRun(
-    sessions,
-    'vaeDecoder',
-    { latent: zeros('float32', [1, C, h, h]) },
-    { image: [1, 3, d.imageSize, d.imageSize] },
-  );
+  const kvType = inputType(sessions.lm, 'past_key_values.0.key');
+  if (kvType !== m.lm.kvCacheDtype) {
+    problems.push(`lm.kvCacheDtype is ${m.lm.kvCacheDtype}, but ${m.lm.decoder} takes a ${kvType} KV cache`);
+  }
+  if (problems.length) throw new BundleError(`model bundle: ${problems.join('; ')}`);
 }
 
 /** Opens a bundle. Every problem surfaces here, at start, with the file and field named. */
@@ -506,6 +330,12 @@ export async function loadBundle(dirInput: string, options: LoadBundleOptions = 
   const dir = path.resolve(dirInput);
   const provider = options.executionProvider ?? 'cpu';
   const manifest = await readManifest(dir);
+  const verified =
+    manifest.format === 'gill-bundle/2'
+      ? await verifyBundleFiles(dir, manifest, {
+          checksums: options.verifyChecksums ?? process.env.GILL_SKIP_CHECKSUMS !== '1',
+        })
+      : null;
   const lmTokenizerJson = await readTokenizerJson(dir, manifest.lm.tokenizer, 'lm.tokenizer');
   const textTokenizerJson = await readTokenizerJson(
     dir,
@@ -527,6 +357,8 @@ export async function loadBundle(dirInput: string, options: LoadBundleOptions = 
       entries.push([name, session]);
     }
     const sessions = Object.fromEntries(entries) as unknown as BundleSessions;
+    const graphScore = sessions.decision.inputNames.includes('retrieval_score');
+    if (manifest.format === 'gill-bundle/2') checkDeclaredTypes(manifest, sessions, graphScore);
     if (options.warmUp !== false) await warmUp(sessions, manifest);
     return {
       dir,
@@ -536,7 +368,9 @@ export async function loadBundle(dirInput: string, options: LoadBundleOptions = 
       textTokenizerJson,
       executionProvider: provider,
       threads: options.threads,
-      decisionUsesRetrievalScore: sessions.decision.inputNames.includes('retrieval_score'),
+      decisionUsesRetrievalScore:
+        manifest.format === 'gill-bundle/2' ? manifest.decision.usesRetrievalScore : graphScore,
+      verified,
       close: closeAll,
     };
   } catch (error) {

@@ -3,8 +3,7 @@ import type { Engine, JobContext } from '../jobs.ts';
 import { type JobPayload, type JobResult, type ResultImage, UserInputError } from '../jobs.ts';
 import type { Logger } from '../log.ts';
 import type { ScoredImage, Store } from '../store/types.ts';
-import { encodePrompt } from './diffusion/pipeline.ts';
-import type { SchedulerName } from './diffusion/schedulers.ts';
+import type { SchedulerName } from './diffusion/schedulers/index.ts';
 import type { GillModel, Retrieved } from './gill/model.ts';
 import type { ConversationItem } from './gill/prompt.ts';
 
@@ -112,9 +111,8 @@ export class GillEngine implements Engine {
   private async imagine(payload: Payload<'imagine'>, ctx: JobContext): Promise<JobResult> {
     ctx.progress({ stage: 'thinking' });
     const seed = payload.seed ?? randomSeed();
-    const conditioning = await encodePrompt(this.model.bundle, payload.prompt);
     // No retrieval embedding exists on this path, so the image is not scored (0).
-    const image = await this.model.generateScored(conditioning, null, {
+    const image = await this.model.imagine(payload.prompt, {
       seed,
       steps: payload.steps,
       guidance: payload.guidance,

@@ -1,6 +1,6 @@
 import sharp, { type Metadata } from 'sharp';
 import { UserInputError } from '../jobs.ts';
-import type { Manifest } from './bundle.ts';
+import type { Manifest } from './manifest.ts';
 
 /**
  * Images in: whatever people post (JPEG, PNG in any colour type or depth, GIF, WebP; rotated by EXIF;

@@ -30,6 +30,11 @@ export async function createEngine(
         executionProvider: bundle.executionProvider,
         threads: bundle.threads ?? 'auto',
         ms: Math.round(performance.now() - started),
+        ...(bundle.verified && {
+          format: bundle.manifest.format,
+          bytes: bundle.verified.bytes,
+          checksumMs: bundle.verified.hashMs === null ? 'skipped' : Math.round(bundle.verified.hashMs),
+        }),
       },
       'model bundle loaded',
     );

@@ -3,8 +3,8 @@ import path from 'node:path';
 import pino from 'pino';
 import type { Config } from '../config.ts';
 import { loadBundle } from '../engine/bundle.ts';
-import { encodePrompt, generate } from '../engine/diffusion/pipeline.ts';
-import type { SchedulerName } from '../engine/diffusion/schedulers.ts';
+import { ACCEPTED_SCHEDULER_NAMES, parseSchedulerName } from '../engine/diffusion/schedulers/index.ts';
+import { GillModel } from '../engine/gill/model.ts';
 import type { GillEngine } from '../engine/gill-engine.ts';
 import { probeImage } from '../engine/images.ts';
 import { createEngine } from '../engine/index.ts';
@@ -170,8 +170,11 @@ export async function runImagine(
   opts: { out: string; steps?: number; seed?: number; guidance?: number; scheduler?: string },
 ): Promise<void> {
   if (!prompt.trim()) throw new UserInputError('the prompt is empty');
-  if (opts.scheduler !== undefined && opts.scheduler !== 'ddim' && opts.scheduler !== 'dpm++') {
-    throw new UserInputError(`--scheduler must be ddim or dpm++, got "${opts.scheduler}"`);
+  const scheduler = opts.scheduler === undefined ? undefined : parseSchedulerName(opts.scheduler);
+  if (opts.scheduler !== undefined && !scheduler) {
+    throw new UserInputError(
+      `--scheduler must be one of ${ACCEPTED_SCHEDULER_NAMES.join(', ')}, got "${opts.scheduler}"`,
+    );
   }
   const bundle = await loadBundle(config.modelDir, {
     executionProvider: config.GILL_EXECUTION_PROVIDER,
@@ -179,14 +182,13 @@ export async function runImagine(
   });
   try {
     const seed = opts.seed ?? Math.floor(Math.random() * 2 ** 31);
-    const image = await generate({
-      bundle,
-      conditioning: await encodePrompt(bundle, prompt),
+    const image = await new GillModel(bundle).imagine(prompt, {
       seed,
       steps: opts.steps,
       guidance: opts.guidance,
-      scheduler: opts.scheduler as SchedulerName | undefined,
-      onStep: (step, steps) => progressPrinter()({ stage: 'generating', step, steps }),
+      scheduler,
+      onProgress: progressPrinter(),
+      previews: 0,
     });
     await mkdir(path.dirname(path.resolve(opts.out)), { recursive: true });
     await writeFile(opts.out, image.png);

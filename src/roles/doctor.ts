@@ -1,3 +1,4 @@
+import { freemem, totalmem } from 'node:os';
 import type { Config } from '../config.ts';
 import { createLogger } from '../log.ts';
 import { checkRedis, redactRedisUrl } from '../queue/redis.ts';
@@ -9,7 +10,7 @@ import { discordConfigured, slackConfigured } from './adapters.ts';
  * reachable, and what is missing. Exit code 1 when something configured does not work.
  */
 
-type Check = { name: string; ok: boolean | null; lines: string[] };
+export type Check = { name: string; ok: boolean | null; lines: string[] };
 
 const errorText = (error: unknown) => (error instanceof Error ? error.message : String(error));
 
@@ -40,25 +41,70 @@ async function checkQueue(config: Config): Promise<Check> {
   }
 }
 
-async function checkModel(config: Config): Promise<Check> {
+/** Bytes in MB below a gigabyte, in GB above. */
+const size = (bytes: number) =>
+  bytes < 1e9 ? `${(bytes / 1e6).toFixed(1)} MB` : `${(bytes / 1e9).toFixed(bytes < 1e10 ? 2 : 1)} GB`;
+
+/**
+ * The model bundle: its format, size on disk, dtypes, whether this machine's memory holds its weights, then
+ * a full load (checksums, every graph opened and warmed up) on the configured provider. A bundle larger than
+ * the machine's memory is not loaded.
+ */
+export async function checkModel(config: Config): Promise<Check> {
+  const { readManifest } = await import('../engine/manifest.ts');
+  const { bundleFootprint } = await import('../engine/bundle-files.ts');
   const { loadBundle } = await import('../engine/bundle.ts');
+  let lines: string[] = [];
   try {
+    const m = await readManifest(config.modelDir);
+    const footprint = await bundleFootprint(config.modelDir, m);
+    const dtypes = new Map<string, number>();
+    for (const g of footprint.graphs) dtypes.set(g.dtype, (dtypes.get(g.dtype) ?? 0) + 1);
+    const dtypeText = [...dtypes].map(([dtype, n]) => `${dtype} ×${n}`).join(', ');
+    const kv = m.format === 'gill-bundle/2' ? `; KV cache ${m.lm.kvCacheDtype}` : '';
+    const total = totalmem();
+    const free = freemem();
+    const fits = footprint.weightBytes <= total;
+    const room = !fits
+      ? "not enough: the weights do not fit in this machine's memory"
+      : footprint.weightBytes > free
+        ? 'fits in total memory, but more than is free right now'
+        : 'fits';
+    lines = [
+      `${m.name} (${m.format}) at ${config.modelDir}`,
+      `${size(footprint.diskBytes)} on disk; graphs ${dtypeText}${kv}`,
+      `memory: the weights take about ${size(footprint.weightBytes)}; this machine has ${size(total)}, ${size(free)} free: ${room}${config.GILL_EXECUTION_PROVIDER === 'cuda' ? ' (with cuda the weights go to GPU memory, which this does not check)' : ''}`,
+      `LM ${m.format === 'gill-bundle/2' ? `${m.lm.architecture.family} ` : ''}hidden ${m.lm.hiddenSize}, ${m.lm.numLayers} layers, ${m.lm.maxPositions} positions; retrieval dim ${m.gill.retrievalDim}; image ${m.diffusion.imageSize}px; ${m.defaults.scheduler}, ${m.defaults.steps} steps, guidance ${m.defaults.guidance}`,
+    ];
+    if (m.format === 'gill-bundle/2') {
+      const inputs = Object.entries(m.provenance.inputs).map(
+        ([name, hash]) => `${name} ${hash.slice(0, 12)}…`,
+      );
+      lines.push(`converted by ${m.provenance.converter} from ${inputs.join(', ') || 'no listed inputs'}`);
+      lines.push(
+        `licences: ${Object.entries(m.licences)
+          .map(([part, licence]) => `${part} ${licence}`)
+          .join('; ')}`,
+      );
+    }
+    if (!fits) return { name: 'model', ok: false, lines };
     const bundle = await loadBundle(config.modelDir, {
       executionProvider: config.GILL_EXECUTION_PROVIDER,
       threads: config.GILL_THREADS,
     });
-    const m = bundle.manifest;
     await bundle.close();
-    return {
-      name: 'model',
-      ok: true,
-      lines: [
-        `${m.name} at ${config.modelDir}: every graph loads (${config.GILL_EXECUTION_PROVIDER})`,
-        `LM hidden ${m.lm.hiddenSize}, ${m.lm.numLayers} layers, ${m.lm.maxPositions} positions; retrieval dim ${m.gill.retrievalDim}; image ${m.diffusion.imageSize}px`,
-      ],
-    };
+    lines[0] += `: every graph loads (${config.GILL_EXECUTION_PROVIDER})`;
+    if (bundle.verified) {
+      const { files, hashMs } = bundle.verified;
+      lines.push(
+        hashMs === null
+          ? `${files} files: sizes match the manifest; checksums skipped (GILL_SKIP_CHECKSUMS=1)`
+          : `${files} files: sizes and sha256 match the manifest (${(hashMs / 1000).toFixed(1)} s to hash; GILL_SKIP_CHECKSUMS=1 skips)`,
+      );
+    }
+    return { name: 'model', ok: true, lines };
   } catch (error) {
-    return { name: 'model', ok: false, lines: [errorText(error)] };
+    return { name: 'model', ok: false, lines: [...lines, errorText(error)] };
   }
 }
 

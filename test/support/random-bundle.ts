@@ -22,6 +22,11 @@ export interface RandomBundleOptions {
    * (`retrieval_score` for the engine) strongly moves the decision: "retrieve" above 0.5, "generate" below.
    */
   decisionInputs?: string[];
+  /**
+   * 2: a gill-bundle/2 with float16 graphs (weights and inputs/outputs, so a float16 KV cache), external data
+   * files, sizes and checksums; the same weights as format 1 for a seed, rounded to float16. Default 1.
+   */
+  format?: 1 | 2;
 }
 
 export async function makeRandomBundle(
@@ -30,6 +35,13 @@ export async function makeRandomBundle(
 ): Promise<{ dir: string; remove(): Promise<void> }> {
   const dir = await mkdtemp(path.join(tmpdir(), 'gill-random-bundle-'));
   const decision = options.decisionInputs ? ['--decision-inputs', options.decisionInputs.join(',')] : [];
-  await run(PYTHON, [path.join(import.meta.dirname, 'random_bundle.py'), dir, String(seed), ...decision]);
+  const format = ['--format', String(options.format ?? 1)];
+  await run(PYTHON, [
+    path.join(import.meta.dirname, 'random_bundle.py'),
+    dir,
+    String(seed),
+    ...decision,
+    ...format,
+  ]);
   return { dir, remove: () => rm(dir, { recursive: true, force: true }) };
 }

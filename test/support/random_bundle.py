@@ -2,16 +2,23 @@
 
 The engine tests use it to exercise loading, validation and the inference plumbing without depending on
 the trained tiny bundle. Usage: /usr/bin/python3 test/support/random_bundle.py OUT_DIR [SEED]
-[--decision-inputs hidden[,NAME]] (default hidden; NAME, e.g. retrieval_score, adds a [B,1] input to decision.onnx).
+[--decision-inputs hidden[,NAME]] (default hidden; NAME, e.g. retrieval_score, adds a [B,1] input to decision.onnx)
+[--format 1|2] (default 1; 2 writes a gill-bundle/2 manifest whose LM, embedding, image encoder, mapper, text
+encoder, UNet and VAE graphs are float16 (weights and inputs/outputs, so the KV cache is float16 too), with
+the LM's, embedding's and UNet's weights in external data files; a seed gives the same weights either way).
 """
 
 import argparse
+import hashlib
 import json
 import math
 import os
 import sys
 
+import numpy as np
+import onnx
 import torch
+from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 # GPT-2's byte table, shared with the training code's tokenizer.
@@ -187,11 +194,103 @@ def export(module, args, path, inputs, outputs, dynamic):
     torch.onnx.export(module, args, path, input_names=inputs, output_names=outputs, dynamic_axes=dynamic, opset_version=14)
 
 
+FLOAT16_GRAPHS = ["lm_embed.onnx", "lm.onnx", "image_encoder.onnx", "gill_mapper.onnx", "text_encoder.onnx",
+                  "unet.onnx", "vae_decoder.onnx"]
+EXTERNAL_DATA_GRAPHS = ["lm_embed.onnx", "lm.onnx", "unet.onnx"]
+
+
+def to_float16(model):
+    """Stores a float32 graph's weights as float16 and makes its float inputs and outputs float16, with Cast nodes
+    at the edges so the ops inside still compute in float32 (ONNX Runtime's CPU kernels are float32)."""
+    g = model.graph
+    first, last = [], []
+    for init in [i for i in g.initializer if i.data_type == TensorProto.FLOAT]:
+        half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name + "_fp16")
+        g.initializer.remove(init)
+        g.initializer.append(half)
+        first.append(helper.make_node("Cast", [half.name], [init.name], to=TensorProto.FLOAT))
+
+    def rename(old, new):
+        for node in g.node:
+            for i, name in enumerate(node.input):
+                if name == old:
+                    node.input[i] = new
+            for i, name in enumerate(node.output):
+                if name == old:
+                    node.output[i] = new
+
+    for value in g.input:
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT:
+            rename(value.name, value.name + "_fp32")
+            value.type.tensor_type.elem_type = TensorProto.FLOAT16
+            first.append(helper.make_node("Cast", [value.name], [value.name + "_fp32"], to=TensorProto.FLOAT))
+    for value in g.output:
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT:
+            rename(value.name, value.name + "_fp32")
+            value.type.tensor_type.elem_type = TensorProto.FLOAT16
+            last.append(helper.make_node("Cast", [value.name + "_fp32"], [value.name], to=TensorProto.FLOAT16))
+    nodes = first + list(g.node) + last
+    del g.node[:]
+    g.node.extend(nodes)
+    del g.value_info[:]
+    onnx.checker.check_model(model)
+    return model
+
+
+def sha256_of(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_entry(path):
+    return {"bytes": os.path.getsize(path), "sha256": sha256_of(path)}
+
+
+def make_v2(out, manifest, seed, uses_score):
+    """Rewrites the exported graphs as a gill-bundle/2 and returns its manifest."""
+    graphs = {}
+    for name in sorted({v for section in ("lm", "vision", "gill", "diffusion") for k, v in manifest[section].items()
+                        if isinstance(v, str) and v.endswith(".onnx")}):
+        path = os.path.join(out, name)
+        model = onnx.load(path)
+        dtype = "float32"
+        if name in FLOAT16_GRAPHS:
+            model = to_float16(model)
+            dtype = "float16"
+        external = []
+        if name in EXTERNAL_DATA_GRAPHS:
+            onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=name + ".data", size_threshold=0)
+            external = [{"file": name + ".data", **file_entry(path + ".data")}]
+        else:
+            onnx.save_model(model, path)
+        graphs[name] = {"dtype": dtype, **file_entry(path), "externalData": external}
+    lm = manifest["lm"]
+    return {
+        **manifest,
+        "format": "gill-bundle/2",
+        "lm": {**lm, "architecture": {"family": "gill-tiny", "numLayers": LAYERS, "hiddenSize": H, "numHeads": HEADS,
+                                      "ffnSize": 2 * H, "activation": "relu", "positionOffset": 0, "layerNorm": "pre",
+                                      "tiedHead": True},
+               "kvCacheDtype": "float16"},
+        "defaults": {**manifest["defaults"], "scheduler": "dpmsolver++"},
+        "graphs": graphs,
+        "decision": {"usesRetrievalScore": uses_score},
+        "provenance": {"converter": "test/support/random_bundle.py",
+                       "inputs": {"seed": hashlib.sha256(str(seed).encode()).hexdigest()}},
+        "licences": {"random weights": "CC0-1.0"},
+    }
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
     parser.add_argument("seed", nargs="?", type=int, default=0)
     parser.add_argument("--decision-inputs", default="hidden")
+    parser.add_argument("--format", choices=["1", "2"], default="1")
     args = parser.parse_args()
     decision_inputs = args.decision_inputs.split(",")
     if decision_inputs[0] != "hidden" or len(decision_inputs) > 2:
@@ -268,6 +367,8 @@ def main():
         "defaults": {"maxNewTokens": 16, "temperature": 0, "topP": 1, "retScaleFactor": 1.3, "genScaleFactor": 1.0,
                      "dialogueTemplate": "Q: {text}\nA:", "scheduler": "ddim", "steps": 4, "guidance": 5.0},
     }
+    if args.format == "2":
+        manifest = make_v2(out, manifest, args.seed, decision_inputs[1:] == ["retrieval_score"])
     with open(os.path.join(out, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=2)
 

@@ -2,9 +2,11 @@ import { Tokenizer } from '@huggingface/tokenizers';
 import * as ort from 'onnxruntime-node';
 import sharp from 'sharp';
 import type { JobProgress } from '../../jobs.ts';
-import { type Bundle, inputType } from '../bundle.ts';
+import type { Bundle } from '../bundle.ts';
+import { floatFeed, floatFetch, floatInput, floatOutput, inputType } from '../tensors.ts';
 import { fillGaussian } from './noise.ts';
-import { alphasCumprod, createSampler, type SchedulerName } from './schedulers.ts';
+import { createSampler, type SchedulerName } from './schedulers/index.ts';
+import { alphasCumprod } from './schedulers/schedule.ts';
 
 /**
  * Text-to-image with the bundle's latent diffusion model, as a Stable Diffusion pipeline does it:
@@ -90,7 +92,7 @@ export async function encodePrompt(bundle: Bundle, text: string): Promise<Float3
   const d = bundle.manifest.diffusion;
   const ids = new ort.Tensor('int64', tokenizePrompt(bundle, text), [1, d.textMaxLength]);
   const out = await bundle.sessions.textEncoder.run({ input_ids: ids });
-  return (out.last_hidden_state as ort.Tensor).data as Float32Array;
+  return floatOutput(out.last_hidden_state!);
 }
 
 /** The unconditional branch of guidance: the text encoder on "", computed once per bundle. */
@@ -113,8 +115,14 @@ function timestepTensor(bundle: Bundle, batch: number): { tensor: ort.Tensor; se
     const data = new Int32Array(batch);
     return { tensor: new ort.Tensor('int32', data, [batch]), set: (t) => data.fill(t) };
   }
-  const data = new Float32Array(batch);
-  return { tensor: new ort.Tensor('float32', data, [batch]), set: (t) => data.fill(t) };
+  const feed = floatFeed(bundle.sessions.unet, 'timestep', [batch]);
+  return {
+    tensor: feed.tensor,
+    set: (t) => {
+      feed.values.fill(t);
+      feed.sync();
+    },
+  };
 }
 
 export async function generate(options: GenerateOptions): Promise<GeneratedImage> {
@@ -139,43 +147,42 @@ export async function generate(options: GenerateOptions): Promise<GeneratedImage
   }
   signal?.throwIfAborted();
   const state = stateOf(bundle);
-  // The manifest's optional diffusers settings (timestep spacing, offset, final alpha, clipping) apply to either sampler.
+  // The manifest's optional diffusers settings (timestep spacing, offset, final alpha, clipping) apply to every sampler.
   const sampler = createSampler(schedulerName, d.scheduler, steps, n, d.scheduler, state.alphas);
 
   // diffusers enables guidance only above 1; at 1 or below the conditional branch alone is the answer.
   const guided = guidance > 1;
   const batch = guided ? 2 : 1;
-  const hidden = new Float32Array(batch * condSize);
-  if (guided) {
-    hidden.set(await unconditionalEmbedding(bundle), 0);
-    hidden.set(options.conditioning, condSize);
-  } else {
-    hidden.set(options.conditioning);
-  }
-
+  const unet = bundle.sessions.unet;
   // Every buffer and tensor of the loop is made once; each step rewrites them in place.
+  const hidden = floatFeed(unet, 'encoder_hidden_states', [batch, d.textMaxLength, d.conditioningDim]);
+  if (guided) {
+    hidden.values.set(await unconditionalEmbedding(bundle), 0);
+    hidden.values.set(options.conditioning, condSize);
+  } else {
+    hidden.values.set(options.conditioning);
+  }
+  hidden.sync();
+
   const sample = options.initialLatent
     ? Float32Array.from(options.initialLatent)
     : fillGaussian(new Float32Array(n), seed);
-  const modelIn = new Float32Array(batch * n);
+  const modelIn = floatFeed(unet, 'sample', [batch, ...latentShape]);
   const guidedOut = guided ? new Float32Array(n) : null;
-  const feeds: Record<string, ort.Tensor> = {
-    sample: new ort.Tensor('float32', modelIn, [batch, ...latentShape]),
-    encoder_hidden_states: new ort.Tensor('float32', hidden, [batch, d.textMaxLength, d.conditioningDim]),
-  };
   const timestep = timestepTensor(bundle, batch);
-  feeds.timestep = timestep.tensor;
-  // The UNet writes its prediction straight into this buffer (a pre-allocated output).
-  const pred = new Float32Array(batch * n);
-  const fetches = { noise_pred: new ort.Tensor('float32', pred, [batch, ...latentShape]) };
-  const unet = bundle.sessions.unet;
+  const feeds = { sample: modelIn.tensor, encoder_hidden_states: hidden.tensor, timestep: timestep.tensor };
+  // The UNet writes its prediction straight into this tensor (a pre-allocated output).
+  const noisePred = floatFetch(unet, 'noise_pred', [batch, ...latentShape]);
+  const fetches = { noise_pred: noisePred.tensor };
 
   const started = performance.now();
   for (let i = 0; i < sampler.timesteps.length; i++) {
     signal?.throwIfAborted();
-    for (let b = 0; b < batch; b++) modelIn.set(sample, b * n);
+    for (let b = 0; b < batch; b++) modelIn.values.set(sample, b * n);
+    modelIn.sync();
     timestep.set(sampler.timesteps[i]!);
     await unet.run(feeds, fetches);
+    const pred = noisePred.read();
     let modelOutput = pred;
     if (guidedOut) {
       // [uncond; cond] → uncond + g · (cond − uncond)
@@ -212,9 +219,10 @@ export async function decodeLatent(bundle: Bundle, latent: Float32Array): Promis
   const scaled = new Float32Array(latent.length);
   const inv = 1 / d.vaeScalingFactor;
   for (let i = 0; i < latent.length; i++) scaled[i] = latent[i]! * inv;
-  const input = new ort.Tensor('float32', scaled, [1, d.latentChannels, d.latentSize, d.latentSize]);
-  const out = await bundle.sessions.vaeDecoder.run({ latent: input });
-  const planes = (out.image as ort.Tensor).data as Float32Array;
+  const vae = bundle.sessions.vaeDecoder;
+  const input = floatInput(vae, 'latent', scaled, [1, d.latentChannels, d.latentSize, d.latentSize]);
+  const out = await vae.run({ latent: input });
+  const planes = floatOutput(out.image!);
   const size = d.imageSize;
   const area = size * size;
   // [-1, 1] planar → [0, 255] interleaved. A clamped array clamps and rounds half to even, as

@@ -4,7 +4,7 @@ import { createRng, pickToken } from './sampling.ts';
 import type { GillTokenizer } from './tokenizer.ts';
 
 /**
- * GILL's decoding loop (gill-method.md §3 step 2-5) on a KV cache. Differences from the reference, on
+ * GILL's decoding loop (docs/gill-method.md §3 step 2-5) on a KV cache. Differences from the reference, on
  * purpose: every emitted token is fed forward, so [IMG0] produced on the last step still has hidden states;
  * decoding stops at EOS or at a newline after the first token (the reference decodes on and then cuts
  * there, with the same result); an [IMG0] is only allowed while the whole [IMG] block fits in the context.

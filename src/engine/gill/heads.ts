@@ -1,28 +1,36 @@
-import * as ort from 'onnxruntime-node';
+import type * as ort from 'onnxruntime-node';
 import type { Bundle } from '../bundle.ts';
+import { floatInput, floatOutput } from '../tensors.ts';
 import { embedTokens } from './lm.ts';
 
 /**
- * The GILL heads (gill-method.md §1.3-1.7): image encoder and visual prefix, the two retrieval
+ * The GILL heads (docs/gill-method.md §1.3, §1.4, §1.6, §1.7): image encoder and visual prefix, the two retrieval
  * projections, the GILLMapper and the decision head. Inputs and outputs are flat Float32Arrays.
  */
 
-async function runOne(session: ort.InferenceSession, feeds: Record<string, ort.Tensor>, output: string) {
+/** Runs a head on float inputs (name → values and dims) and returns one float output. */
+async function runOne(
+  session: ort.InferenceSession,
+  inputs: Record<string, [Float32Array, number[]]>,
+  output: string,
+): Promise<Float32Array> {
+  const feeds = Object.fromEntries(
+    Object.entries(inputs).map(([name, [values, dims]]) => [name, floatInput(session, name, values, dims)]),
+  );
   const out = await session.run(feeds);
-  return (out[output] as ort.Tensor).data as Float32Array;
+  return floatOutput(out[output]!);
 }
 
 /** Pooled image features [B, Dv] from encoder inputs [B, 3, S, S]. */
 export function encodeImages(bundle: Bundle, pixels: Float32Array, count: number): Promise<Float32Array> {
   const s = bundle.manifest.vision.imageSize;
-  const input = new ort.Tensor('float32', pixels, [count, 3, s, s]);
-  return runOne(bundle.sessions.imageEncoder, { pixel_values: input }, 'pooler_output');
+  return runOne(bundle.sessions.imageEncoder, { pixel_values: [pixels, [count, 3, s, s]] }, 'pooler_output');
 }
 
 /** Visual prefix tokens [B, k, H]: what an image becomes inside the LM's input. */
 export function visualPrefix(bundle: Bundle, pooled: Float32Array, count: number): Promise<Float32Array> {
-  const input = new ort.Tensor('float32', pooled, [count, bundle.manifest.vision.pooledSize]);
-  return runOne(bundle.sessions.visualPrefix, { pooled: input }, 'prefix');
+  const dims = [count, bundle.manifest.vision.pooledSize];
+  return runOne(bundle.sessions.visualPrefix, { pooled: [pooled, dims] }, 'prefix');
 }
 
 export function normalise(v: Float32Array): Float32Array {
@@ -47,8 +55,8 @@ export function cosine(a: Float32Array, b: Float32Array): number {
 
 /** Normalised image retrieval embedding [R] from one pooled feature [Dv]. */
 export async function imageRetrievalEmbedding(bundle: Bundle, pooled: Float32Array): Promise<Float32Array> {
-  const input = new ort.Tensor('float32', pooled, [1, bundle.manifest.vision.pooledSize]);
-  return normalise(await runOne(bundle.sessions.imageRetrieval, { pooled: input }, 'embedding'));
+  const dims = [1, bundle.manifest.vision.pooledSize];
+  return normalise(await runOne(bundle.sessions.imageRetrieval, { pooled: [pooled, dims] }, 'embedding'));
 }
 
 /** Normalised text retrieval embedding [R] from the hidden state at [IMG0] [H]. */
@@ -56,8 +64,8 @@ export async function textRetrievalEmbedding(
   bundle: Bundle,
   hiddenImg0: Float32Array,
 ): Promise<Float32Array> {
-  const input = new ort.Tensor('float32', hiddenImg0, [1, bundle.manifest.lm.hiddenSize]);
-  return normalise(await runOne(bundle.sessions.textRetrieval, { hidden: input }, 'embedding'));
+  const dims = [1, bundle.manifest.lm.hiddenSize];
+  return normalise(await runOne(bundle.sessions.textRetrieval, { hidden: [hiddenImg0, dims] }, 'embedding'));
 }
 
 /**
@@ -69,17 +77,17 @@ export async function decisionLogits(
   hiddenImg0: Float32Array,
   retrievalScore?: number,
 ): Promise<[number, number]> {
-  const feeds: Record<string, ort.Tensor> = {
-    hidden: new ort.Tensor('float32', hiddenImg0, [1, bundle.manifest.lm.hiddenSize]),
+  const inputs: Record<string, [Float32Array, number[]]> = {
+    hidden: [hiddenImg0, [1, bundle.manifest.lm.hiddenSize]],
   };
   if (bundle.decisionUsesRetrievalScore) {
     if (retrievalScore === undefined)
       throw new Error(
         `the decision graph ${bundle.manifest.gill.decision} takes retrieval_score, and none was given`,
       );
-    feeds.retrieval_score = new ort.Tensor('float32', Float32Array.of(retrievalScore), [1, 1]);
+    inputs.retrieval_score = [Float32Array.of(retrievalScore), [1, 1]];
   }
-  const logits = await runOne(bundle.sessions.decision, feeds, 'logits');
+  const logits = await runOne(bundle.sessions.decision, inputs, 'logits');
   return [logits[0]!, logits[1]!];
 }
 
@@ -93,10 +101,7 @@ export async function mapperConditioning(bundle: Bundle, hiddenImg: Float32Array
   const tokenEmbeds = await embedTokens(bundle, imgTokenIds);
   return runOne(
     bundle.sessions.mapper,
-    {
-      hidden: new ort.Tensor('float32', hiddenImg, [1, r, hiddenSize]),
-      token_embeds: new ort.Tensor('float32', tokenEmbeds, [1, r, hiddenSize]),
-    },
+    { hidden: [hiddenImg, [1, r, hiddenSize]], token_embeds: [tokenEmbeds, [1, r, hiddenSize]] },
     'cond',
   );
 }

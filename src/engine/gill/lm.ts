@@ -1,16 +1,19 @@
 import * as ort from 'onnxruntime-node';
 import type { Bundle } from '../bundle.ts';
+import { floatInput, floatOutput, inputType } from '../tensors.ts';
 
 /**
  * The frozen LM on ONNX Runtime with a KV cache: embeddings in, last-position logits and final post-norm
- * hidden states out. One `LmSequence` is one growing sequence (a prompt, then decoded tokens).
+ * hidden states out. One `LmSequence` is one growing sequence (a prompt, then decoded tokens). The cache
+ * stays in the element type the graph declares (float16 halves its memory): each step's `present` tensors
+ * are fed back as the next step's `past_key_values` unconverted.
  */
 
 export async function embedTokens(bundle: Bundle, ids: readonly number[]): Promise<Float32Array> {
   if (ids.length === 0) return new Float32Array(0);
   const input = new ort.Tensor('int64', BigInt64Array.from(ids, BigInt), [1, ids.length]);
   const out = await bundle.sessions.lmEmbed.run({ input_ids: input });
-  return (out.inputs_embeds as ort.Tensor).data as Float32Array;
+  return floatOutput(out.inputs_embeds!);
 }
 
 export interface LmStep {
@@ -27,15 +30,15 @@ export class LmSequence {
 
   constructor(private readonly bundle: Bundle) {
     const { numLayers, numHeads, headDim } = bundle.manifest.lm;
+    const empty = [1, numHeads, 0, headDim];
     this.past = {};
     for (let i = 0; i < numLayers; i++) {
       for (const kv of ['key', 'value']) {
-        this.past[`past_key_values.${i}.${kv}`] = new ort.Tensor('float32', new Float32Array(0), [
-          1,
-          numHeads,
-          0,
-          headDim,
-        ]);
+        const name = `past_key_values.${i}.${kv}`;
+        this.past[name] =
+          inputType(bundle.sessions.lm, name) === 'float16'
+            ? new ort.Tensor('float16', new Uint16Array(0), empty)
+            : new ort.Tensor('float32', new Float32Array(0), empty);
       }
     }
     this.wantsPositions = bundle.sessions.lm.inputNames.includes('position_ids');
@@ -55,7 +58,7 @@ export class LmSequence {
     const total = this.length + t;
     const feeds: Record<string, ort.Tensor> = {
       ...this.past,
-      inputs_embeds: new ort.Tensor('float32', embeds, [1, t, hiddenSize]),
+      inputs_embeds: floatInput(this.bundle.sessions.lm, 'inputs_embeds', embeds, [1, t, hiddenSize]),
       attention_mask: new ort.Tensor('int64', new BigInt64Array(total).fill(1n), [1, total]),
     };
     if (this.wantsPositions) {
@@ -71,10 +74,9 @@ export class LmSequence {
     }
     this.past = next;
     this.length = total;
-    const logits = (out.logits as ort.Tensor).data as Float32Array;
     return {
-      logits: logits.slice((t - 1) * vocabSize, t * vocabSize),
-      hidden: (out.hidden_states as ort.Tensor).data as Float32Array,
+      logits: floatOutput(out.logits!, (t - 1) * vocabSize, t * vocabSize).slice(),
+      hidden: floatOutput(out.hidden_states!),
     };
   }
 }

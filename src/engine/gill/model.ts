@@ -1,7 +1,7 @@
 import { type JobProgress, UserInputError } from '../../jobs.ts';
 import type { Bundle } from '../bundle.ts';
-import { type GeneratedImage, generate, progressWithPreviews } from '../diffusion/pipeline.ts';
-import type { SchedulerName } from '../diffusion/schedulers.ts';
+import { encodePrompt, type GeneratedImage, generate, progressWithPreviews } from '../diffusion/pipeline.ts';
+import type { SchedulerName } from '../diffusion/schedulers/index.ts';
 import { imageToPixelValues } from '../images.ts';
 import { type DecodeResult, decode } from './decode.ts';
 import {
@@ -25,7 +25,7 @@ import {
 import { GillTokenizer } from './tokenizer.ts';
 
 /**
- * One GILL turn over a bundle (gill-method.md §3): interleaved prompt → decoding with [IMG] handling →
+ * One GILL turn over a bundle (docs/gill-method.md §3): interleaved prompt → decoding with [IMG] handling →
  * retrieval embedding, decision, and either a gallery search or the GILLMapper → diffusion. The gallery is
  * reached through `search`, so this module knows nothing of the store.
  */
@@ -60,6 +60,15 @@ export interface ChatRequest<S> {
   signal?: AbortSignal;
   onProgress?: (progress: JobProgress) => void;
 }
+
+/** What one diffusion run takes besides its conditioning. */
+export type GenerateRequest = Pick<
+  ChatRequest<unknown>,
+  'seed' | 'steps' | 'guidance' | 'scheduler' | 'signal' | 'onProgress'
+> & {
+  /** Forming-image previews reported while denoising (each costs a VAE decode); default 4. */
+  previews?: number;
+};
 
 export interface ChatTurn<S> {
   text: string;
@@ -321,16 +330,26 @@ export class GillModel {
     return request.search(embedding, request.retrieveCount);
   }
 
+  /**
+   * The plain-prompt path (`imagine`, the paper's Stable Diffusion baseline): the diffusion text encoder on
+   * the prompt, no LM. The worker and `gill imagine` both come here.
+   */
+  async imagine(prompt: string, options: GenerateRequest): Promise<GeneratedImage> {
+    return this.generate(await encodePrompt(this.bundle, prompt), options);
+  }
+
   /** Runs diffusion on a conditioning and scores the image against a retrieval embedding (§3 step 8). */
-  async generateScored(
+  private async generateScored(
     conditioning: Float32Array,
-    embedding: Float32Array | null,
-    options: Pick<
-      ChatRequest<unknown>,
-      'seed' | 'steps' | 'guidance' | 'scheduler' | 'signal' | 'onProgress'
-    >,
+    embedding: Float32Array,
+    options: GenerateRequest,
   ): Promise<GeneratedImage & { score: number }> {
-    const image = await generate({
+    const image = await this.generate(conditioning, options);
+    return { ...image, score: cosine(await this.imageEmbedding(image.png), embedding) };
+  }
+
+  private generate(conditioning: Float32Array, options: GenerateRequest): Promise<GeneratedImage> {
+    return generate({
       bundle: this.bundle,
       conditioning,
       seed: options.seed,
@@ -338,9 +357,7 @@ export class GillModel {
       guidance: options.guidance,
       scheduler: options.scheduler,
       signal: options.signal,
-      onStep: progressWithPreviews(this.bundle, (p) => options.onProgress?.(p)),
+      onStep: progressWithPreviews(this.bundle, (p) => options.onProgress?.(p), options.previews),
     });
-    const score = embedding ? cosine(await this.imageEmbedding(image.png), embedding) : 0;
-    return { ...image, score };
   }
 }

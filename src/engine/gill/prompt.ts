@@ -1,7 +1,7 @@
 import { type GillTokenizer, plainText } from './tokenizer.ts';
 
 /**
- * Turns a conversation into GILL's interleaved prompt (gill-method.md §3 step 1, §5.9) and fits it into
+ * Turns a conversation into GILL's interleaved prompt (docs/gill-method.md §3 step 1, §5.9) and fits it into
  * the LM's context: images become k visual-prefix tokens each, text segments are tokenized
  * independently, BOS goes before the first text segment only, and when the whole does not fit, the most
  * recent part is kept.

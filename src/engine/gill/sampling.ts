@@ -1,5 +1,5 @@
 /**
- * Next-token choice as GILL's generate() makes it (gill-method.md §3, step 2): greedy at temperature 0,
+ * Next-token choice as GILL's generate() makes it (docs/gill-method.md §3, step 2): greedy at temperature 0,
  * otherwise temperature then top-p (nucleus) filtering, keeping the first token that crosses the
  * threshold, then a draw. Draws come from a seeded PRNG so a seed reproduces a reply.
  */

@@ -1,9 +1,9 @@
 import { Tokenizer } from '@huggingface/tokenizers';
-import { BundleError, type Manifest } from '../bundle.ts';
+import { BundleError, type Manifest } from '../manifest.ts';
 
 /**
  * The LM's tokenizer (the bundle's tokenizer.json) with GILL's conventions: BOS is added by the engine,
- * and only before the first text segment of a prompt (gill-method.md §5.9); the [IMG0..r-1] strings are
+ * and only before the first text segment of a prompt (docs/gill-method.md §5.9); the [IMG0..r-1] strings are
  * added tokens that must each map to exactly the id the manifest names.
  */
 export class GillTokenizer {
