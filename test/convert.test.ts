@@ -1,9 +1,10 @@
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { serviceAvailable } from './support/services.ts';
 
@@ -42,7 +43,9 @@ interface Report {
 
 describe.skipIf(!venvUp)('models/convert: GILL + OPT + CLIP + SD 1.5 → gill-bundle/2', () => {
   let report: Report;
-  let bundleCopy: string;
+  let work: string;
+  let bundle32: string;
+  let bundle16: string;
 
   const checks = (fragment: string) => {
     const found = Object.entries(report.checks).filter(([name]) => name.includes(fragment));
@@ -56,7 +59,9 @@ describe.skipIf(!venvUp)('models/convert: GILL + OPT + CLIP + SD 1.5 → gill-bu
   };
 
   beforeAll(async () => {
-    bundleCopy = await mkdtemp(path.join(tmpdir(), 'gill-converted-'));
+    work = await mkdtemp(path.join(tmpdir(), 'gill-converted-'));
+    bundle32 = path.join(work, 'fp32');
+    bundle16 = path.join(work, 'fp16');
     const env = {
       ...process.env,
       ...(debianTorch
@@ -64,7 +69,7 @@ describe.skipIf(!venvUp)('models/convert: GILL + OPT + CLIP + SD 1.5 → gill-bu
         : {}),
       OMP_NUM_THREADS: '2',
     };
-    const { stdout } = await run(VENV_PYTHON, ['models/convert/tests/parity.py', bundleCopy], {
+    const { stdout } = await run(VENV_PYTHON, ['models/convert/tests/parity.py', bundle32, bundle16], {
       env,
       maxBuffer: 16 * 1024 * 1024,
     }).catch((error: { stdout?: string; stderr?: string }) => {
@@ -76,7 +81,7 @@ describe.skipIf(!venvUp)('models/convert: GILL + OPT + CLIP + SD 1.5 → gill-bu
   }, 900_000);
 
   afterAll(async () => {
-    if (bundleCopy) await rm(bundleCopy, { recursive: true, force: true });
+    if (work) await rm(work, { recursive: true, force: true });
   });
 
   it('converts fp32 (on torch 1.13 where Debian has it) and fp16 (torch 2.x)', () => {
@@ -147,11 +152,97 @@ describe.skipIf(!venvUp)('models/convert: GILL + OPT + CLIP + SD 1.5 → gill-bu
     expect(failed).toEqual([]);
   });
 
+  /**
+   * `gill` as a person runs it, on a converted bundle (outputs are noise: random weights). Each command starts
+   * the engine on the bundle (checksums, warm-up), hence the long timeout on a loaded machine.
+   */
+  const gill = (bundle: string, ...cli: string[]) =>
+    run(process.execPath, ['bin/gill.mjs', ...cli], {
+      env: {
+        ...process.env,
+        GILL_MODEL: bundle,
+        GILL_DATA_DIR: path.join(bundle, '.data'),
+        GILL_THREADS: '2',
+        DATABASE_URL: '',
+        REDIS_URL: '',
+      },
+      encoding: 'utf8',
+    }).then(
+      (r) => ({ code: 0, stdout: r.stdout, stderr: r.stderr }),
+      (e: { code: number; stdout: string; stderr: string }) => e,
+    );
+
+  it.each([
+    ['fp32', () => bundle32],
+    ['fp16', () => bundle16],
+  ])(
+    'the engine runs the converted %s bundle: gill imagine, ask and find',
+    async (_, dir) => {
+      const bundle = dir();
+      const manifest = JSON.parse(await readFile(path.join(bundle, 'manifest.json'), 'utf8'));
+      expect(manifest.format).toBe('gill-bundle/2');
+
+      const file = path.join(work, `imagined-${path.basename(bundle)}.png`);
+      const made = await gill(bundle, 'imagine', 'a red star', '--out', file, '--steps', '2', '--seed', '3');
+      expect(made.stderr).toBe('');
+      expect(made.code).toBe(0);
+      // 8×8 latents through three upsampling VAE levels; PNDM is the manifest's default sampler.
+      expect(made.stdout).toMatch(/: 64×64, seed 3, \d+ pndm steps/);
+      const meta = await sharp(file).metadata();
+      expect([meta.format, meta.width, meta.height]).toEqual(['png', 64, 64]);
+
+      const photo = path.join(work, 'photo.png');
+      await sharp({ create: { width: 300, height: 200, channels: 3, background: '#c33' } })
+        .png()
+        .toFile(photo);
+      const asked = await gill(
+        bundle,
+        'ask',
+        'what is in this picture?',
+        `@${photo}`,
+        '--out',
+        path.join(work, 'asked'),
+      );
+      expect(asked.code).toBe(0);
+      expect(asked.stdout).toMatch(/^decision: (no image|generate|retrieve)/m);
+
+      const gallery = path.join(work, `gallery-${path.basename(bundle)}`);
+      await mkdir(gallery, { recursive: true });
+      for (const [name, colour] of [
+        ['red', '#f00'],
+        ['blue', '#00f'],
+      ] as const)
+        await sharp({ create: { width: 240, height: 240, channels: 3, background: colour } })
+          .png()
+          .toFile(path.join(gallery, `${name}.png`));
+      const indexed = await gill(bundle, 'index', gallery, '--community', 'c');
+      expect(indexed.stdout).toContain('indexed 2 image(s) into community "c"');
+      const found = await gill(bundle, 'find', 'a red square', '-k', '2', '--community', 'c');
+      expect(found.code).toBe(0);
+      const lines = found.stdout.trim().split('\n');
+      expect(lines).toHaveLength(2);
+      for (const line of lines)
+        expect(line).toMatch(/^\d\. -?\d\.\d{3} {2}(red|blue) {2}\(image \d+, 240×240\)$/);
+    },
+    600_000,
+  );
+
   it('a missing input folder is a clear error naming the file, exit code 2', async () => {
     const missing = path.join(tmpdir(), 'no-such-gill-input');
     const result = await run(VENV_PYTHON, [
       'models/convert/convert.py',
-      ...['--gill', missing, '--opt', missing, '--clip', missing, '--sd', missing, '--out', bundleCopy],
+      ...[
+        '--gill',
+        missing,
+        '--opt',
+        missing,
+        '--clip',
+        missing,
+        '--sd',
+        missing,
+        '--out',
+        path.join(work, 'unused'),
+      ],
     ]).then(
       () => ({ code: 0, stderr: '' }),
       (e: { code: number; stderr: string }) => e,

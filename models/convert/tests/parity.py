@@ -14,6 +14,7 @@ import collections
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -133,7 +134,7 @@ def make_inputs(root: Path) -> dict:
     for p in d.values():
         p.mkdir(parents=True)
     opt = OPTForCausalLM(OPTConfig(vocab_size=OPT_ROWS, hidden_size=H, num_hidden_layers=LAYERS, ffn_dim=FFN,
-                                   num_attention_heads=HEADS, max_position_embeddings=64, word_embed_proj_dim=H,
+                                   num_attention_heads=HEADS, max_position_embeddings=128, word_embed_proj_dim=H,
                                    pad_token_id=1, bos_token_id=2, eos_token_id=2)).eval()
     randomise_norms(opt)
     opt.save_pretrained(d["opt"])
@@ -389,7 +390,6 @@ def fp16_checks(d: dict, out32: Path, out16: Path) -> None:
 
 def int8_checks(out32: Path, work: Path) -> None:
     """--quantize-lm int8 on a copy of the fp32 LM graph."""
-    import shutil
     sys.path.insert(0, str(HERE.parent))
     import convert
     copy = work / "int8"
@@ -474,7 +474,7 @@ def strict_gill_checks(made: dict, root: Path) -> None:
 
 
 def main() -> int:
-    """argv: [bundle copy folder]. CONVERT_PYTHON / CONVERT_PYTHONPATH: the interpreter of the fp32 conversion
+    """argv: [fp32 bundle copy folder [fp16 bundle copy folder]]. CONVERT_PYTHON / CONVERT_PYTHONPATH: the interpreter of the fp32 conversion
     (e.g. Debian's /usr/bin/python3 with torch 1.13); the fp16 conversion runs on this interpreter (torch 2.x)."""
     python, path = os.environ.get("CONVERT_PYTHON", sys.executable), os.environ.get("CONVERT_PYTHONPATH")
     report["figures"]["fp32_conversion_torch"] = torch_version(python, path)
@@ -494,14 +494,13 @@ def main() -> int:
             tokenizer_checks(made["dirs"], out)
             manifest_checks(out)
             int8_checks(out, root)
-            if len(sys.argv) > 1:  # keep the bundle for the engine's end-to-end test
-                import shutil
-                shutil.copytree(out, sys.argv[1], dirs_exist_ok=True)
         proc16 = run_convert(made["dirs"], out16, "--dtype", "fp16")
         check(f"convert.py --dtype fp16 exits 0 (torch {torch.__version__})", proc16.returncode == 0,
               proc16.stderr[-3000:] if proc16.returncode else None)
         if proc.returncode == 0 and proc16.returncode == 0:
             fp16_checks(made["dirs"], out, out16)
+            for bundle, keep in zip((out, out16), sys.argv[1:]):  # kept for the engine's end-to-end tests
+                shutil.copytree(bundle, keep, dirs_exist_ok=True)
         sd15_checks()
         decision_fixture_checks()
         strict_gill_checks(made, root)
