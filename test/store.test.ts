@@ -14,11 +14,13 @@ import {
   type StoreConfig,
   StoreConnectionError,
 } from '../src/store/connect.ts';
+import { DeliveryClaimError } from '../src/store/jobs.ts';
 import { runMigrate } from '../src/store/migrate-command.ts';
 import { loadMigrations, migrate } from '../src/store/migrations.ts';
-import type { SqlClient } from '../src/store/sql-client.ts';
-import { DeliveryClaimError } from '../src/store/store.ts';
-import { DEFAULT_COMMUNITY_CONFIG, type Store } from '../src/store/types.ts';
+import { pgliteClient, type SqlClient } from '../src/store/sql-client.ts';
+import { createStore } from '../src/store/store.ts';
+import { DEFAULT_COMMUNITY_CONFIG, type Store, type ViewerScope } from '../src/store/types.ts';
+import { nearest } from '../src/store/vector-search.ts';
 import { createTempDatabase, probePostgres, serviceAvailable } from './support/services.ts';
 
 const postgresUp = await serviceAvailable('Postgres with pgvector (TEST_DATABASE_URL)', probePostgres);
@@ -376,6 +378,131 @@ function contractSuite(name: string, setup: () => Promise<Backend>, embedded: bo
       });
     });
 
+    describe('visibility', () => {
+      let community: string;
+      const random = rng(7);
+      const query = randomUnit(random, DIM);
+      /** Image name by id. */
+      const names = new Map<string, string>();
+      const places = {
+        general: { channelId: 'general' },
+        publicThread: { channelId: 'general', threadId: 'open-thread' },
+        privateThread: { channelId: 'general', threadId: 'secret-thread', visibility: 'private' },
+        privateChannel: { channelId: 'staff', visibility: 'private' },
+        privateChannelThread: { channelId: 'staff', threadId: 'staff-thread', visibility: 'private' },
+      } as const;
+      const everywhere = ['general', 'publicThread'];
+
+      beforeAll(async () => {
+        community = (await store.communities.ensure({ platform: 'discord', externalId: 'visibility-guild' }))
+          .id;
+        const hash = await store.blobs.put(new Uint8Array([4, 2]), 'image/png');
+        for (const [name, place] of Object.entries(places)) {
+          const image = await store.images.add(community, hash, {
+            mime: 'image/png',
+            width: 2,
+            height: 2,
+            ...source,
+            messageId: name,
+            ...place,
+          });
+          const noise = randomUnit(random, DIM);
+          await store.images.setEmbedding(
+            image.id,
+            query.map((x, d) => x + 0.2 * noise[d]!),
+          );
+          names.set(image.id, name);
+        }
+      });
+
+      const found = async (scope?: ViewerScope) =>
+        (await store.images.search(community, query, 10, [], scope)).map((r) => names.get(r.id)).sort();
+
+      it('records each image’s channel, thread and visibility, public in its channel by default', async () => {
+        const byName = new Map([...names].map(([id, name]) => [name, id]));
+        expect(await store.images.get(byName.get('privateThread')!)).toMatchObject({
+          channelId: 'general',
+          threadId: 'secret-thread',
+          visibility: 'private',
+        });
+        expect(await store.images.get(byName.get('general')!)).toMatchObject({
+          channelId: 'general',
+          threadId: null,
+          visibility: 'public',
+        });
+      });
+
+      it('shows public images anywhere, private ones only inside their own channel or thread', async () => {
+        // Without a scope, and from any channel or thread the private images were not posted in.
+        expect(await found()).toEqual(everywhere);
+        expect(await found({ channelId: 'random' })).toEqual(everywhere);
+        expect(await found({ channelId: 'general' })).toEqual(everywhere);
+        expect(await found({ channelId: 'general', threadId: 'open-thread' })).toEqual(everywhere);
+        // A thread id only counts in its own channel.
+        expect(await found({ channelId: 'random', threadId: 'secret-thread' })).toEqual(everywhere);
+        expect(await found({ channelId: 'general', threadId: 'secret-thread' })).toEqual(
+          [...everywhere, 'privateThread'].sort(),
+        );
+        // The private channel's images are seen in it and its threads; its private thread's only there.
+        expect(await found({ channelId: 'staff' })).toEqual([...everywhere, 'privateChannel'].sort());
+        expect(await found({ channelId: 'staff', threadId: 'staff-thread' })).toEqual(
+          [...everywhere, 'privateChannel', 'privateChannelThread'].sort(),
+        );
+        await expect(store.images.search(community, query, 10, [], { channelId: '' })).rejects.toThrow(
+          /scope.channelId/,
+        );
+      });
+
+      it('applies the same rule when the HNSW index answers', async () => {
+        const viaIndex = (scope?: ViewerScope) =>
+          withSql(async (client) => {
+            const plans: string[] = [];
+            const rows = await nearest<{ id: string; score: number }>(client, 'id::text AS id', {
+              communityId: community,
+              scope,
+              embedding: query,
+              k: 10,
+              plan: 'hnsw',
+              onPlan: (plan) => plans.push(plan),
+            });
+            expect(plans).toEqual(['hnsw']);
+            return rows.map((r) => names.get(r.id)).sort();
+          });
+        expect(await viaIndex()).toEqual(everywhere);
+        expect(await viaIndex({ channelId: 'general', threadId: 'secret-thread' })).toEqual(
+          [...everywhere, 'privateThread'].sort(),
+        );
+        expect(await viaIndex({ channelId: 'staff' })).toEqual([...everywhere, 'privateChannel'].sort());
+      });
+
+      it('lets a replay make an image private, never public again, and refuses a private image without a channel', async () => {
+        const hash = await store.blobs.put(new Uint8Array([4, 3]), 'image/png');
+        const meta = {
+          mime: 'image/png',
+          width: 2,
+          height: 2,
+          ...source,
+          channelId: 'c',
+          messageId: 'replayed',
+        };
+        const first = await store.images.add(community, hash, meta);
+        expect(first.visibility).toBe('public');
+        const tightened = await store.images.add(community, hash, {
+          ...meta,
+          threadId: 't',
+          visibility: 'private',
+        });
+        expect(tightened).toMatchObject({ id: first.id, threadId: 't', visibility: 'private' });
+        expect(await store.images.add(community, hash, meta)).toEqual(tightened);
+        await expect(
+          store.images.add(community, hash, { ...meta, channelId: null, visibility: 'private' }),
+        ).rejects.toThrow(/needs its channelId/);
+        await expect(
+          store.images.add(community, hash, { ...meta, visibility: 'secret' as 'private' }),
+        ).rejects.toThrow(/visibility must be public or private/);
+      });
+    });
+
     describe('jobs', () => {
       let community: string;
       beforeAll(async () => {
@@ -648,6 +775,51 @@ describe.skipIf(!postgresUp)('Postgres', () => {
       const rows = await client.query<{ n: number }>('SELECT count(*)::int AS n FROM schema_migrations');
       await client.close();
       expect(rows[0]?.n).toBe((await loadMigrations()).length);
+    } finally {
+      await db.drop();
+    }
+  });
+});
+
+/** Migrates up to before image visibility, indexes an image the old way, then migrates the rest. */
+async function imageFromBeforeVisibility(client: SqlClient) {
+  const all = await loadMigrations();
+  await migrate(
+    client,
+    all.filter((m) => m.version < '004'),
+  );
+  const [{ id: community } = { id: '' }] = await client.query<{ id: string }>(
+    "INSERT INTO communities (platform, external_id) VALUES ('discord', 'old-guild') RETURNING id::text AS id",
+  );
+  await client.query("INSERT INTO blobs (hash, bytes, mime) VALUES ($1, '\\x00', 'image/png')", [
+    'a'.repeat(64),
+  ]);
+  await client.query(
+    `INSERT INTO images (community_id, hash, mime, width, height, channel_id, message_id, embedding)
+     VALUES ($1, $2, 'image/png', 1, 1, 'general', 'm1', '[1,0,0]')`,
+    [community, 'a'.repeat(64)],
+  );
+  await migrate(client, all);
+  const store = createStore(client);
+  try {
+    return await store.images.search(community, new Float32Array([1, 0, 0]), 5);
+  } finally {
+    await store.close();
+  }
+}
+
+describe('images indexed before visibility was recorded', () => {
+  it('are public, in their channel, on PGlite', async () => {
+    const [image] = await imageFromBeforeVisibility(await pgliteClient());
+    expect(image).toMatchObject({ channelId: 'general', threadId: null, visibility: 'public' });
+  });
+
+  it.skipIf(!postgresUp)('are public, in their channel, on Postgres', async () => {
+    const db = await createTempDatabase('gill_store_upgrade');
+    try {
+      const client = await openDatabase({ DATABASE_URL: db.url, dataDir: os.tmpdir() });
+      const [image] = await imageFromBeforeVisibility(client);
+      expect(image).toMatchObject({ channelId: 'general', threadId: null, visibility: 'public' });
     } finally {
       await db.drop();
     }

@@ -2,8 +2,9 @@ import type { CommunityRef, JobKind, JobPayload, JobResult, ReplyTarget } from '
 import type { SqlQuery } from './sql-client.ts';
 
 /**
- * The store's interface. One implementation (src/store/store.ts) serves both Postgres (`pg`, with
- * pgvector) and the embedded PGlite: only the SQL connection differs.
+ * The store's interface. One implementation (createStore in src/store/store.ts, one repository per
+ * file beside it) serves both Postgres (`pg`, with pgvector) and the embedded PGlite: only the SQL
+ * connection differs.
  */
 
 export interface Community {
@@ -40,6 +41,7 @@ export const DEFAULT_COMMUNITY_CONFIG: CommunityConfig = {
 };
 
 export interface ImageSource {
+  /** The channel it was posted in; for a post in a thread, the thread's parent channel. */
   channelId: string | null;
   messageId: string | null;
   authorId: string | null;
@@ -48,7 +50,30 @@ export interface ImageSource {
   title: string | null;
 }
 
-export interface ImageRecord extends ImageSource {
+/**
+ * Who may retrieve an image (issue: retrieval respects who can see the source channel). A public image
+ * is retrievable anywhere in its community; a private one only by a viewer in the same place: its
+ * channel when it has no thread, else its thread. An image from a public thread of a private channel is
+ * recorded with its thread and so stays inside that thread: narrower than who can see it, never wider.
+ */
+export type Visibility = 'public' | 'private';
+
+export interface ImagePlacement {
+  /** The thread it was posted in; null for a post in the channel itself. */
+  threadId: string | null;
+  visibility: Visibility;
+}
+
+/**
+ * Where a search is made from: the viewer's channel and, inside a thread, the thread (channelId is then
+ * the thread's parent channel, as in ImageSource). Without a scope a search sees public images only.
+ */
+export interface ViewerScope {
+  channelId: string;
+  threadId?: string | null;
+}
+
+export interface ImageRecord extends ImageSource, ImagePlacement {
   id: string;
   communityId: string;
   hash: string;
@@ -106,20 +131,27 @@ export interface Store {
     get(hash: string): Promise<{ bytes: Uint8Array; mime: string } | null>;
   };
   images: {
-    /** Inserts or returns the existing row for (community, hash, message). */
+    /**
+     * Inserts or returns the existing row for (community, hash, message). Placement defaults to public,
+     * in the channel itself. A replay that says private makes a public row private (never the reverse).
+     */
     add(
       communityId: string,
       hash: string,
-      meta: { mime: string; width: number; height: number } & ImageSource,
+      meta: { mime: string; width: number; height: number } & ImageSource & Partial<ImagePlacement>,
     ): Promise<ImageRecord>;
     get(id: string): Promise<ImageRecord | null>;
     setEmbedding(id: string, embedding: Float32Array): Promise<void>;
-    /** k nearest by cosine within one community, excluding ids; returns k rows when k exist. */
+    /**
+     * k nearest by cosine among the images of one community that a viewer at `scope` may see (public
+     * only when scope is absent), excluding ids; returns k rows when k exist.
+     */
     search(
       communityId: string,
       embedding: Float32Array,
       k: number,
       excludeIds?: string[],
+      scope?: ViewerScope,
     ): Promise<ScoredImage[]>;
     count(communityId: string): Promise<number>;
     /** Soft-deletes; returns how many rows were removed from the index. */

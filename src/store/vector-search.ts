@@ -1,5 +1,7 @@
 import pgvector from 'pgvector';
 import type { Row, SqlClient, SqlQuery } from './sql-client.ts';
+import type { ViewerScope } from './types.ts';
+import { isRowId } from './validate.ts';
 
 /**
  * Nearest-neighbour search over image embeddings with pgvector.
@@ -10,11 +12,15 @@ import type { Row, SqlClient, SqlQuery } from './sql-client.ts';
  * Queries repeat that expression and predicate (D inlined as a literal, so the planner can match them).
  * Embeddings are normalised on write and queries before searching, so the inner product is the cosine.
  *
- * Search scoped to one community uses pgvector 0.8's iterative index scans (Postgres and PGlite both
- * bundle ≥ 0.8): the scan keeps walking the graph until k rows pass the community filter, so a community
- * holding a small fraction of the table still gets k results. Iterative scans stop after
- * hnsw.max_scan_tuples; when that leaves fewer than k rows (a community too small for the graph walk to
- * reach), an exact search over the community's rows (B-tree on community_id) completes the answer.
+ * Every search is scoped to one community and to what the viewer may see (ImagePlacement): the public
+ * images, plus the private ones of the viewer's own channel or thread. Two plans answer it:
+ * - exact: a community with at most EXACT_SCAN_MAX_ROWS live images is scanned whole (B-tree on
+ *   community_id), which is exact and, at that size, faster than the graph walk. A filtered HNSW walk
+ *   over a small community is what the index does worst: most of the graph it visits is other rows.
+ * - hnsw: larger communities use pgvector 0.8's iterative index scans (Postgres and PGlite both bundle
+ *   ≥ 0.8): the scan keeps walking the graph until enough rows pass the filter. Iterative scans stop
+ *   after hnsw.max_scan_tuples; when that leaves fewer than k rows (a viewer's filter that admits few of
+ *   a large community's rows), the exact search answers instead.
  */
 
 /** pgvector's limit for HNSW on the `vector` type. */
@@ -29,6 +35,8 @@ export const MAX_INDEXED_DIM = 2000;
 export const DEFAULT_EF_SEARCH = 100;
 /** Index-scan rows per result kept (see NearestOptions.candidates). */
 export const DEFAULT_CANDIDATES = 4;
+/** Communities with at most this many live images are searched exactly (see the top of this file). */
+export const EXACT_SCAN_MAX_ROWS = 20_000;
 
 export function indexName(dim: number): string {
   return `images_embedding_ip_${dim}`;
@@ -76,22 +84,26 @@ export async function ensureEmbeddingIndex(client: SqlClient, dim: number): Prom
   });
 }
 
+export type SearchPlan = 'hnsw' | 'exact';
+
 export interface NearestOptions {
-  /** Omit to search every community (benchmarks only: the store always scopes by community). */
+  /** Omit to search every image of every community, unfiltered (benchmarks only). */
   communityId?: string;
+  /** Where the viewer is; absent, only public images. Applies with communityId. */
+  scope?: ViewerScope;
   embedding: ArrayLike<number>;
   k: number;
   excludeIds?: string[];
   efSearch?: number;
-  /** Skip the index and scan exactly (benchmarks' ground truth, and the small-community fallback). */
-  exact?: boolean;
   /**
    * Rows the index scan returns before the final re-sort keeps the best k. relaxed_order emits rows
    * slightly out of order, so taking more than k and re-sorting recovers near neighbours found late.
    */
   candidates?: number;
-  /** Called when the index scan came back short and the exact search answered instead (benchmarks count it). */
-  onExactFallback?: () => void;
+  /** Use this plan whatever the community's size (benchmarks compare them). */
+  plan?: SearchPlan;
+  /** Told which plan answered: 'hnsw', 'exact', or 'hnsw→exact' when the index scan came back short. */
+  onPlan?: (plan: string) => void;
 }
 
 export interface NearestRow extends Row {
@@ -99,29 +111,50 @@ export interface NearestRow extends Row {
   score: number;
 }
 
-const ID = /^[1-9]\d{0,18}$/;
+/** The viewer's filter: public images, and the private ones of the viewer's channel or thread. */
+function visibleTo(scope: ViewerScope | undefined, params: unknown[]): string {
+  if (scope === undefined) return "visibility = 'public'";
+  const { channelId, threadId = null } = scope;
+  if (typeof channelId !== 'string' || channelId.length < 1 || channelId.length > 200)
+    throw new RangeError(`scope.channelId must be 1 to 200 characters, got "${channelId}"`);
+  if (threadId !== null && (typeof threadId !== 'string' || threadId.length < 1 || threadId.length > 200))
+    throw new RangeError(`scope.threadId must be null or 1 to 200 characters, got "${threadId}"`);
+  params.push(channelId, threadId);
+  const [channel, thread] = [params.length - 1, params.length];
+  return `(visibility = 'public' OR (channel_id = $${channel} AND (thread_id IS NULL OR thread_id = $${thread}::text)))`;
+}
+
+/** Whether the community is small enough for the exact plan: counts its live rows, stopping past the limit. */
+async function smallCommunity(client: SqlClient, communityId: string): Promise<boolean> {
+  const [row] = await client.query<{ n: number }>(
+    `SELECT count(*)::int AS n FROM
+       (SELECT 1 FROM images WHERE community_id = $1 AND deleted_at IS NULL LIMIT $2) AS live`,
+    [communityId, EXACT_SCAN_MAX_ROWS + 1],
+  );
+  return row!.n <= EXACT_SCAN_MAX_ROWS;
+}
 
 /**
- * The k most similar live images (cosine, best first), with `columns` selected from `images`.
- * Ids in excludeIds that are not image ids are ignored (they cannot match a row).
+ * The k most similar images (cosine, best first) the viewer may see, with `columns` selected from
+ * `images`. Ids in excludeIds that are not image ids are ignored (they cannot match a row).
  */
 export async function nearest<T extends NearestRow>(
   client: SqlClient,
   columns: string,
   options: NearestOptions,
 ): Promise<T[]> {
-  const { k } = options;
+  const { k, communityId } = options;
   if (!Number.isInteger(k) || k < 1 || k > 1000)
     throw new RangeError(`k must be a whole number from 1 to 1000, got ${k}`);
   const dim = options.embedding.length;
   const query = normalisedVector(options.embedding, 'query embedding');
-  const exclude = (options.excludeIds ?? []).filter((id) => ID.test(id));
+  const exclude = (options.excludeIds ?? []).filter(isRowId);
   const candidates = Math.max(k, Math.min(1000, Math.trunc(options.candidates ?? DEFAULT_CANDIDATES * k)));
   const params: unknown[] = [query, exclude, candidates, k];
   const filters = [`vector_dims(embedding) = ${dim}`, 'deleted_at IS NULL', 'id <> ALL ($2::bigint[])'];
-  if (options.communityId !== undefined) {
-    params.push(options.communityId);
-    filters.push(`community_id = $${params.length}`);
+  if (communityId !== undefined) {
+    params.push(communityId);
+    filters.push(`community_id = $${params.length}`, visibleTo(options.scope, params));
   }
   // The indexed expression (a cast to vector(D)) makes the planner use the HNSW index; the exact search
   // orders by the uncast column, which no index matches, so it scans the community's rows.
@@ -133,16 +166,26 @@ export async function nearest<T extends NearestRow>(
       WHERE ${filters.join(' AND ')}
       ORDER BY ${distance} LIMIT $3)
     SELECT *, -distance AS score FROM candidates ORDER BY distance LIMIT $4`;
-  if (options.exact) return clean(await client.query<T>(sqlFor(exactDistance), params));
+  const exact = async (plan: string) => {
+    options.onPlan?.(plan);
+    return clean(await client.query<T>(sqlFor(exactDistance), params));
+  };
+
+  const plan =
+    options.plan ??
+    (communityId !== undefined && (await smallCommunity(client, communityId)) ? 'exact' : 'hnsw');
+  if (plan === 'exact') return exact('exact');
   const ef = Math.min(1000, Math.max(Math.trunc(options.efSearch ?? DEFAULT_EF_SEARCH), candidates)); // pgvector allows 1..1000
   const rows = await client.transaction(async (tx) => {
     await tx.query(`SET LOCAL hnsw.ef_search = ${ef}`);
     await tx.query('SET LOCAL hnsw.iterative_scan = relaxed_order');
     return tx.query<T>(sqlFor(indexedDistance), params);
   });
-  if (rows.length >= k || options.communityId === undefined) return clean(rows);
-  options.onExactFallback?.();
-  return clean(await client.query<T>(sqlFor(exactDistance), params));
+  if (rows.length >= k || communityId === undefined || options.plan === 'hnsw') {
+    options.onPlan?.('hnsw');
+    return clean(rows);
+  }
+  return exact('hnsw→exact');
 }
 
 function clean<T extends NearestRow>(rows: T[]): T[] {
