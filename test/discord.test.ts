@@ -815,3 +815,106 @@ describe('Discord adapter: buttons, deletions and the Message Content intent', (
     expect(replies(threadId)).toHaveLength(2);
   });
 });
+
+describe('Discord adapter: retrieval shows only what the viewer’s channel may see', () => {
+  /** Asks /find as `user` in `channelId` and returns the finished reply's text. */
+  async function find(user: FakeUser, channelId: string, query: string): Promise<string> {
+    const { token } = fake.interact({
+      user,
+      channelId,
+      command: {
+        name: 'find',
+        options: [
+          { name: 'query', type: 3, value: query },
+          { name: 'k', type: 4, value: 4 },
+        ],
+      },
+    });
+    const done = await fake.waitFor(
+      () => (content(fake.original(token)).includes('retrieved') ? fake.original(token) : undefined),
+      10_000,
+      `the find reply in ${channelId}`,
+    );
+    return content(done);
+  }
+
+  /** Mentions the bot with "show me …" (the engine double retrieves) and returns the reply's text. */
+  async function showMe(user: FakeUser, channelId: string, what: string): Promise<string> {
+    const message = fake.post({ channelId, author: user, content: `show me ${what}`, mentionBot: true });
+    // In a channel the bot answers in a new thread (the message's id); in a thread, in the thread.
+    const fromChannel = fake.channels.get(channelId)?.type === 0;
+    const where = fromChannel ? (message.id as string) : channelId;
+    const before = fromChannel ? 0 : replies(where).length;
+    return content(await fake.waitFor(() => replies(where)[before], 10_000, `the reply to ${what}`));
+  }
+
+  const link = (channelId: string, messageId: unknown) =>
+    `https://discord.com/channels/${fake.guildId}/${channelId}/${String(messageId)}`;
+
+  it('an image from a private thread or channel is found there, never from another channel', async () => {
+    await turnIndexingOn();
+    const community = await store.communities.ensure({ platform: 'discord', externalId: fake.guildId });
+    const bob = fake.addUser('bob');
+    const random = fake.addChannel('random').id as string;
+    const staff = fake.addChannel('staff', { private: true }).id as string;
+    await store.communities.updateConfig(community.id, { indexedChannels: [fake.generalChannelId, staff] });
+    const secret = fake.addThread(fake.generalChannelId, alice, 'secret', { private: true }).id as string;
+
+    const cat = fake.post({
+      author: alice,
+      content: '',
+      attachments: [fake.addAttachment(await png('#aa22cc'), 'purple cat.png', 'image/png')],
+    });
+    const owl = fake.post({
+      channelId: secret,
+      author: alice,
+      content: '',
+      attachments: [fake.addAttachment(await png('#bb33dd'), 'purple owl.png', 'image/png')],
+    });
+    const plan = fake.post({
+      channelId: staff,
+      author: admin,
+      content: '',
+      attachments: [fake.addAttachment(await png('#cc44ee'), 'purple plan.png', 'image/png')],
+    });
+    await fake.waitFor(
+      () => engine.payloads.filter((p) => p.kind === 'index').length === 3,
+      10_000,
+      'three index jobs',
+    );
+    await expect.poll(() => store.images.count(community.id), { timeout: 10_000 }).toBe(3);
+
+    // Bob, in #random and in #general itself: the public cat, neither the private thread's owl nor #staff's plan.
+    for (const channelId of [random, fake.generalChannelId]) {
+      const found = await find(bob, channelId, 'purple owl plan');
+      expect(found).toContain(link(fake.generalChannelId, cat.id));
+      expect(found).not.toContain(String(owl.id));
+      expect(found).not.toContain(String(plan.id));
+    }
+    const said = await showMe(bob, random, 'purple owl');
+    expect(said).toContain(link(fake.generalChannelId, cat.id));
+    expect(said).not.toContain(String(owl.id));
+
+    // Alice inside the private thread finds its owl, by /find and by a mention; the admin in #staff its plan.
+    expect(await find(alice, secret, 'purple owl')).toContain(link(secret, owl.id));
+    expect(await showMe(alice, secret, 'purple owl')).toContain(link(secret, owl.id));
+    const inStaff = await find(admin, staff, 'purple plan');
+    expect(inStaff).toContain(link(staff, plan.id));
+    expect(inStaff).not.toContain(String(owl.id));
+
+    const rows = await store.sql.query<{
+      message_id: string;
+      channel_id: string;
+      thread_id: string | null;
+      visibility: string;
+    }>(
+      'SELECT message_id, channel_id, thread_id, visibility FROM images WHERE community_id = $1 ORDER BY id',
+      [community.id],
+    );
+    expect(rows).toEqual([
+      { message_id: cat.id, channel_id: fake.generalChannelId, thread_id: null, visibility: 'public' },
+      { message_id: owl.id, channel_id: fake.generalChannelId, thread_id: secret, visibility: 'private' },
+      { message_id: plan.id, channel_id: staff, thread_id: null, visibility: 'private' },
+    ]);
+  });
+});

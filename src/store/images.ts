@@ -125,7 +125,8 @@ export function imageRepository(db: SqlClient): Store['images'] {
       requireRowId(communityId, 'community id');
       const rows = await db.query(
         `UPDATE images SET deleted_at = now()
-         WHERE community_id = $1 AND channel_id = $2 AND message_id = $3 AND deleted_at IS NULL RETURNING 1`,
+         WHERE community_id = $1 AND (channel_id = $2 OR thread_id = $2) AND message_id = $3
+           AND deleted_at IS NULL RETURNING 1`,
         [communityId, channelId, messageId],
       );
       return rows.length;

@@ -154,7 +154,10 @@ export interface Store {
       scope?: ViewerScope,
     ): Promise<ScoredImage[]>;
     count(communityId: string): Promise<number>;
-    /** Soft-deletes; returns how many rows were removed from the index. */
+    /**
+     * Soft-deletes a message's images; channelId is its channel or, for a message in a thread with a
+     * channel id of its own (Discord), that thread. Returns how many rows were removed from the index.
+     */
     deleteByMessage(communityId: string, channelId: string, messageId: string): Promise<number>;
     deleteByAuthor(communityId: string, authorId: string): Promise<number>;
   };

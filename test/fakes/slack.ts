@@ -817,11 +817,20 @@ export function messageEnvelope(fake: FakeSlack, message: FakeMessage, eventId: 
     fake,
     {
       type: 'message',
-      channel_type: message.channel.startsWith('G') ? 'group' : 'channel',
+      channel_type: channelType(message.channel),
       ...messageFields(message),
     },
     eventId,
   );
+}
+
+/**
+ * A message event's channel_type, from the channel id's first letter as Slack assigned them: D a direct
+ * message ('im'), G a private channel ('group'; private channels' ids may start with C too, but their
+ * events say 'group'), M a group direct message ('mpim'), else a public channel.
+ */
+function channelType(channel: string): string {
+  return { D: 'im', G: 'group', M: 'mpim' }[channel[0]!] ?? 'channel';
 }
 
 function messageFields(message: FakeMessage) {

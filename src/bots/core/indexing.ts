@@ -1,4 +1,5 @@
 import { type CommunityRef, parsePayload } from '../../jobs.ts';
+import type { ImagePlacement } from '../../store/types.ts';
 import type { IndexOutcome, SubmitOutcome } from './bot-core.ts';
 import type { CoreDeps } from './deps.ts';
 import { FetchRefusedError } from './fetch-guard.ts';
@@ -20,6 +21,13 @@ export async function isIndexedChannel(
   return (await deps.store.communities.getConfig(community.id)).indexedChannels.includes(channelId);
 }
 
+/** Where the image is recorded: a thread's images under its parent channel, with the thread. */
+function placementOf(post: PostedImages): { channelId: string } & ImagePlacement {
+  return post.parentChannelId
+    ? { channelId: post.parentChannelId, threadId: post.channelId, visibility: post.visibility }
+    : { channelId: post.channelId, threadId: null, visibility: post.visibility };
+}
+
 export async function indexImages(deps: CoreDeps, post: PostedImages): Promise<IndexOutcome | null> {
   const { store, queue, logger } = deps;
   const community = await store.communities.ensure(post.community);
@@ -34,7 +42,7 @@ export async function indexImages(deps: CoreDeps, post: PostedImages): Promise<I
         mime: stored.mime,
         width: stored.width,
         height: stored.height,
-        channelId: post.channelId,
+        ...placementOf(post),
         messageId: post.messageId,
         authorId: post.authorId,
         permalink: post.permalink,

@@ -1,6 +1,7 @@
 import type { App, BlockAction, RespondFn, ButtonAction as SlackButton, SlashCommand } from '@slack/bolt';
 import { type CommunityRef, UserInputError } from '../../jobs.ts';
 import type { Logger } from '../../log.ts';
+import type { Visibility } from '../../store/types.ts';
 import { BUTTON_LABELS, parseButtonId } from '../core/buttons.ts';
 import { gillHelp, parseGillText } from '../core/commands.ts';
 import type { Bot } from '../core/start.ts';
@@ -58,9 +59,22 @@ function shorten(text: string, max: number): string {
   return text.length > max ? `${text.slice(0, max - 1)}…` : text;
 }
 
-/** The one place a Slack Turn is made: answered in the channel (and thread) it came from. */
-export function slackTurn(fields: TurnFields, data: SlackTargetData) {
-  return buildTurn('slack', fields, data);
+/**
+ * The one place a Slack Turn is made: answered in the channel (and thread) it came from. Everyone in a
+ * channel sees its threads, so retrieval is scoped to the channel.
+ */
+export function slackTurn(fields: Omit<TurnFields, 'scope'>, data: SlackTargetData) {
+  return buildTurn('slack', { ...fields, scope: { channelId: fields.channelId, threadId: null } }, data);
+}
+
+/**
+ * Who can see a message event's channel, from its channel_type: 'channel' is public, 'group' a private
+ * channel; direct messages ('im', 'mpim') and anything else are never indexed (null).
+ */
+function visibilityOfEvent(raw: Record<string, unknown>): Visibility | null {
+  if (raw.channel_type === 'channel') return 'public';
+  if (raw.channel_type === 'group') return 'private';
+  return null;
 }
 
 export class SlackInbound {
@@ -202,7 +216,8 @@ export class SlackInbound {
     const { app, bot } = this.deps;
     const channel = String(raw.channel);
     const ref = this.community(teamId);
-    if (!(await bot.core.isIndexedChannel(ref, channel))) return;
+    const visibility = visibilityOfEvent(raw);
+    if (!visibility || !(await bot.core.isIndexedChannel(ref, channel))) return;
     const link = await app.client.chat
       .getPermalink({ channel, message_ts: message.ts })
       .catch(() => undefined);
@@ -212,6 +227,7 @@ export class SlackInbound {
       messageId: message.ts,
       authorId: message.userId,
       permalink: link?.permalink ?? null,
+      visibility,
       attachments: message.files.map(toAttachment),
     });
     if (outcome?.refused.length) {
