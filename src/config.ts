@@ -39,6 +39,17 @@ const envSchema = z.object({
   GILL_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   GILL_THREADS: z.coerce.number().int().min(1, 'must be at least 1').max(256).optional(),
   GILL_EXECUTION_PROVIDER: z.enum(['cpu', 'cuda']).default('cpu'),
+  /** Indexing's own lane (src/bots/core/limits.ts): unfinished index jobs per community, images per person per minute. */
+  GILL_INDEX_MAX_PENDING: z.coerce
+    .number()
+    .int('must be a whole number')
+    .min(1, 'must be at least 1')
+    .default(500),
+  GILL_INDEX_PER_USER_PER_MINUTE: z.coerce
+    .number()
+    .int('must be a whole number')
+    .min(1, 'must be at least 1')
+    .default(20),
   DISCORD_TOKEN: nonEmpty.optional(),
   DISCORD_APPLICATION_ID: z
     .string()

@@ -611,6 +611,60 @@ describe('bot core on the real store', () => {
     });
   });
 
+  it('indexing has its own lane: its own cap and per-poster rate, never counted against requests', async () => {
+    const ref = { platform: 'playground' as const, externalId: 'index-lane' };
+    const community = await store.communities.ensure(ref);
+    await store.communities.updateConfig(community.id, {
+      indexedChannels: ['art'],
+      userConcurrentJobs: 1,
+      communityConcurrentJobs: 1,
+      userJobsPerMinute: 1,
+    });
+    const bot = createBotCore({
+      store,
+      queue,
+      logger: createLogger('silent'),
+      // Keeps each attachment's URL as its bytes, so the gallery rows have their blobs.
+      images: {
+        ingest: async (a) => ({
+          hash: await store.blobs.put(Buffer.from(a.url), 'image/png'),
+          mime: 'image/png',
+          width: 1,
+          height: 1,
+        }),
+      },
+      indexing: { pendingPerCommunity: 5, imagesPerUserPerMinute: 3 },
+    });
+    const post = (authorId: string, names: string[]) =>
+      bot.indexImages({
+        community: ref,
+        channelId: 'art',
+        messageId: `m-${++n}`,
+        authorId,
+        permalink: null,
+        visibility: 'public',
+        attachments: names.map((name) => ({
+          url: `https://x.test/${n}/${name}`,
+          name,
+          contentType: 'image/png',
+        })),
+      });
+    const ann = await post('ann', ['a.png', 'b.png', 'c.png', 'd.png']);
+    expect(ann?.imageIds).toHaveLength(3);
+    expect(ann?.refused).toEqual([
+      '"d.png": only 3 of your images a minute are added to the index; it was not added',
+    ]);
+    const ben = await post('ben', ['e.png', 'f.png', 'g.png']);
+    expect(ben?.imageIds).toHaveLength(2);
+    expect(ben?.refused).toEqual(['"g.png": the image index is busy (5 images waiting); it was not added']);
+    expect(await store.jobs.countActive({ communityId: community.id, lane: 'indexing' })).toBe(5);
+    expect(await store.jobs.countActive({ communityId: community.id })).toBe(0);
+    // Five waiting index jobs and a community cap of 1: the poster's own request is still accepted.
+    expect(
+      await bot.submit({ ...turn({ kind: 'imagine', prompt: 'a fox' }, 'ann'), community: ref }),
+    ).toMatchObject({ status: 'accepted' });
+  });
+
   it('lets only admins change the configuration, and refuses what is turned off', async () => {
     const bot = core();
     expect(

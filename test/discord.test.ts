@@ -918,3 +918,43 @@ describe('Discord adapter: retrieval shows only what the viewer’s channel may 
     ]);
   });
 });
+
+describe('Discord adapter: indexing has its own lane', () => {
+  it('after a message with 6 images in an indexed channel, another member’s /imagine is accepted', async () => {
+    await turnIndexingOn();
+    const community = await store.communities.ensure({ platform: 'discord', externalId: fake.guildId });
+    const waitingIndexJobs = async () =>
+      (
+        await store.sql.query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM jobs WHERE community_id = $1 AND kind = 'index' AND status = 'queued'`,
+          [community.id],
+        )
+      )[0]!.n;
+    // A request keeps the one worker busy, so the index jobs wait in the queue, unfinished.
+    engine.hold();
+    fake.post({ author: admin, content: 'hold on', mentionBot: true });
+    await fake.waitFor(() => engine.payloads.some((p) => p.kind === 'chat'), 10_000, 'the busy job');
+    const attachments = [];
+    for (let i = 0; i < 6; i++)
+      attachments.push(fake.addAttachment(await png(`#${i}${i}8844`), `picture ${i}.png`, 'image/png'));
+    fake.post({ author: alice, content: 'six at once', attachments });
+    await expect.poll(waitingIndexJobs, { timeout: 10_000 }).toBe(6);
+
+    const bob = fake.addUser('bob');
+    const { token } = fake.interact({
+      user: bob,
+      command: { name: 'imagine', options: [{ name: 'prompt', type: 3, value: 'a fox' }] },
+    });
+    const first = await fake.waitFor(() => content(fake.original(token)), 10_000, 'the answer to /imagine');
+    expect(first).not.toContain('⚠️');
+    expect(first).toMatch(/^⏳ /);
+    engine.release();
+    const done = await fake.waitFor(
+      () => (content(fake.original(token)).includes('generated') ? fake.original(token) : undefined),
+      15_000,
+      'the image',
+    );
+    expect(done.attachments as unknown[]).toHaveLength(1);
+    await expect.poll(waitingIndexJobs, { timeout: 10_000 }).toBe(0);
+  });
+});

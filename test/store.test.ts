@@ -564,6 +564,16 @@ function contractSuite(name: string, setup: () => Promise<Backend>, embedded: bo
         await make('count-c', 'discord:bob');
         expect(await store.jobs.countActive({ communityId: community })).toBe(base + 3);
         expect(await store.jobs.countActive({ communityId: community, authorKey: 'discord:alice' })).toBe(2);
+        // Index jobs are a lane of their own: never counted with people's requests.
+        const indexing = await store.jobs.countActive({ communityId: community, lane: 'indexing' });
+        await store.jobs.createOrGet({
+          idempotencyKey: 'count-index',
+          communityId: community,
+          payload: { kind: 'index', community: { platform: 'discord', externalId: 'g' }, imageId: '1' },
+          replyTarget,
+        });
+        expect(await store.jobs.countActive({ communityId: community })).toBe(base + 3);
+        expect(await store.jobs.countActive({ communityId: community, lane: 'indexing' })).toBe(indexing + 1);
         await store.jobs.markRunning(a.job.id);
         expect(await store.jobs.countActive({ communityId: community, authorKey: 'discord:alice' })).toBe(2);
         await store.jobs.complete(a.job.id, {

@@ -189,8 +189,16 @@ export interface Store {
     listUndelivered(platform: ReplyTarget['platform'], limit: number): Promise<JobRecord[]>;
     /** Queued or running jobs, oldest first: re-enqueued at start after an embedded process restarts. */
     listUnfinished(limit: number): Promise<JobRecord[]>;
-    /** Unfinished jobs of a user or community, for concurrency caps. */
-    countActive(filter: { communityId: string; authorKey?: string }): Promise<number>;
+    /**
+     * Unfinished jobs of a user or community, for concurrency caps, in one lane: people's requests (the
+     * default) or indexing. Index jobs never count against the requests' caps, nor requests against
+     * indexing's (README, "Security and reliability").
+     */
+    countActive(filter: {
+      communityId: string;
+      authorKey?: string;
+      lane?: 'requests' | 'indexing';
+    }): Promise<number>;
   };
   rateLimits: {
     /**

@@ -8,6 +8,7 @@ import { type ContextBudget, DEFAULT_CONTEXT_BUDGET } from './context.ts';
 import type { CoreDeps } from './deps.ts';
 import type { ImageIngest } from './images.ts';
 import { forgetImages, indexImages, isIndexedChannel, removeMessage } from './indexing.ts';
+import { type IndexingLimits, indexingLimits } from './limits.ts';
 import { RefusalMemory, startJob } from './submission.ts';
 import type { InboundTurn, PostedImages } from './turn.ts';
 
@@ -81,6 +82,8 @@ export interface BotCoreOptions {
   queue: JobQueue;
   logger: Logger;
   images: ImageIngest;
+  /** Indexing's own cap and per-person rate (indexingLimits of the configuration); defaults when left out. */
+  indexing?: IndexingLimits;
   /** Token and image budget of a chat context; the message count comes from the community config. */
   contextBudget?: Partial<Omit<ContextBudget, 'maxMessages'>>;
   /** How a channel id is written in the platform's markup, for configuration answers. */
@@ -95,6 +98,7 @@ export function createBotCore(options: BotCoreOptions): BotCore {
     queue: options.queue,
     logger: options.logger,
     images: options.images,
+    indexing: options.indexing ?? indexingLimits({}),
     budget: { ...DEFAULT_CONTEXT_BUDGET, ...options.contextBudget },
     channelMention: options.channelMention ?? ((id) => `#${id}`),
     userMention: options.userMention ?? ((_id, name) => name || 'the person who asked'),

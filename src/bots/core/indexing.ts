@@ -4,7 +4,8 @@ import type { IndexOutcome, SubmitOutcome } from './bot-core.ts';
 import type { CoreDeps } from './deps.ts';
 import { FetchRefusedError } from './fetch-guard.ts';
 import { looksLikeImage } from './images.ts';
-import type { InboundTurn, PostedImages } from './turn.ts';
+import { checkIndexingLimits } from './limits.ts';
+import { authorKey, type InboundTurn, type PostedImages } from './turn.ts';
 
 /**
  * The community image index from the bots' side: images posted in indexed channels are stored and get an
@@ -35,7 +36,19 @@ export async function indexImages(deps: CoreDeps, post: PostedImages): Promise<I
   const covering = [post.channelId, ...(post.parentChannelId ? [post.parentChannelId] : [])];
   if (!covering.some((id) => config.indexedChannels.includes(id))) return null;
   const outcome: IndexOutcome = { imageIds: [], refused: [] };
+  const posterKey = authorKey(post.community.platform, post.authorId);
   for (const attachment of post.attachments.filter(looksLikeImage)) {
+    const limited = await checkIndexingLimits({
+      store,
+      communityId: community.id,
+      posterKey,
+      limits: deps.indexing,
+    });
+    if (limited) {
+      logger.info({ messageId: post.messageId, channelId: post.channelId, limited }, 'image not indexed');
+      outcome.refused.push(`"${attachment.name}": ${limited}`);
+      continue;
+    }
     try {
       const stored = await deps.images.ingest(attachment);
       const image = await store.images.add(community.id, stored.hash, {

@@ -7,6 +7,7 @@ import type { JobQueue } from '../../queue/queue.ts';
 import type { Store } from '../../store/types.ts';
 import { createFetchGuard } from '../core/fetch-guard.ts';
 import { createImageIngest } from '../core/images.ts';
+import { indexingLimits } from '../core/limits.ts';
 import { startBot } from '../core/start.ts';
 import { DiscordInbound } from './inbound.ts';
 import { gatewayIntents } from './intents.ts';
@@ -62,6 +63,7 @@ export async function startDiscord(options: StartDiscordOptions): Promise<Discor
       images: createImageIngest({ store, guard: createFetchGuard({ allowed: attachmentOrigins(config) }) }),
       channelMention: (id) => `<#${id}>`,
       userMention: (id) => `<@${id}>`,
+      indexing: indexingLimits(config),
     },
     sweepIntervalMs: options.sweepIntervalMs,
   });
