@@ -665,6 +665,138 @@ describe('bot core on the real store', () => {
     ).toMatchObject({ status: 'accepted' });
   });
 
+  describe('deletion is complete', () => {
+    const ref = { platform: 'playground' as const, externalId: 'deletions' };
+    /** An ingest that keeps each URL as the bytes; `gate` (when set) holds the download until it resolves. */
+    let gate: Promise<void> | null = null;
+    const bot = () =>
+      createBotCore({
+        store,
+        queue,
+        logger: createLogger('silent'),
+        images: {
+          ingest: async (a) => {
+            await gate;
+            return {
+              hash: await store.blobs.put(Buffer.from(a.url), 'image/png'),
+              mime: 'image/png',
+              width: 1,
+              height: 1,
+            };
+          },
+        },
+      });
+    const post = (core: ReturnType<typeof bot>, authorId: string, messageId: string, channelId = 'art') =>
+      core.indexImages({
+        community: ref,
+        channelId,
+        messageId,
+        authorId,
+        permalink: null,
+        visibility: 'public',
+        attachments: [
+          {
+            id: `file-${messageId}`,
+            url: `https://x.test/${messageId}`,
+            name: `${messageId}.png`,
+            contentType: 'image/png',
+          },
+        ],
+      });
+    const liveRows = async (messageId: string) => {
+      const community = await store.communities.ensure(ref);
+      return (
+        await store.sql.query<{ n: number }>(
+          'SELECT count(*)::int AS n FROM images WHERE community_id = $1 AND message_id = $2 AND deleted_at IS NULL',
+          [community.id, messageId],
+        )
+      )[0]!.n;
+    };
+    const indexJobs = async (messageId: string) =>
+      (
+        await store.sql.query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM jobs j JOIN images i ON i.id::text = j.payload ->> 'imageId'
+           WHERE j.kind = 'index' AND i.message_id = $1`,
+          [messageId],
+        )
+      )[0]!.n;
+
+    beforeAll(async () => {
+      const community = await store.communities.ensure(ref);
+      await store.communities.updateConfig(community.id, { indexedChannels: ['art', 'other'] });
+    });
+
+    it('a delete that arrives while the image is still downloading leaves no live row and no index job', async () => {
+      const core = bot();
+      let finish!: () => void;
+      gate = new Promise((resolve) => {
+        finish = resolve;
+      });
+      const indexing = post(core, 'ann', 'slow-1');
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(await core.removeMessage(ref, 'art', 'slow-1')).toBe(0);
+      finish();
+      gate = null;
+      expect((await indexing)?.imageIds).toEqual([]);
+      expect(await liveRows('slow-1')).toBe(0);
+      expect(await indexJobs('slow-1')).toBe(0);
+    });
+
+    it('turning indexing off offers to purge the channel’s images, and purges them when asked', async () => {
+      const core = bot();
+      await post(core, 'ann', 'p-1', 'other');
+      await post(core, 'ann', 'p-2', 'other');
+      const admin = (purge: boolean) => ({
+        ...turn(
+          {
+            kind: 'config',
+            change: { setting: 'indexing', channelId: 'other', enabled: false, ...(purge ? { purge } : {}) },
+          },
+          'boss',
+          true,
+        ),
+        community: ref,
+      });
+      const offer = await core.submit(admin(false));
+      expect(offer).toMatchObject({
+        status: 'answered',
+        text: expect.stringContaining('turn indexing off again with purge to remove them'),
+      });
+      expect(await liveRows('p-1')).toBe(1);
+      const purged = await core.submit(admin(true));
+      expect(purged).toMatchObject({
+        status: 'answered',
+        text: expect.stringContaining('Removed 2 images indexed from #other.'),
+      });
+      expect((await liveRows('p-1')) + (await liveRows('p-2'))).toBe(0);
+      expect(parseGillText('indexing off other purge', 'here')).toEqual({
+        kind: 'config',
+        change: { setting: 'indexing', enabled: false, channelId: 'other', purge: true },
+      });
+    });
+
+    it('forget also opts the person out of future indexing until index-me on', async () => {
+      const core = bot();
+      await post(core, 'cat', 'f-1');
+      const forgot = await core.submit({ ...turn({ kind: 'forget' }, 'cat'), community: ref });
+      expect(forgot).toMatchObject({
+        status: 'answered',
+        text: expect.stringMatching(
+          /^Removed 1 of your image from .* not indexed either, until you opt back in with `\/gill index-me on`/,
+        ),
+      });
+      expect(await liveRows('f-1')).toBe(0);
+      expect((await post(core, 'cat', 'f-2'))?.imageIds).toEqual([]);
+      expect(await liveRows('f-2')).toBe(0);
+      // Someone else is still indexed.
+      expect((await post(core, 'dan', 'f-3'))?.imageIds).toHaveLength(1);
+      expect(parseGillText('index-me on', 'here')).toEqual({ kind: 'index-me', enabled: true });
+      const back = await core.submit({ ...turn({ kind: 'index-me', enabled: true }, 'cat'), community: ref });
+      expect(back).toMatchObject({ status: 'answered', text: expect.stringContaining('indexed again') });
+      expect((await post(core, 'cat', 'f-4'))?.imageIds).toHaveLength(1);
+    });
+  });
+
   it('lets only admins change the configuration, and refuses what is turned off', async () => {
     const bot = core();
     expect(

@@ -7,7 +7,16 @@ import { answerConfig } from './config-commands.ts';
 import { type ContextBudget, DEFAULT_CONTEXT_BUDGET } from './context.ts';
 import type { CoreDeps } from './deps.ts';
 import type { ImageIngest } from './images.ts';
-import { forgetImages, indexImages, isIndexedChannel, removeMessage } from './indexing.ts';
+import {
+  forgetImages,
+  indexImages,
+  isIndexedChannel,
+  removeAttachment,
+  removeChannel,
+  removeDroppedAttachments,
+  removeMessage,
+  setIndexMe,
+} from './indexing.ts';
 import { type IndexingLimits, indexingLimits } from './limits.ts';
 import { RefusalMemory, startJob } from './submission.ts';
 import type { InboundTurn, PostedImages } from './turn.ts';
@@ -71,8 +80,20 @@ export interface BotCore {
    * thread belongs to; null when it is not.
    */
   indexImages(post: PostedImages): Promise<IndexOutcome | null>;
-  /** Removes a deleted message's images from the index; returns how many. */
+  /**
+   * Removes a deleted message's images from the index (also one still downloading: it is stored
+   * deleted); returns how many.
+   */
   removeMessage(community: CommunityRef, channelId: string, messageId: string): Promise<number>;
+  /** Removes the images of a deleted channel or thread. */
+  removeChannel(community: CommunityRef, channelId: string): Promise<number>;
+  /** Removes the images of one deleted file (Discord attachment id, Slack file id). */
+  removeAttachment(community: CommunityRef, attachmentId: string): Promise<number>;
+  /** After an edit, removes the message's images whose files it no longer has. */
+  removeDroppedAttachments(
+    community: CommunityRef,
+    edit: { channelId: string; messageId: string; keptAttachmentIds: string[] },
+  ): Promise<number>;
   /** Whether posted images in the channel are indexed (lets adapters skip work for other channels). */
   isIndexedChannel(community: CommunityRef, channelId: string): Promise<boolean>;
 }
@@ -110,12 +131,16 @@ export function createBotCore(options: BotCoreOptions): BotCore {
       const config = await deps.store.communities.getConfig(community.id);
       const command = turn.command;
       if (command.kind === 'forget') return forgetImages(deps, turn, community.id);
+      if (command.kind === 'index-me') return setIndexMe(deps, turn, community.id, command.enabled);
       if (command.kind === 'config') return answerConfig(deps, turn, command.change, community, config);
       return startJob(deps, refused, turn, community, config);
     },
     cancel: (request) => cancelRequest(deps, request),
     indexImages: (post) => indexImages(deps, post),
     removeMessage: (ref, channelId, messageId) => removeMessage(deps, ref, channelId, messageId),
+    removeChannel: (ref, channelId) => removeChannel(deps, ref, channelId),
+    removeAttachment: (ref, attachmentId) => removeAttachment(deps, ref, attachmentId),
+    removeDroppedAttachments: (ref, edit) => removeDroppedAttachments(deps, ref, edit),
     isIndexedChannel: (ref, channelId) => isIndexedChannel(deps, ref, channelId),
   };
 }

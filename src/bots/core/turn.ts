@@ -43,7 +43,8 @@ export interface ThreadMessage {
 
 export type ConfigChange =
   | { setting: 'show' }
-  | { setting: 'indexing'; channelId: string; enabled: boolean }
+  /** purge: when turning indexing off, also remove the images already indexed from the channel. */
+  | { setting: 'indexing'; channelId: string; enabled: boolean; purge?: boolean }
   | { setting: 'generation'; enabled: boolean }
   | { setting: 'retrieval'; enabled: boolean }
   | { setting: 'bias'; value: number }
@@ -66,8 +67,10 @@ export type Command =
   | { kind: 'find'; query: string; k?: number }
   /** An admin-only change (or display) of the community configuration. */
   | { kind: 'config'; change: ConfigChange }
-  /** Remove the user's own images from the community index (any user). */
+  /** Remove the user's own images from the community index and stop indexing theirs (any user). */
   | { kind: 'forget' }
+  /** Opt back in to (or out of) having one's posted images indexed (any user). */
+  | { kind: 'index-me'; enabled: boolean }
   | { kind: 'button'; action: ButtonAction; jobId: string };
 
 export interface InboundTurn {

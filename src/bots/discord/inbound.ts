@@ -1,5 +1,6 @@
 import {
   type ButtonInteraction,
+  type Channel,
   type ChatInputCommandInteraction,
   type Client,
   type Interaction,
@@ -244,7 +245,7 @@ export class DiscordInbound {
   async interaction(interaction: Interaction): Promise<void> {
     if (!interaction.inGuild()) return;
     if (interaction.isChatInputCommand()) {
-      const ephemeral = interaction.commandName === 'gill' || interaction.commandName === 'gill-forget';
+      const ephemeral = ['gill', 'gill-forget', 'gill-index-me'].includes(interaction.commandName);
       await this.commandOrButton(interaction, () => commandFromInteraction(interaction), ephemeral);
     } else if (interaction.isButton()) {
       const button = parseButtonId(interaction.customId);
@@ -253,6 +254,25 @@ export class DiscordInbound {
       if (action === 'cancel') await this.cancel(interaction, jobId);
       else await this.commandOrButton(interaction, () => ({ kind: 'button', action, jobId }), false);
     }
+  }
+
+  /** A deleted channel or thread: its images leave the index. */
+  async channelDeleted(channel: Channel): Promise<void> {
+    if (channel.isDMBased()) return;
+    await this.deps.bot.core.removeChannel({ platform: 'discord', externalId: channel.guildId }, channel.id);
+  }
+
+  /** An edited message: the images of attachments it no longer has leave the index. */
+  async edited(message: Message | PartialMessage): Promise<void> {
+    if (!message.guildId || message.partial) return;
+    await this.deps.bot.core.removeDroppedAttachments(
+      { platform: 'discord', externalId: message.guildId },
+      {
+        channelId: message.channelId,
+        messageId: message.id,
+        keptAttachmentIds: [...message.attachments.keys()],
+      },
+    );
   }
 
   /** A deleted message's images leave the index. */

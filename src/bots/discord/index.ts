@@ -66,6 +66,7 @@ export async function startDiscord(options: StartDiscordOptions): Promise<Discor
       indexing: indexingLimits(config),
     },
     sweepIntervalMs: options.sweepIntervalMs,
+    retentionDays: config.GILL_RETENTION_DAYS,
   });
   const inbound = new DiscordInbound({ client, bot, config, logger });
 
@@ -85,6 +86,18 @@ export async function startDiscord(options: StartDiscordOptions): Promise<Discor
   client.on(
     Events.MessageDelete,
     guarded('message delete', (message: Message | PartialMessage) => inbound.deleted(message)),
+  );
+  client.on(
+    Events.MessageUpdate,
+    guarded('message edit', (_before, after: Message | PartialMessage) => inbound.edited(after)),
+  );
+  client.on(
+    Events.ThreadDelete,
+    guarded('thread delete', (thread) => inbound.channelDeleted(thread)),
+  );
+  client.on(
+    Events.ChannelDelete,
+    guarded('channel delete', (channel) => inbound.channelDeleted(channel)),
   );
   client.on(
     Events.MessageBulkDelete,

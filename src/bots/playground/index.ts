@@ -31,7 +31,9 @@ export const PLAYGROUND_CHANNEL = 'playground';
 
 export interface PlaygroundOptions {
   config: Pick<Config, 'GILL_HOST' | 'GILL_PORT'> &
-    Partial<Pick<Config, 'GILL_INDEX_MAX_PENDING' | 'GILL_INDEX_PER_USER_PER_MINUTE'>>;
+    Partial<
+      Pick<Config, 'GILL_INDEX_MAX_PENDING' | 'GILL_INDEX_PER_USER_PER_MINUTE' | 'GILL_RETENTION_DAYS'>
+    >;
   store: Store;
   queue: JobQueue;
   /**
@@ -134,6 +136,7 @@ export async function startPlayground(options: PlaygroundOptions): Promise<Playg
       indexing: indexingLimits(options.config),
     },
     sweepIntervalMs: options.sweepIntervalMs,
+    retentionDays: options.config.GILL_RETENTION_DAYS,
   });
 
   ready(

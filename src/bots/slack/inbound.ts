@@ -9,7 +9,7 @@ import { parseFind, parseImagine } from '../core/text-commands.ts';
 import { buildTurn, type Command, type ThreadMessage, type TurnFields } from '../core/turn.ts';
 import type { SlackAdmins } from './admins.ts';
 import type { SlackTargetData } from './outbound.ts';
-import { escapeText, mentionsUser, plainText, toAttachment } from './text.ts';
+import { escapeText, mentionsUser, plainText, slackAttachmentId, toAttachment } from './text.ts';
 import { fromApi, type SlackMessage, type ThreadCache } from './threads.ts';
 
 /**
@@ -88,6 +88,7 @@ export class SlackInbound {
     const { app } = this.deps;
     app.event('app_mention', (args) => this.mention(args.event, args.body));
     app.event('message', (args) => this.message(args.event as unknown as Record<string, unknown>, args.body));
+    app.event('file_deleted', (args) => this.fileDeleted(args.event.file_id, args.body));
     this.jobCommand('/imagine', parseImagine);
     this.jobCommand('/find', parseFind);
     app.command('/gill', (args) => this.gill(args.command, args.ack, args.respond));
@@ -173,6 +174,22 @@ export class SlackInbound {
     // The bot's own messages are recorded as it posts them; its progress edits are not conversation.
     if (after.bot_id || !after.user || message.fromBot) return;
     this.deps.threads.edit(channel, message);
+    // Files the edit took out of the message leave the index.
+    await this.deps.bot.core.removeDroppedAttachments(this.community(teamId), {
+      channelId: channel,
+      messageId: message.ts,
+      keptAttachmentIds: message.files.map((file) => slackAttachmentId(file.id)),
+    });
+  }
+
+  /** A file deleted from the workspace leaves the index. */
+  private async fileDeleted(fileId: string, body: unknown) {
+    const teamId = (body as { team_id?: string }).team_id;
+    try {
+      await this.deps.bot.core.removeAttachment(this.community(teamId), slackAttachmentId(fileId));
+    } catch (error) {
+      this.deps.logger.error({ err: error, fileId }, 'file_deleted failed');
+    }
   }
 
   private async message(raw: Record<string, unknown>, body: unknown) {

@@ -98,6 +98,7 @@ export async function startSlack(options: SlackOptions): Promise<SlackHandle> {
       indexing: indexingLimits(config),
     },
     sweepIntervalMs: options.sweepIntervalMs,
+    retentionDays: config.GILL_RETENTION_DAYS,
   });
   new SlackInbound({
     app,
