@@ -13,6 +13,7 @@ import { buildContext } from '../src/bots/core/context.ts';
 import { createFetchGuard, FetchRefusedError, isPublicAddress } from '../src/bots/core/fetch-guard.ts';
 import type { ImageIngest } from '../src/bots/core/images.ts';
 import { renderProgress, renderReply, splitMessage } from '../src/bots/core/render.ts';
+import { startRetentionSweep } from '../src/bots/core/retention.ts';
 import type { InboundTurn, ThreadMessage } from '../src/bots/core/turn.ts';
 import { type JobResult, UserInputError } from '../src/jobs.ts';
 import { createLogger } from '../src/log.ts';
@@ -773,6 +774,27 @@ describe('bot core on the real store', () => {
         kind: 'config',
         change: { setting: 'indexing', enabled: false, channelId: 'other', purge: true },
       });
+    });
+
+    it('the retention sweep runs periodically and hard-deletes what was deleted before the period', async () => {
+      const core = bot();
+      const indexed = await post(core, 'eve', 'r-1');
+      await core.removeMessage(ref, 'art', 'r-1');
+      const logger = createLogger('silent');
+      const keeping = startRetentionSweep({ store, logger, retentionDays: 30, intervalMs: 20 });
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      keeping.stop();
+      // Within the 30 days the deleted row stays (soft-deleted).
+      expect((await store.images.get(indexed!.imageIds[0]!))?.live).toBe(false);
+      const rows = () =>
+        store.sql.query('SELECT 1 FROM images WHERE message_id = $1', ['r-1']).then((r) => r.length);
+      expect(await rows()).toBe(1);
+      const sweeping = startRetentionSweep({ store, logger, retentionDays: 0, intervalMs: 20 });
+      try {
+        await expect.poll(rows, { timeout: 5000 }).toBe(0);
+      } finally {
+        sweeping.stop();
+      }
     });
 
     it('forget also opts the person out of future indexing until index-me on', async () => {

@@ -958,3 +958,54 @@ describe('Discord adapter: indexing has its own lane', () => {
     await expect.poll(waitingIndexJobs, { timeout: 10_000 }).toBe(0);
   });
 });
+
+describe('Discord adapter: deletion is complete', () => {
+  it('a deleted thread or channel, and an attachment removed by an edit, take their images out', async () => {
+    const community = await store.communities.ensure({ platform: 'discord', externalId: fake.guildId });
+    const drawings = fake.addChannel('drawings').id as string;
+    const thread = fake.addThread(fake.generalChannelId, alice, 'sketches').id as string;
+    await store.communities.updateConfig(community.id, {
+      indexedChannels: [fake.generalChannelId, drawings],
+    });
+    const live = async (where: string) =>
+      (
+        await store.sql.query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM images WHERE community_id = $1 AND deleted_at IS NULL
+             AND (channel_id = $2 OR thread_id = $2)`,
+          [community.id, where],
+        )
+      )[0]!.n;
+    const attach = async (name: string, colour: string) =>
+      fake.addAttachment(await png(colour), `${name}.png`, 'image/png');
+
+    fake.post({
+      channelId: thread,
+      author: alice,
+      content: '',
+      attachments: [await attach('in thread', '#102030')],
+    });
+    fake.post({
+      channelId: drawings,
+      author: alice,
+      content: '',
+      attachments: [await attach('in channel', '#203040')],
+    });
+    const [keep, drop] = [await attach('keep', '#304050'), await attach('drop', '#405060')];
+    const both = fake.post({ author: alice, content: 'two', attachments: [keep, drop] });
+    await expect.poll(() => store.images.count(community.id), { timeout: 10_000 }).toBe(4);
+    expect(await live(thread)).toBe(1);
+
+    fake.deleteChannel(thread);
+    await expect.poll(() => live(thread), { timeout: 10_000 }).toBe(0);
+    fake.deleteChannel(drawings);
+    await expect.poll(() => live(drawings), { timeout: 10_000 }).toBe(0);
+
+    fake.userEditsMessage(fake.generalChannelId, both.id as string, { keepAttachments: [keep.id as string] });
+    await expect.poll(() => store.images.count(community.id), { timeout: 10_000 }).toBe(1);
+    const [left] = await store.sql.query<{ title: string }>(
+      'SELECT title FROM images WHERE community_id = $1 AND deleted_at IS NULL',
+      [community.id],
+    );
+    expect(left?.title).toBe('keep.png');
+  });
+});

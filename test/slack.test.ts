@@ -569,6 +569,40 @@ describe('Slack adapter', () => {
     expect((await botReply('GSECRET', undefined, 'retrieved from')).text).toContain(owlLink);
   });
 
+  it('deletion is complete: a deleted file, and a file removed from its message by an edit, leave the index', async () => {
+    const community = await store.communities.ensure({ platform: 'slack', externalId: fake.teamId });
+    const { indexedChannels } = await store.communities.getConfig(community.id);
+    await store.communities.updateConfig(community.id, { indexedChannels: [...indexedChannels, 'CGONE'] });
+    const live = async () =>
+      (
+        await store.sql.query<{ title: string }>(
+          `SELECT title FROM images WHERE community_id = $1 AND channel_id = 'CGONE' AND deleted_at IS NULL
+           ORDER BY title`,
+          [community.id],
+        )
+      ).map((row) => row.title);
+    const file = async (name: string, colour: string) =>
+      fake.addFile({ name, mimetype: 'image/png', bytes: await png(colour) });
+    const [kept, dropped, deleted] = [
+      await file('kept.png', '#010203'),
+      await file('dropped.png', '#020304'),
+      await file('deleted.png', '#030405'),
+    ];
+    const two = fake.userMessage({ channel: 'CGONE', user: 'UPLAIN', text: 'two', files: [kept, dropped] });
+    const one = fake.userMessage({ channel: 'CGONE', user: 'UPLAIN', text: 'one', files: [deleted] });
+    await sendEvent(target, messageEnvelope(fake, { ...two }, 'EvGone1'));
+    await sendEvent(target, messageEnvelope(fake, { ...one }, 'EvGone2'));
+    await expect.poll(live, { timeout: 10_000 }).toEqual(['deleted.png', 'dropped.png', 'kept.png']);
+
+    await sendEvent(target, eventCallback(fake, fake.deleteFile(deleted.id), 'EvGone3'));
+    await expect.poll(live, { timeout: 10_000 }).toEqual(['dropped.png', 'kept.png']);
+    await sendEvent(
+      target,
+      eventCallback(fake, fake.editMessage(two, 'just one now', { keepFiles: [kept.id] }), 'EvGone4'),
+    );
+    await expect.poll(live, { timeout: 10_000 }).toEqual(['kept.png']);
+  });
+
   it('an edited message is read with its new text at the next turn, a deleted one not at all, and neither is answered', async () => {
     const lastContext = () => {
       const chat = engine.payloads.filter((p) => p.kind === 'chat').at(-1)!;
