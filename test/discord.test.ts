@@ -774,10 +774,11 @@ describe('Discord adapter: buttons, deletions and the Message Content intent', (
       name: string;
       default_member_permissions?: string | null;
     }[];
-    expect(commands.map((c) => c.name)).toEqual(['imagine', 'find', 'gill', 'gill-forget']);
+    expect(commands.map((c) => c.name)).toEqual(['imagine', 'find', 'gill', 'gill-forget', 'gill-index-me']);
     expect(commands.find((c) => c.name === 'gill')?.default_member_permissions).toBe(String(1 << 5));
     expect(commands.find((c) => c.name === 'gill-forget')?.default_member_permissions ?? null).toBeNull();
-    expect(out).toContain('Registered /imagine, /find, /gill, /gill-forget in server');
+    expect(commands.find((c) => c.name === 'gill-index-me')?.default_member_permissions ?? null).toBeNull();
+    expect(out).toContain('Registered /imagine, /find, /gill, /gill-forget, /gill-index-me in server');
     await expect(runRegister(config, { guild: 'nope' }, sink)).rejects.toThrow(
       '--guild must be a Discord server id',
     );
@@ -908,7 +909,7 @@ describe('Discord adapter: retrieval shows only what the viewer’s channel may 
       thread_id: string | null;
       visibility: string;
     }>(
-      'SELECT message_id, channel_id, thread_id, visibility FROM images WHERE community_id = $1 ORDER BY id',
+      'SELECT message_id, channel_id, thread_id, visibility FROM images WHERE community_id = $1 ORDER BY message_id',
       [community.id],
     );
     expect(rows).toEqual([

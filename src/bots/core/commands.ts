@@ -22,7 +22,7 @@ export const GILL_SUBCOMMANDS: readonly SubcommandSpec[] = [
     name: 'indexing',
     usage: 'indexing on|off [#channel] [purge]',
     description:
-      'index images posted in a channel (default: this one) for retrieval; off with purge also removes those already indexed',
+      "index a channel's images (default: this one) for retrieval; off with purge removes those indexed",
     adminOnly: true,
   },
   { name: 'generation', usage: 'generation on|off', description: 'allow generating images', adminOnly: true },
