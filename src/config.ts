@@ -29,6 +29,9 @@ const port = z.coerce
 
 const nonEmpty = z.string().trim().min(1, 'must not be empty');
 
+/** GILL_RETENTION_DAYS unless set. */
+export const DEFAULT_RETENTION_DAYS = 30;
+
 const envSchema = z.object({
   DATABASE_URL: url(['postgres:', 'postgresql:']).optional(),
   REDIS_URL: url(['redis:', 'rediss:']).optional(),
@@ -39,6 +42,23 @@ const envSchema = z.object({
   GILL_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   GILL_THREADS: z.coerce.number().int().min(1, 'must be at least 1').max(256).optional(),
   GILL_EXECUTION_PROVIDER: z.enum(['cpu', 'cuda']).default('cpu'),
+  /** Indexing's own lane (src/bots/core/limits.ts): unfinished index jobs per community, images per person per minute. */
+  /** Days a deleted image (and its bytes) is kept before the retention sweep removes it. */
+  GILL_RETENTION_DAYS: z.coerce
+    .number()
+    .min(0, 'must be at least 0')
+    .max(3650)
+    .default(DEFAULT_RETENTION_DAYS),
+  GILL_INDEX_MAX_PENDING: z.coerce
+    .number()
+    .int('must be a whole number')
+    .min(1, 'must be at least 1')
+    .default(500),
+  GILL_INDEX_PER_USER_PER_MINUTE: z.coerce
+    .number()
+    .int('must be a whole number')
+    .min(1, 'must be at least 1')
+    .default(20),
   DISCORD_TOKEN: nonEmpty.optional(),
   DISCORD_APPLICATION_ID: z
     .string()

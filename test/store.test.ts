@@ -227,6 +227,36 @@ function contractSuite(name: string, setup: () => Promise<Backend>, embedded: bo
       await expect(store.blobs.put(bytes, 'png')).rejects.toThrow(/media type/);
     });
 
+    it('hard-deletes soft-deleted images after the retention period, and their blobs when unshared', async () => {
+      const { id: community } = await store.communities.ensure({
+        platform: 'discord',
+        externalId: 'retention',
+      });
+      const shared = await store.blobs.put(new Uint8Array([7, 7, 7, 1]), 'image/png');
+      const alone = await store.blobs.put(new Uint8Array([7, 7, 7, 2]), 'image/png');
+      const meta = { mime: 'image/png', width: 1, height: 1, authorId: 'u', permalink: null, title: null };
+      const gone = await store.images.add(community, shared, { ...meta, channelId: 'c', messageId: 'r1' });
+      const kept = await store.images.add(community, shared, { ...meta, channelId: 'c', messageId: 'r2' });
+      const lone = await store.images.add(community, alone, { ...meta, channelId: 'c', messageId: 'r3' });
+      expect(await store.images.deleteByMessage(community, 'c', 'r1')).toBe(1);
+      expect(await store.images.deleteByMessage(community, 'c', 'r3')).toBe(1);
+      expect((await store.images.get(gone.id))?.live).toBe(false);
+      // Inside the retention period nothing is removed.
+      await store.images.purgeDeleted(86_400_000);
+      expect(await store.images.get(gone.id)).not.toBeNull();
+      expect(await store.blobs.get(alone)).not.toBeNull();
+      const removed = await store.images.purgeDeleted(0);
+      expect(removed.images).toBeGreaterThanOrEqual(2);
+      expect(removed.blobs).toBeGreaterThanOrEqual(1);
+      expect(await store.images.get(gone.id)).toBeNull();
+      expect(await store.images.get(lone.id)).toBeNull();
+      expect(await store.blobs.get(alone)).toBeNull();
+      // The bytes another live image uses stay.
+      expect((await store.images.get(kept.id))?.live).toBe(true);
+      expect(await store.blobs.get(shared)).not.toBeNull();
+      await expect(store.images.purgeDeleted(-1)).rejects.toThrow(/retentionMs/);
+    });
+
     it('adds images idempotently per message, and needs the blob first', async () => {
       const { id: community } = await store.communities.ensure({
         platform: 'discord',
@@ -596,6 +626,16 @@ function contractSuite(name: string, setup: () => Promise<Backend>, embedded: bo
         await make('count-c', 'discord:bob');
         expect(await store.jobs.countActive({ communityId: community })).toBe(base + 3);
         expect(await store.jobs.countActive({ communityId: community, authorKey: 'discord:alice' })).toBe(2);
+        // Index jobs are a lane of their own: never counted with people's requests.
+        const indexing = await store.jobs.countActive({ communityId: community, lane: 'indexing' });
+        await store.jobs.createOrGet({
+          idempotencyKey: 'count-index',
+          communityId: community,
+          payload: { kind: 'index', community: { platform: 'discord', externalId: 'g' }, imageId: '1' },
+          replyTarget,
+        });
+        expect(await store.jobs.countActive({ communityId: community })).toBe(base + 3);
+        expect(await store.jobs.countActive({ communityId: community, lane: 'indexing' })).toBe(indexing + 1);
         await store.jobs.markRunning(a.job.id);
         expect(await store.jobs.countActive({ communityId: community, authorKey: 'discord:alice' })).toBe(2);
         await store.jobs.complete(a.job.id, {

@@ -168,12 +168,14 @@ export function jobRepository(db: SqlClient): Store['jobs'] {
       );
     },
 
-    async countActive({ communityId, authorKey }) {
+    async countActive({ communityId, authorKey, lane = 'requests' }) {
       requireRowId(communityId, 'community id');
+      if (lane !== 'requests' && lane !== 'indexing')
+        throw new RangeError(`lane must be requests or indexing, got "${lane}"`);
       const [row] = await db.query<{ n: number }>(
         `SELECT count(*)::int AS n FROM jobs WHERE community_id = $1 AND status IN ('queued', 'running')
-           AND ($2::text IS NULL OR author_key = $2)`,
-        [communityId, authorKey ?? null],
+           AND ($2::text IS NULL OR author_key = $2) AND (kind = 'index') = $3`,
+        [communityId, authorKey ?? null, lane === 'indexing'],
       );
       return row!.n;
     },

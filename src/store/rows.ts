@@ -29,6 +29,7 @@ export const IMAGE_COLUMNS = selectList<ImageRecord>({
   threadId: 'thread_id',
   visibility: 'visibility',
   hasEmbedding: 'embedding IS NOT NULL',
+  live: 'deleted_at IS NULL',
   createdAt: 'created_at',
 });
 

@@ -81,6 +81,8 @@ export interface ImageRecord extends ImageSource, ImagePlacement {
   width: number;
   height: number;
   hasEmbedding: boolean;
+  /** False once deleted (soft: the row stays until the retention sweep). */
+  live: boolean;
   createdAt: Date;
 }
 
@@ -138,7 +140,8 @@ export interface Store {
     add(
       communityId: string,
       hash: string,
-      meta: { mime: string; width: number; height: number } & ImageSource & Partial<ImagePlacement>,
+      meta: { mime: string; width: number; height: number; attachmentId?: string | null } & ImageSource &
+        Partial<ImagePlacement>,
     ): Promise<ImageRecord>;
     get(id: string): Promise<ImageRecord | null>;
     setEmbedding(id: string, embedding: Float32Array): Promise<void>;
@@ -154,9 +157,31 @@ export interface Store {
       scope?: ViewerScope,
     ): Promise<ScoredImage[]>;
     count(communityId: string): Promise<number>;
-    /** Soft-deletes; returns how many rows were removed from the index. */
+    /**
+     * Soft-deletes a message's images; channelId is its channel or, for a message in a thread with a
+     * channel id of its own (Discord), that thread. Returns how many rows were removed from the index.
+     */
     deleteByMessage(communityId: string, channelId: string, messageId: string): Promise<number>;
     deleteByAuthor(communityId: string, authorId: string): Promise<number>;
+    /** Soft-deletes the images of a deleted channel or thread (as channel or as thread); returns how many. */
+    deleteByChannel(communityId: string, channelId: string): Promise<number>;
+    /** Soft-deletes the images of one platform file (Discord attachment id, Slack file id). */
+    deleteByAttachment(communityId: string, attachmentId: string): Promise<number>;
+    /** After an edit: soft-deletes the message's images whose file is no longer among keptAttachmentIds. */
+    deleteDroppedAttachments(
+      communityId: string,
+      channelId: string,
+      messageId: string,
+      keptAttachmentIds: string[],
+    ): Promise<number>;
+    /** `forget` opts a person out of indexing (true) until they opt back in (false). */
+    setOptedOut(communityId: string, authorId: string, optedOut: boolean): Promise<void>;
+    optedOut(communityId: string, authorId: string): Promise<boolean>;
+    /**
+     * Hard-deletes images soft-deleted at least retentionMs ago, and their blobs when no other image uses
+     * the bytes; returns how many of each.
+     */
+    purgeDeleted(retentionMs: number): Promise<{ images: number; blobs: number }>;
   };
   jobs: {
     /** Creates the job, or returns the existing one with the same idempotency key. */
@@ -186,8 +211,16 @@ export interface Store {
     listUndelivered(platform: ReplyTarget['platform'], limit: number): Promise<JobRecord[]>;
     /** Queued or running jobs, oldest first: re-enqueued at start after an embedded process restarts. */
     listUnfinished(limit: number): Promise<JobRecord[]>;
-    /** Unfinished jobs of a user or community, for concurrency caps. */
-    countActive(filter: { communityId: string; authorKey?: string }): Promise<number>;
+    /**
+     * Unfinished jobs of a user or community, for concurrency caps, in one lane: people's requests (the
+     * default) or indexing. Index jobs never count against the requests' caps, nor requests against
+     * indexing's (README, "Security and reliability").
+     */
+    countActive(filter: {
+      communityId: string;
+      authorKey?: string;
+      lane?: 'requests' | 'indexing';
+    }): Promise<number>;
   };
   rateLimits: {
     /**

@@ -212,13 +212,23 @@ export class FakeSlack {
 
   /**
    * A person edits their message: it changes here (conversations.replies sees the edit). Returns the
-   * `message_changed` event Slack sends for it (under the message.* subscriptions).
+   * `message_changed` event Slack sends for it (under the message.* subscriptions). `keepFiles` removes
+   * the message's other files, as deleting a file from a message in Slack's client does.
    */
-  editMessage(message: FakeMessage, text: string): Record<string, unknown> {
+  editMessage(
+    message: FakeMessage,
+    text: string,
+    options: { keepFiles?: string[] } = {},
+  ): Record<string, unknown> {
     const stored = this.stored(message);
     const before = { ...stored };
     const ts = this.nextTs();
     stored.text = text;
+    if (options.keepFiles) {
+      const kept = (stored.files ?? []).filter((f) => options.keepFiles!.includes(f.id));
+      if (kept.length) stored.files = kept;
+      else delete stored.files;
+    }
     stored.edited = { user: stored.user ?? '', ts };
     this.notify();
     return {
@@ -268,6 +278,18 @@ export class FakeSlack {
       deleted_ts: stored.ts,
       previous_message: before,
     };
+  }
+
+  /** A file is deleted from the workspace; returns the `file_deleted` event Slack sends for it. */
+  deleteFile(fileId: string): Record<string, unknown> {
+    if (!this.files.delete(fileId)) throw new Error(`no file ${fileId}`);
+    for (const m of this.messages) {
+      if (!m.files?.some((f) => f.id === fileId)) continue;
+      m.files = m.files.filter((f) => f.id !== fileId);
+      if (!m.files.length) delete m.files;
+    }
+    this.notify();
+    return { type: 'file_deleted', file_id: fileId, event_ts: this.nextTs() };
   }
 
   private stored(message: FakeMessage): FakeMessage {
@@ -817,11 +839,20 @@ export function messageEnvelope(fake: FakeSlack, message: FakeMessage, eventId: 
     fake,
     {
       type: 'message',
-      channel_type: message.channel.startsWith('G') ? 'group' : 'channel',
+      channel_type: channelType(message.channel),
       ...messageFields(message),
     },
     eventId,
   );
+}
+
+/**
+ * A message event's channel_type, from the channel id's first letter as Slack assigned them: D a direct
+ * message ('im'), G a private channel ('group'; private channels' ids may start with C too, but their
+ * events say 'group'), M a group direct message ('mpim'), else a public channel.
+ */
+function channelType(channel: string): string {
+  return { D: 'im', G: 'group', M: 'mpim' }[channel[0]!] ?? 'channel';
 }
 
 function messageFields(message: FakeMessage) {

@@ -1,4 +1,5 @@
 import { hostname } from 'node:os';
+import { DEFAULT_RETENTION_DAYS } from '../../config.ts';
 import type { Logger } from '../../log.ts';
 import type { JobQueue } from '../../queue/queue.ts';
 import { cancelJob } from '../../queue/submit.ts';
@@ -13,6 +14,7 @@ import {
   type SubmitOutcome,
 } from './bot-core.ts';
 import { startAdapterDelivery } from './delivery.ts';
+import { startRetentionSweep } from './retention.ts';
 import type { InboundTurn } from './turn.ts';
 
 /**
@@ -30,6 +32,10 @@ export interface BotOptions {
   core: BotCore | Omit<BotCoreOptions, 'store' | 'queue' | 'logger'>;
   /** Delivery sweep interval (tests shorten it). */
   sweepIntervalMs?: number;
+  /** Days deleted images are kept before the retention sweep removes them (GILL_RETENTION_DAYS). */
+  retentionDays?: number;
+  /** Between retention sweeps (tests shorten it). */
+  retentionSweepIntervalMs?: number;
 }
 
 export interface Bot {
@@ -59,6 +65,13 @@ export function startBot(options: BotOptions): Bot {
     adapter,
     owner: `${hostname()}:${process.pid}:${adapter.platform}`,
     sweepIntervalMs: options.sweepIntervalMs,
+  });
+
+  const retention = startRetentionSweep({
+    store,
+    logger,
+    retentionDays: options.retentionDays ?? DEFAULT_RETENTION_DAYS,
+    intervalMs: options.retentionSweepIntervalMs,
   });
 
   async function announce(
@@ -103,6 +116,9 @@ export function startBot(options: BotOptions): Bot {
       if (outcome.status === 'cancelled') await delivery.cancelled(outcome.job, outcome.progressText);
       return outcome;
     },
-    stop: () => delivery.close(),
+    async stop() {
+      retention.stop();
+      await delivery.close();
+    },
   };
 }

@@ -130,6 +130,7 @@ export function playgroundTurn(
       user: { id: user.id, displayName: user.name, isAdmin: true },
       channelId: deps.channelId,
       threadId,
+      scope: { channelId: deps.channelId, threadId: null },
       command,
       messages,
       idempotencyKey,
@@ -252,6 +253,8 @@ export class PlaygroundInbound {
       messageId: message.id,
       authorId: user.id,
       permalink: `/?thread=${threadId}#m${message.id}`,
+      // The playground is one channel everyone on the page sees.
+      visibility: 'public',
       attachments: attachments.map((image) => uploads.attachment(image)),
     });
     return outcome?.refused.length

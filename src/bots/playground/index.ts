@@ -8,6 +8,7 @@ import type { Store } from '../../store/types.ts';
 import type { BotCore } from '../core/bot-core.ts';
 import { createFetchGuard, DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS } from '../core/fetch-guard.ts';
 import { createImageIngest } from '../core/images.ts';
+import { indexingLimits } from '../core/limits.ts';
 import { startBot } from '../core/start.ts';
 import { EventHub } from './events.ts';
 import { PlaygroundInbound } from './inbound.ts';
@@ -29,7 +30,10 @@ export { PLAYGROUND_COMMUNITY, seedGallery } from './seed-gallery.ts';
 export const PLAYGROUND_CHANNEL = 'playground';
 
 export interface PlaygroundOptions {
-  config: Pick<Config, 'GILL_HOST' | 'GILL_PORT'>;
+  config: Pick<Config, 'GILL_HOST' | 'GILL_PORT'> &
+    Partial<
+      Pick<Config, 'GILL_INDEX_MAX_PENDING' | 'GILL_INDEX_PER_USER_PER_MINUTE' | 'GILL_RETENTION_DAYS'>
+    >;
   store: Store;
   queue: JobQueue;
   /**
@@ -129,8 +133,10 @@ export async function startPlayground(options: PlaygroundOptions): Promise<Playg
       channelMention: (id) => `#${id}`,
       // The page's default name is "you", which would read wrongly in someone else's refusal.
       userMention: (_id, name) => (name && name !== 'you' ? name : 'the person who asked'),
+      indexing: indexingLimits(options.config),
     },
     sweepIntervalMs: options.sweepIntervalMs,
+    retentionDays: options.config.GILL_RETENTION_DAYS,
   });
 
   ready(

@@ -6,6 +6,7 @@ import type { Logger } from '../../log.ts';
 import type { JobQueue } from '../../queue/queue.ts';
 import type { Store } from '../../store/types.ts';
 import { createImageIngest } from '../core/images.ts';
+import { indexingLimits } from '../core/limits.ts';
 import { startBot } from '../core/start.ts';
 import { SlackAdmins } from './admins.ts';
 import { boltLogger } from './bolt-logger.ts';
@@ -94,8 +95,10 @@ export async function startSlack(options: SlackOptions): Promise<SlackHandle> {
       images: createImageIngest({ store, guard: slackFileGuard(token, config.SLACK_API_URL) }),
       channelMention: (id) => `<#${id}>`,
       userMention: (id) => `<@${id}>`,
+      indexing: indexingLimits(config),
     },
     sweepIntervalMs: options.sweepIntervalMs,
+    retentionDays: config.GILL_RETENTION_DAYS,
   });
   new SlackInbound({
     app,
