@@ -10,7 +10,8 @@ import { openWhenAvailable } from '../queue/redis.ts';
 import { runJobs } from '../queue/worker.ts';
 import { connectWithRetry, describeDatabase } from '../store/index.ts';
 import type { Store } from '../store/types.ts';
-import { type RunningAdapter, startAdapters, stopAdapters, untilSignal } from './adapters.ts';
+import { type RunningAdapter, startAdapters, stopAdapters } from './adapters.ts';
+import { watchShutdown } from './shutdown.ts';
 
 /**
  * `gill start`: adapters and engine in one process. With no configuration that is the embedded PGlite
@@ -19,6 +20,8 @@ import { type RunningAdapter, startAdapters, stopAdapters, untilSignal } from '.
  */
 
 const SHUTDOWN_GRACE_MS = 20_000;
+/** After the first signal the process ends within this, also when something fails to close. */
+const SHUTDOWN_DEADLINE_MS = SHUTDOWN_GRACE_MS + 10_000;
 
 /**
  * The engine runs in a thread of its own whenever it can open its own store connection (Postgres), so
@@ -42,7 +45,8 @@ async function openEngine(config: Config, store: Store, logger: Logger): Promise
 
 export async function runStart(config: Config): Promise<void> {
   const logger = createLogger(config.GILL_LOG_LEVEL).child({ role: 'start' });
-  const store = await connectWithRetry(config, logger);
+  const shutdown = watchShutdown(logger, SHUTDOWN_DEADLINE_MS);
+  const store = await connectWithRetry(config, logger, { signal: shutdown.signal });
   let queue: JobQueue | undefined;
   let engine: Engine | undefined;
   let worker: WorkerHandle | undefined;
@@ -50,7 +54,9 @@ export async function runStart(config: Config): Promise<void> {
   try {
     const redisUrl = config.REDIS_URL;
     queue = redisUrl
-      ? await openWhenAvailable(() => openBullJobQueue({ redisUrl, logger }), logger)
+      ? await openWhenAvailable(() => openBullJobQueue({ redisUrl, logger }), logger, {
+          signal: shutdown.signal,
+        })
       : new MemoryJobQueue();
     engine = await openEngine(config, store, logger);
     worker = runJobs({ queue, store, engine, logger, shutdownGraceMs: SHUTDOWN_GRACE_MS });
@@ -74,7 +80,7 @@ export async function runStart(config: Config): Promise<void> {
     );
     const playground = adapters.find((a) => a.name === 'playground');
     if (playground?.url) process.stdout.write(`\nOpen ${playground.url} to talk to the bot.\n\n`);
-    const signal = await untilSignal();
+    const signal = await shutdown.requested;
     logger.info({ signal }, 'shutting down');
   } finally {
     await stopAdapters(adapters, logger);
