@@ -77,7 +77,8 @@ async function terminate(started: Started): Promise<void> {
   const timer = setTimeout(() => started.child.kill('SIGKILL'), BOUND_MS);
   const { code, signal, at } = await started.exited;
   clearTimeout(timer);
-  expect(signal, `killed: did not exit within ${BOUND_MS} ms of SIGTERM\n${started.output()}`).toBeNull();
+  // A signal here: the default action of SIGTERM (no handler: nothing closed), or our SIGKILL after BOUND_MS.
+  expect(signal, `ended by ${signal}, not by its own shutdown\n${started.output()}`).toBeNull();
   expect(code, started.output()).toBe(0);
   expect(at - sent).toBeLessThan(BOUND_MS);
 }
