@@ -58,8 +58,13 @@ export class DeliveryClaimLostError extends Error {
   }
 }
 
-/** Failed deliveries of one job (in this process) before the person who asked is told it failed. */
-export const MAX_DELIVERY_ATTEMPTS = 5;
+/**
+ * Failed deliveries of one job (in this process) before the person who asked is told it failed. Tries
+ * are spaced out (the sweep interval, doubled after each failure, at most 64 of them): with the default
+ * 5 s sweep, an outage of the platform under about ten minutes still ends in the reply.
+ */
+export const MAX_DELIVERY_ATTEMPTS = 8;
+const MAX_BACKOFF_SWEEPS = 64;
 
 export interface DeliveryOptions extends Deliverer {
   store: Store;
@@ -85,8 +90,9 @@ export function startDelivery(options: DeliveryOptions): DeliveryHandle {
   const { store, queue, platform, owner, logger } = options;
   const leaseMs = options.leaseMs ?? 60_000;
   const inFlight = new Map<string, Promise<void>>();
-  /** Failed deliveries per job: a delivery that keeps failing ends with giveUp instead of retrying forever. */
-  const failures = new Map<string, number>();
+  const sweepIntervalMs = options.sweepIntervalMs ?? 5000;
+  /** Failed deliveries per job and when to try again: one that keeps failing ends with giveUp. */
+  const failures = new Map<string, { count: number; retryAt: number }>();
   /** Records of jobs with progress under way, so progress events do not each read the store. */
   const progressRecords = new Map<string, Promise<JobRecord | null>>();
   let closed = false;
@@ -105,13 +111,14 @@ export function startDelivery(options: DeliveryOptions): DeliveryHandle {
       const job = known ?? (await store.jobs.get(jobId));
       if (!job || job.replyTarget.platform !== platform || job.deliveredAt) return;
       if (job.status !== 'completed' && job.status !== 'failed') return;
+      const failed = failures.get(jobId);
+      if (failed && Date.now() < failed.retryAt) return;
       const taken = await store.jobs.claimDelivery(jobId, owner, leaseMs);
       if (!taken) return;
       claim = holdClaim(jobId, taken);
-      const failed = failures.get(jobId) ?? 0;
       const receipt =
-        failed >= MAX_DELIVERY_ATTEMPTS && options.giveUp
-          ? await options.giveUp(job, claim, `the reply failed ${failed} times`)
+        failed && failed.count >= MAX_DELIVERY_ATTEMPTS && options.giveUp
+          ? await options.giveUp(job, claim, `the reply failed ${failed.count} times`)
           : await options.deliver(job, claim);
       await claim.confirm();
       await store.jobs.markDelivered(jobId, owner, receipt);
@@ -121,10 +128,12 @@ export function startDelivery(options: DeliveryOptions): DeliveryHandle {
         logger?.warn({ jobId }, error.message);
         return;
       }
-      failures.set(jobId, (failures.get(jobId) ?? 0) + 1);
+      const count = (failures.get(jobId)?.count ?? 0) + 1;
+      const backoff = sweepIntervalMs * Math.min(2 ** (count - 1), MAX_BACKOFF_SWEEPS);
+      failures.set(jobId, { count, retryAt: Date.now() + backoff });
       if (failures.size > PROGRESS_CACHE) failures.delete(failures.keys().next().value!);
       // The claim lapses after leaseMs and a later sweep tries again.
-      logger?.error({ err: error, jobId, attempts: failures.get(jobId) }, 'delivery failed; will retry');
+      logger?.error({ err: error, jobId, attempts: count }, 'delivery failed; will retry');
     } finally {
       claim?.release();
     }
@@ -206,7 +215,7 @@ export function startDelivery(options: DeliveryOptions): DeliveryHandle {
 
   const timer = setInterval(() => {
     if (sweepsQueued === 0) void sweep();
-  }, options.sweepIntervalMs ?? 5000);
+  }, sweepIntervalMs);
   timer.unref();
   void sweep();
 

@@ -175,7 +175,9 @@ export class DiscordAdapter implements PlatformAdapter {
         // The ledger: a retried delivery starts after the parts recorded here.
         await this.remember(job, { sentParts: part + 1, messageIds: ids });
       }
-      if (data.mode === 'interaction' && !webhook) await this.tidyOriginal(job, data);
+      // The interaction's response still says "thinking" unless it became the reply's first part.
+      if (data.mode === 'interaction' && ids[0] !== data.progressMessageId)
+        await this.tidyOriginal(job, data);
       return { via: webhook ? 'webhook' : 'channel', messageIds: ids };
     } catch (error) {
       if (!isUndeliverable(error)) throw error;
