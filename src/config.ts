@@ -39,6 +39,8 @@ const envSchema = z.object({
   GILL_MODEL: nonEmpty.default('models/gill-tiny'),
   GILL_PORT: port.default(7860),
   GILL_HOST: nonEmpty.default('127.0.0.1'),
+  /** Required by the playground on a GILL_HOST other than loopback; then every request must carry it. */
+  GILL_PLAYGROUND_TOKEN: z.string().trim().min(16, 'must be at least 16 characters').optional(),
   GILL_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   GILL_THREADS: z.coerce.number().int().min(1, 'must be at least 1').max(256).optional(),
   GILL_EXECUTION_PROVIDER: z.enum(['cpu', 'cuda']).default('cpu'),
@@ -113,6 +115,7 @@ export class ConfigError extends Error {
 
 /** Variables whose values must never reach a log line. */
 export const SECRET_KEYS = [
+  'GILL_PLAYGROUND_TOKEN',
   'DISCORD_TOKEN',
   'SLACK_BOT_TOKEN',
   'SLACK_SIGNING_SECRET',

@@ -4,7 +4,11 @@ import { openBullJobQueue } from '../queue/bullmq.ts';
 import { startReconciler } from '../queue/reconcile.ts';
 import { openWhenAvailable, redactRedisUrl } from '../queue/redis.ts';
 import { connectWithRetry, describeDatabase } from '../store/index.ts';
-import { discordConfigured, slackConfigured, startAdapters, stopAdapters, untilSignal } from './adapters.ts';
+import { discordConfigured, slackConfigured, startAdapters, stopAdapters } from './adapters.ts';
+import { watchShutdown } from './shutdown.ts';
+
+/** After the first signal the process ends within this, also when something fails to close. */
+const SHUTDOWN_DEADLINE_MS = 30_000;
 
 /**
  * `gill bot`: the platform adapters only. Jobs go to Redis for `gill worker` processes; replies are
@@ -27,9 +31,12 @@ export async function runBot(config: Config): Promise<void> {
   if (problems.length || !config.REDIS_URL) throw new ConfigError(problems);
   const redisUrl = config.REDIS_URL;
   const logger = createLogger(config.GILL_LOG_LEVEL).child({ role: 'bot' });
-  const store = await connectWithRetry(config, logger);
+  const shutdown = watchShutdown(logger, SHUTDOWN_DEADLINE_MS);
+  const store = await connectWithRetry(config, logger, { signal: shutdown.signal });
   try {
-    const queue = await openWhenAvailable(() => openBullJobQueue({ redisUrl, logger }), logger);
+    const queue = await openWhenAvailable(() => openBullJobQueue({ redisUrl, logger }), logger, {
+      signal: shutdown.signal,
+    });
     const reconciler = startReconciler({ store, queue, logger });
     try {
       const adapters = await startAdapters({ config, store, queue, logger, playground: false });
@@ -41,7 +48,7 @@ export async function runBot(config: Config): Promise<void> {
         },
         'bot is running',
       );
-      const signal = await untilSignal();
+      const signal = await shutdown.requested;
       logger.info({ signal }, 'shutting down');
       await stopAdapters(adapters, logger);
     } finally {

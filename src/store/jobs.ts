@@ -132,6 +132,15 @@ export function jobRepository(db: SqlClient): Store['jobs'] {
       return claim ? { redelivery: claim.redelivery } : null;
     },
 
+    async renewDelivery(id, owner, leaseMs) {
+      return updateJob(
+        id,
+        `UPDATE jobs SET delivery_claim_expires_at = now() + $3 * interval '1 millisecond'
+         WHERE id = $1 AND delivery_owner = $2 AND delivered_at IS NULL RETURNING 1`,
+        [owner, leaseMs],
+      );
+    },
+
     async markDelivered(id, owner, receipt) {
       const marked = await updateJob(
         id,

@@ -206,6 +206,11 @@ export interface Store {
      * process holds an unexpired claim. A claim expires after leaseMs, so a crashed deliverer is replaced.
      */
     claimDelivery(id: string, owner: string, leaseMs: number): Promise<DeliveryClaim | null>;
+    /**
+     * Extends `owner`'s claim by leaseMs from now; false when another process has taken the job over or it
+     * was delivered, after which `owner` must post nothing more of the reply.
+     */
+    renewDelivery(id: string, owner: string, leaseMs: number): Promise<boolean>;
     markDelivered(id: string, owner: string, receipt: Record<string, unknown>): Promise<void>;
     /** Finished (completed or failed) jobs not yet delivered, oldest first. */
     listUndelivered(platform: ReplyTarget['platform'], limit: number): Promise<JobRecord[]>;

@@ -126,7 +126,8 @@ export function playgroundTurn(
     'playground',
     {
       community: deps.community,
-      // The person at this machine runs the playground, so they may change its settings.
+      // Only the person at this machine, or beyond loopback a holder of GILL_PLAYGROUND_TOKEN (server.ts),
+      // reaches the playground: they run it, so they may change its settings.
       user: { id: user.id, displayName: user.name, isAdmin: true },
       channelId: deps.channelId,
       threadId,

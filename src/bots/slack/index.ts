@@ -13,6 +13,7 @@ import { boltLogger } from './bolt-logger.ts';
 import { slackFileGuard } from './files.ts';
 import { SlackInbound } from './inbound.ts';
 import { SlackAdapter } from './outbound.ts';
+import { refuseFutureDatedRequests } from './signature.ts';
 import { ThreadCache } from './threads.ts';
 
 /**
@@ -44,14 +45,31 @@ export interface SlackHandle {
 
 export const SLACK_EVENTS_PATH = '/slack/events';
 
+/** How long one Web API request may take before it is abandoned (and retried). */
+export const SLACK_API_TIMEOUT_MS = 20_000;
+
+/**
+ * The Web API client's settings: a timeout per request and a few quick retries (WebClient's default is
+ * no timeout and ten retries over about half an hour), so one slow call cannot hold a delivery for long;
+ * the delivery loop tries again later.
+ */
+export function slackClientOptions(
+  slackApiUrl: string | undefined,
+  timeoutMs = SLACK_API_TIMEOUT_MS,
+): webApi.WebClientOptions {
+  return {
+    ...(slackApiUrl ? { slackApiUrl } : {}),
+    timeout: timeoutMs,
+    retryConfig: { retries: 2, factor: 2, minTimeout: 500, maxTimeout: 5000 },
+  };
+}
+
 export async function startSlack(options: SlackOptions): Promise<SlackHandle> {
   const { config, store, queue } = options;
   const logger = options.logger.child({ platform: 'slack' });
   const token = config.SLACK_BOT_TOKEN;
   if (!token) throw new Error('SLACK_BOT_TOKEN is not set');
-  const clientOptions: webApi.WebClientOptions = config.SLACK_API_URL
-    ? { slackApiUrl: config.SLACK_API_URL }
-    : {};
+  const clientOptions = slackClientOptions(config.SLACK_API_URL);
   const boltLog = boltLogger(logger);
 
   let receiver: Receiver;
@@ -63,11 +81,13 @@ export async function startSlack(options: SlackOptions): Promise<SlackHandle> {
     });
   } else {
     if (!config.SLACK_SIGNING_SECRET) throw new Error('SLACK_SIGNING_SECRET is required for HTTP mode');
-    receiver = new HTTPReceiver({
+    const http = new HTTPReceiver({
       signingSecret: config.SLACK_SIGNING_SECRET,
       endpoints: SLACK_EVENTS_PATH,
       logger: boltLog,
     });
+    refuseFutureDatedRequests(http);
+    receiver = http;
   }
   const app = new App({ token, receiver, logger: boltLog, clientOptions });
   app.error(async (error) => {
