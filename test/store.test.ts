@@ -14,10 +14,10 @@ import {
   type StoreConfig,
   StoreConnectionError,
 } from '../src/store/connect.ts';
+import { DeliveryClaimError } from '../src/store/jobs.ts';
 import { runMigrate } from '../src/store/migrate-command.ts';
 import { loadMigrations, migrate } from '../src/store/migrations.ts';
 import type { SqlClient } from '../src/store/sql-client.ts';
-import { DeliveryClaimError } from '../src/store/store.ts';
 import { DEFAULT_COMMUNITY_CONFIG, type Store } from '../src/store/types.ts';
 import { createTempDatabase, probePostgres, serviceAvailable } from './support/services.ts';
 

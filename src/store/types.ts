@@ -2,8 +2,9 @@ import type { CommunityRef, JobKind, JobPayload, JobResult, ReplyTarget } from '
 import type { SqlQuery } from './sql-client.ts';
 
 /**
- * The store's interface. One implementation (src/store/store.ts) serves both Postgres (`pg`, with
- * pgvector) and the embedded PGlite: only the SQL connection differs.
+ * The store's interface. One implementation (createStore in src/store/store.ts, one repository per
+ * file beside it) serves both Postgres (`pg`, with pgvector) and the embedded PGlite: only the SQL
+ * connection differs.
  */
 
 export interface Community {

@@ -1,5 +1,6 @@
 import pgvector from 'pgvector';
 import type { Row, SqlClient, SqlQuery } from './sql-client.ts';
+import { isRowId } from './validate.ts';
 
 /**
  * Nearest-neighbour search over image embeddings with pgvector.
@@ -99,8 +100,6 @@ export interface NearestRow extends Row {
   score: number;
 }
 
-const ID = /^[1-9]\d{0,18}$/;
-
 /**
  * The k most similar live images (cosine, best first), with `columns` selected from `images`.
  * Ids in excludeIds that are not image ids are ignored (they cannot match a row).
@@ -115,7 +114,7 @@ export async function nearest<T extends NearestRow>(
     throw new RangeError(`k must be a whole number from 1 to 1000, got ${k}`);
   const dim = options.embedding.length;
   const query = normalisedVector(options.embedding, 'query embedding');
-  const exclude = (options.excludeIds ?? []).filter((id) => ID.test(id));
+  const exclude = (options.excludeIds ?? []).filter(isRowId);
   const candidates = Math.max(k, Math.min(1000, Math.trunc(options.candidates ?? DEFAULT_CANDIDATES * k)));
   const params: unknown[] = [query, exclude, candidates, k];
   const filters = [`vector_dims(embedding) = ${dim}`, 'deleted_at IS NULL', 'id <> ALL ($2::bigint[])'];
