@@ -177,5 +177,18 @@ export function jobRepository(db: SqlClient): Store['jobs'] {
       );
       return row!.n;
     },
+
+    async listConversationAnswers(communityId, thread, limit) {
+      requireRowId(communityId, 'community id');
+      // The newest `limit`, returned oldest first.
+      const rows = await db.query<JobRow>(
+        `SELECT ${JOB_COLUMNS} FROM jobs
+         WHERE community_id = $1 AND kind = 'chat' AND status = 'completed'
+           AND reply_target -> 'data' -> 'conversation' ->> 'thread' = $2
+         ORDER BY created_at DESC, id DESC LIMIT $3`,
+        [communityId, thread, requireLimit(limit)],
+      );
+      return rows.reverse();
+    },
   };
 }

@@ -157,6 +157,11 @@ export interface Store {
     listUnfinished(limit: number): Promise<JobRecord[]>;
     /** Unfinished jobs of a user or community, for concurrency caps. */
     countActive(filter: { communityId: string; authorKey?: string }): Promise<number>;
+    /**
+     * Completed chat jobs of a conversation (reply_target.data.conversation.thread, see
+     * src/bots/core/conversation.ts), oldest first: the bot's own turns as it answered them.
+     */
+    listConversationAnswers(communityId: string, thread: string, limit: number): Promise<JobRecord[]>;
   };
   rateLimits: {
     /**

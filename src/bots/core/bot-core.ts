@@ -14,6 +14,7 @@ import type { Community, CommunityConfig, JobRecord, Store } from '../../store/t
 import { payloadForButton } from './buttons.ts';
 import { configPatch, describeConfig, gillHelp, validateConfigChange } from './commands.ts';
 import { buildContext, type ContextBudget, DEFAULT_CONTEXT_BUDGET } from './context.ts';
+import { anchorFor, contextSeed, conversationOf } from './conversation.ts';
 import { FetchRefusedError } from './fetch-guard.ts';
 import { type ImageIngest, looksLikeImage } from './images.ts';
 import { checkLimits } from './limits.ts';
@@ -124,7 +125,7 @@ export function createBotCore(options: BotCoreOptions): BotCore {
     const command = turn.command;
     switch (command.kind) {
       case 'chat': {
-        const built = await buildContext(turn.messages, {
+        const built = await buildContext(await conversationOf(store, community.id, turn), {
           images: options.images,
           budget: { ...budget, maxMessages: config.contextMessages },
           onRefused: (error, message) =>
@@ -138,6 +139,7 @@ export function createBotCore(options: BotCoreOptions): BotCore {
           kind: 'chat',
           community: ref,
           context: built.items,
+          seed: contextSeed(built.items),
           retrieveBias: config.retrieveBias,
           allowGeneration: config.generationEnabled,
           allowRetrieval: config.retrievalEnabled,
@@ -210,7 +212,12 @@ export function createBotCore(options: BotCoreOptions): BotCore {
     const replyTarget: ReplyTarget = {
       ...turn.replyTarget,
       // askedBy names the asker in Cancel answers on platforms without user mentions (the playground).
-      data: { ...turn.replyTarget.data, notes, askedBy: turn.user.displayName },
+      data: {
+        ...turn.replyTarget.data,
+        notes,
+        askedBy: turn.user.displayName,
+        conversation: await anchorFor(store, turn),
+      },
     };
     const { job, created } = await store.jobs.createOrGet({
       idempotencyKey: turn.idempotencyKey,

@@ -38,6 +38,8 @@ export interface ThreadMessage {
   /** Text with the bot's own mention removed. */
   text: string;
   attachments: Attachment[];
+  /** Images already in the store's blobs, by content hash (the bot's own outputs). */
+  storedImages?: string[];
 }
 
 export type ConfigChange =
