@@ -2,11 +2,16 @@ import { readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { chooseEmoji, DEFAULT_SEED_COUNT } from '../../src/bots/playground/seed-gallery.ts';
+import type { Config } from '../../src/config.ts';
+import { createEngine } from '../../src/engine/index.ts';
 import type { ContextItem, JobResult } from '../../src/jobs.ts';
+import type { Logger } from '../../src/log.ts';
+import { MemoryJobQueue } from '../../src/queue/memory.ts';
+import { runJobs } from '../../src/queue/worker.ts';
 import type { JobRecord, Store } from '../../src/store/types.ts';
 import { ATTRIBUTES, type Attribute, type Attributes, classifyImage } from './attributes.ts';
 import type { ReplayConversation } from './conversations.ts';
-import type { PlatformDriver, PlatformName } from './platforms.ts';
+import { type PlatformDriver, type PlatformName, startDriver } from './platforms.ts';
 
 /**
  * Replays a conversation through one platform, turn after turn, each sent once the bot's reply to the
@@ -178,4 +183,99 @@ export function scorePlatform(platform: PlatformName, runs: ConversationRun[]): 
 /** The context of every turn of a run, as one comparable string. */
 export function contextsOf(run: ConversationRun): string {
   return JSON.stringify(run.turns.map((t) => t.context));
+}
+
+export interface ReplaySession {
+  drivers: PlatformDriver[];
+  /** Replays every conversation `runs` times on every platform (platforms side by side, as people would). */
+  replay(conversations: ReplayConversation[], runs: number): Promise<ConversationRun[][]>;
+  close(): Promise<void>;
+}
+
+/**
+ * The bot as `gill start` runs it — the real bundle behind the in-process queue and worker — with the
+ * platforms' adapters in front, each community seeded with the emoji gallery.
+ */
+export async function startReplaySession(options: {
+  config: Config;
+  store: Store;
+  logger: Logger;
+  platforms: readonly PlatformName[];
+  /** The communities' retrieve/generate bias (`/gill bias`); the default when unset. */
+  retrieveBias?: number;
+}): Promise<ReplaySession> {
+  const { config, store, logger } = options;
+  const queue = new MemoryJobQueue({ logger });
+  const engine = await createEngine(config, store, logger);
+  const worker = runJobs({ queue, store, engine, logger });
+  const drivers: PlatformDriver[] = [];
+  const close = async () => {
+    await Promise.all(drivers.map((d) => d.stop()));
+    await worker.close();
+    await queue.close();
+    await engine.close();
+  };
+  try {
+    const shared = { store, queue, logger, dataDir: config.dataDir };
+    for (const platform of options.platforms) drivers.push(await startDriver(platform, shared));
+    await prepareCommunities(store, drivers, (bytes) => engine.model.imageEmbedding(bytes));
+    if (options.retrieveBias !== undefined) {
+      for (const driver of drivers) {
+        const community = await store.communities.ensure(driver.community);
+        await store.communities.updateConfig(community.id, { retrieveBias: options.retrieveBias });
+      }
+    }
+  } catch (error) {
+    await close();
+    throw error;
+  }
+  return {
+    drivers,
+    async replay(conversations, runs) {
+      const results: ConversationRun[][] = [];
+      for (let run = 0; run < runs; run++) {
+        const perPlatform = await Promise.all(
+          drivers.map(async (driver) => {
+            const out: ConversationRun[] = [];
+            for (const conversation of conversations) {
+              out.push(await replayConversation(driver, store, conversation));
+            }
+            return out;
+          }),
+        );
+        results.push(perPlatform.flat());
+      }
+      return results;
+    },
+    close,
+  };
+}
+
+/**
+ * How many conversations give the same context items on every platform (in the first run), and the same
+ * on every platform and every run.
+ */
+export function determinism(
+  results: ConversationRun[][],
+  conversations: ReplayConversation[],
+  platforms: readonly PlatformName[],
+): { samePlatforms: number; sameRuns: number; differing: string[] } {
+  let samePlatforms = 0;
+  let sameRuns = 0;
+  const differing: string[] = [];
+  for (const conversation of conversations) {
+    const contexts = results.map((run) =>
+      platforms.map((p) => {
+        const found = run.find((c) => c.id === conversation.id && c.platform === p);
+        if (!found) throw new Error(`no run of ${conversation.id} on ${p}`);
+        return contextsOf(found);
+      }),
+    );
+    const platformsAgree = new Set(contexts[0]).size === 1;
+    const runsAgree = new Set(contexts.flat()).size === 1;
+    if (platformsAgree) samePlatforms++;
+    if (runsAgree) sameRuns++;
+    else differing.push(conversation.id);
+  }
+  return { samePlatforms, sameRuns, differing };
 }
