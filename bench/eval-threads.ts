@@ -11,7 +11,7 @@
  *                           [--retrieve-bias B] [--bundle models/gill-tiny] [--threads 2] [--out FILE]
  *
  * The set defaults to models/gill-tiny/eval/threads.json when it exists, else bench/threads/conversations.json.
- * `--retrieve-bias -10` sets every community's `/gill bias` so that the bot always generates: the context's
+ * `--retrieve-bias=-10` sets every community's `/gill bias` so that the bot always generates: the context's
  * effect on the image apart from the decision. Uses Postgres when DATABASE_URL is set (the caller's fresh
  * database), else PGlite in a temporary folder.
  */

@@ -56,7 +56,7 @@ export const GALLERY_SIZE = DEFAULT_SEED_COUNT;
  */
 export async function prepareCommunities(
   store: Store,
-  drivers: PlatformDriver[],
+  drivers: Pick<PlatformDriver, 'community'>[],
   embed: (bytes: Uint8Array) => Promise<Float32Array>,
 ): Promise<void> {
   const dir = path.dirname(createRequire(import.meta.url).resolve('emoji-datasource-google/package.json'));

@@ -15,6 +15,7 @@ import { payloadForButton } from './buttons.ts';
 import { configPatch, describeConfig, gillHelp, validateConfigChange } from './commands.ts';
 import { buildContext, type ContextBudget, DEFAULT_CONTEXT_BUDGET } from './context.ts';
 import { anchorFor, contextSeed, conversationOf } from './conversation.ts';
+import { communityBias, describeFeedback, directionOf, type Reaction, recordFeedback } from './feedback.ts';
 import { FetchRefusedError } from './fetch-guard.ts';
 import { type ImageIngest, looksLikeImage } from './images.ts';
 import { checkLimits } from './limits.ts';
@@ -83,6 +84,20 @@ export interface BotCore {
   removeMessage(community: CommunityRef, channelId: string, messageId: string): Promise<number>;
   /** Whether posted images in the channel are indexed (lets adapters skip work for other channels). */
   isIndexedChannel(community: CommunityRef, channelId: string): Promise<boolean>;
+  /**
+   * A 👍/👎 added to (or removed from) one of the bot's replies: feedback on its retrieve/generate
+   * decision (see feedback.ts). Returns whether it was taken (false for replies without a decision).
+   */
+  react(request: ReactionRequest): Promise<boolean>;
+}
+
+export interface ReactionRequest {
+  community: CommunityRef;
+  jobId: string;
+  userId: string;
+  reaction: Reaction;
+  /** False when the reaction was removed. */
+  added: boolean;
 }
 
 export interface BotCoreOptions {
@@ -140,7 +155,7 @@ export function createBotCore(options: BotCoreOptions): BotCore {
           community: ref,
           context: built.items,
           seed: contextSeed(built.items),
-          retrieveBias: config.retrieveBias,
+          retrieveBias: (await communityBias(store, community.id, config)).total,
           allowGeneration: config.generationEnabled,
           allowRetrieval: config.retrievalEnabled,
         };
@@ -245,10 +260,20 @@ export function createBotCore(options: BotCoreOptions): BotCore {
       await store.jobs.cancel(job.id);
       return refuse('limited', limited);
     }
+    if (turn.command.kind === 'button') await learnFromButton(turn, key);
     await queue.add({ id: job.id, payload });
     const position = await queue.position(job.id);
     log.info({ jobId: job.id, kind: payload.kind, position }, 'job accepted');
     return { status: 'accepted', jobId: job.id, position };
+  }
+
+  /** "Retrieve instead" / "Generate instead" on a chat reply says which the person wanted. */
+  async function learnFromButton(turn: InboundTurn, authorKey: string): Promise<void> {
+    const command = turn.command;
+    if (command.kind !== 'button' || (command.action !== 'retrieve' && command.action !== 'generate')) return;
+    const original = await store.jobs.get(command.jobId);
+    if (original)
+      await recordFeedback(store, { job: original, authorKey, source: 'button', signal: command.action });
   }
 
   /** The person who asked for a job, in the platform's markup. */
@@ -331,7 +356,19 @@ export function createBotCore(options: BotCoreOptions): BotCore {
           };
         }
         if (command.change.setting === 'show') {
-          return { status: 'answered', text: `${describeConfig(config, channelMention)}\n\n${gillHelp()}` };
+          const learned = describeFeedback(await communityBias(store, community.id, config));
+          return {
+            status: 'answered',
+            text: `${describeConfig(config, channelMention)}\n${learned}\n\n${gillHelp()}`,
+          };
+        }
+        if (command.change.setting === 'feedback-reset') {
+          const forgotten = await store.feedback.reset(community.id);
+          logger.info({ community: turn.community, user: turn.user.id, forgotten }, 'feedback reset');
+          return {
+            status: 'answered',
+            text: `Forgot ${forgotten} feedback event${forgotten === 1 ? '' : 's'}; the decision now gets only the bias set with \`/gill bias\` (${config.retrieveBias}).`,
+          };
         }
         try {
           validateConfigChange(command.change);
@@ -402,6 +439,32 @@ export function createBotCore(options: BotCoreOptions): BotCore {
           'deleted message removed from the index',
         );
       return removed;
+    },
+
+    async react(request) {
+      const community = await store.communities.ensure(request.community);
+      const job = await store.jobs.get(request.jobId);
+      if (!job || job.communityId !== community.id) return false;
+      const key = authorKey(request.community.platform, request.userId);
+      if (request.added) {
+        const taken = await recordFeedback(store, {
+          job,
+          authorKey: key,
+          source: 'reaction',
+          signal: request.reaction,
+        });
+        if (taken)
+          logger.info(
+            { community: request.community, jobId: job.id, reaction: request.reaction },
+            'feedback',
+          );
+        return taken;
+      }
+      const direction = directionOf(job, request.reaction);
+      return (
+        direction !== null &&
+        store.feedback.withdraw({ jobId: job.id, authorKey: key, source: 'reaction', direction })
+      );
     },
 
     async isIndexedChannel(ref, channelId) {

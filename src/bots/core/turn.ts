@@ -48,6 +48,8 @@ export type ConfigChange =
   | { setting: 'generation'; enabled: boolean }
   | { setting: 'retrieval'; enabled: boolean }
   | { setting: 'bias'; value: number }
+  /** Forgets what the community's reactions and button presses taught the decision. */
+  | { setting: 'feedback-reset' }
   | { setting: 'context'; messages: number }
   | {
       setting: 'limits';
