@@ -16,3 +16,9 @@ CREATE TABLE IF NOT EXISTS decision_feedback (
 );
 
 CREATE INDEX IF NOT EXISTS decision_feedback_by_community ON decision_feedback (community_id, created_at);
+
+-- A reaction names a message, not a job: Slack replies remember their message ids in
+-- reply_target.data.messageTs (src/bots/slack/outbound.ts), and this index finds the job from one.
+CREATE INDEX IF NOT EXISTS jobs_by_reply_message
+  ON jobs USING gin ((reply_target -> 'data' -> 'messageTs') jsonb_path_ops)
+  WHERE kind = 'chat';

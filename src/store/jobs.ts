@@ -190,5 +190,16 @@ export function jobRepository(db: SqlClient): Store['jobs'] {
       );
       return rows.reverse();
     },
+
+    async findChatByReplyMessage(communityId, messageId) {
+      requireRowId(communityId, 'community id');
+      const [row] = await db.query<JobRow>(
+        `SELECT ${JOB_COLUMNS} FROM jobs
+         WHERE kind = 'chat' AND (reply_target -> 'data' -> 'messageTs') @> to_jsonb($2::text) AND community_id = $1
+         ORDER BY created_at DESC LIMIT 1`,
+        [communityId, messageId],
+      );
+      return row ?? null;
+    },
   };
 }

@@ -162,6 +162,8 @@ export interface Store {
      * src/bots/core/conversation.ts), oldest first: the bot's own turns as it answered them.
      */
     listConversationAnswers(communityId: string, thread: string, limit: number): Promise<JobRecord[]>;
+    /** The chat job whose reply includes a message (reply_target.data.messageTs holds its id); null if none. */
+    findChatByReplyMessage(communityId: string, messageId: string): Promise<JobRecord | null>;
   };
   rateLimits: {
     /**

@@ -18,6 +18,17 @@ export const FEEDBACK_HALF_LIFE_MS = 14 * 24 * 3600_000;
 /** 👍 / 👎 as the adapters read them from the platforms' emoji. */
 export type Reaction = 'up' | 'down';
 
+/**
+ * 👍/👎 from an emoji as the platforms name it: Discord's Unicode emoji (skin tones and variation
+ * selectors included), Slack's short names (`+1`, `thumbsup`, `-1`, `thumbsdown`, with `::skin-tone-N`).
+ */
+export function reactionOfEmoji(name: string): Reaction | null {
+  const base = name.replace(/::skin-tone-\d$/, '').replace(/[\u{1F3FB}-\u{1F3FF}\u{FE0F}]/gu, '');
+  if (base === '👍' || base === '+1' || base === 'thumbsup') return 'up';
+  if (base === '👎' || base === '-1' || base === 'thumbsdown') return 'down';
+  return null;
+}
+
 /** A sum of decayed steps as a bias: linear near zero, bounded by ±FEEDBACK_MAX. */
 export function boundedBias(weighted: number): number {
   return FEEDBACK_MAX * Math.tanh((FEEDBACK_STEP * weighted) / FEEDBACK_MAX);
