@@ -4,7 +4,7 @@ import path from 'node:path';
 import { Writable } from 'node:stream';
 import sharp from 'sharp';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { type DiscordBot, startDiscord } from '../src/bots/discord/bot.ts';
+import { type DiscordBot, startDiscord } from '../src/bots/discord/index.ts';
 import { describeMessageContent } from '../src/bots/discord/intents.ts';
 import { runRegister } from '../src/bots/discord/register.ts';
 import { type Config, loadConfig } from '../src/config.ts';

@@ -1,8 +1,8 @@
 import { readFile } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
-import { parseFind, parseImagine } from '../src/bots/slack/commands.ts';
+import { parseFind, parseImagine } from '../src/bots/core/text-commands.ts';
+import { partBlocks } from '../src/bots/slack/blocks.ts';
 import { SLACK_EVENTS_PATH } from '../src/bots/slack/index.ts';
-import { partBlocks } from '../src/bots/slack/outbound.ts';
 import { escapeText, mentionsUser, plainText, slackLink, toAttachment } from '../src/bots/slack/text.ts';
 
 /** The Slack adapter's pure parts: markup in and out, command text, message blocks, the app manifest. */

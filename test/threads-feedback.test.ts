@@ -127,7 +127,7 @@ describe('the bias a community teaches', () => {
         expect(
           await core.react({
             community: learner,
-            jobId: latest.id,
+            reply: { jobId: latest.id },
             userId: member,
             reaction: 'down',
             added: true,
@@ -158,7 +158,7 @@ describe('the bias a community teaches', () => {
     const { events } = await store.feedback.sum(community.id, FEEDBACK_HALF_LIFE_MS);
     const reply = await run(turn(learner, 'UASKER', { kind: 'chat' }, 'how are you today?'));
     const react = (added: boolean, reaction: 'up' | 'down' = 'up') =>
-      core.react({ community: learner, jobId: reply.id, userId: 'UMEMBER1', reaction, added });
+      core.react({ community: learner, reply: { jobId: reply.id }, userId: 'UMEMBER1', reaction, added });
     if (reply.result?.decision) {
       expect(await react(true)).toBe(true);
       expect(await react(true, 'down')).toBe(true);
@@ -173,7 +173,7 @@ describe('the bias a community teaches', () => {
     expect(
       await core.react({
         community: bystander,
-        jobId: reply.id,
+        reply: { jobId: reply.id },
         userId: 'UX',
         reaction: 'down',
         added: true,

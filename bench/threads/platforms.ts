@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { type DiscordBot, startDiscord } from '../../src/bots/discord/bot.ts';
+import { type DiscordBot, startDiscord } from '../../src/bots/discord/index.ts';
 import {
   PLAYGROUND_COMMUNITY,
   type PlaygroundHandle,

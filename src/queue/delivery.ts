@@ -13,17 +13,30 @@ import type { JobQueue } from './queue.ts';
  * A deliverer that dies after posting but before markDelivered leaves a reply the next claimant cannot
  * see in the store. A claim taken over from an earlier one says so (`redelivery`), and the adapter then
  * uses what its platform offers to avoid posting the same reply twice.
+ *
+ * The loop lives with the queue, not with the bots, because it needs nothing but the store, the queue's
+ * events and the claim protocol: it is the same for every platform (and for the CLI platform the queue
+ * tests use). What a platform adds (its adapter, progress throttling, announcements) arrives as one
+ * Deliverer, so the dependency runs one way: bots → queue.
  */
 
-export interface DeliveryOptions {
-  store: Store;
-  queue: JobQueue;
+/**
+ * What the loop delivers through: the platform whose jobs it takes and how a reply is sent. The bots
+ * build one from their platform adapter (src/bots/core/delivery.ts); tests and other callers give the
+ * functions directly.
+ */
+export interface Deliverer {
   platform: ReplyTarget['platform'];
-  /** This process's name in delivery claims (host:pid or similar, unique per process). */
-  owner: string;
   /** Posts the reply; returns what the platform gave back (message ids...). */
   deliver(job: JobRecord, claim: DeliveryClaim): Promise<Record<string, unknown>>;
   onProgress?(job: JobRecord, progress: JobProgress): void | Promise<void>;
+}
+
+export interface DeliveryOptions extends Deliverer {
+  store: Store;
+  queue: JobQueue;
+  /** This process's name in delivery claims (host:pid or similar, unique per process). */
+  owner: string;
   /** How long a claim holds before another process may take over. */
   leaseMs?: number;
   sweepIntervalMs?: number;
@@ -71,8 +84,7 @@ export function startDelivery(options: DeliveryOptions): DeliveryHandle {
   };
 
   const progress = async (jobId: string, update: JobProgress): Promise<void> => {
-    const onProgress = options.onProgress;
-    if (!onProgress) return;
+    if (!options.onProgress) return;
     let record = progressRecords.get(jobId);
     if (!record) {
       record = store.jobs.get(jobId);
@@ -81,7 +93,7 @@ export function startDelivery(options: DeliveryOptions): DeliveryHandle {
       if (progressRecords.size > PROGRESS_CACHE) progressRecords.delete(progressRecords.keys().next().value!);
     }
     const job = await record;
-    if (job && job.replyTarget.platform === platform) await onProgress(job, update);
+    if (job && job.replyTarget.platform === platform) await options.onProgress(job, update);
   };
 
   const unsubscribe = queue.subscribe((event) => {

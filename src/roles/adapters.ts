@@ -34,7 +34,7 @@ export async function startAdapters(options: {
   const running: RunningAdapter[] = [];
   try {
     if (discordConfigured(config)) {
-      const { startDiscord } = await import('../bots/discord/bot.ts');
+      const { startDiscord } = await import('../bots/discord/index.ts');
       const bot = await startDiscord({ config, store, queue, logger });
       running.push({ name: 'discord', stop: () => bot.stop() });
     }

@@ -8,6 +8,7 @@ import type { SchedulerName } from '../engine/diffusion/schedulers.ts';
 import type { GillEngine } from '../engine/gill-engine.ts';
 import { probeImage } from '../engine/images.ts';
 import { createEngine } from '../engine/index.ts';
+import { imageExtension } from '../image-types.ts';
 import type { JobContext } from '../jobs.ts';
 import {
   type CommunityRef,
@@ -27,12 +28,6 @@ import type { Store } from '../store/types.ts';
  */
 
 const IMAGE_EXTENSIONS = new Set(['.png', '.jpg', '.jpeg', '.gif', '.webp']);
-const EXTENSION_OF: Record<string, string> = {
-  'image/png': '.png',
-  'image/jpeg': '.jpg',
-  'image/gif': '.gif',
-  'image/webp': '.webp',
-};
 
 function stderrLogger(config: Config): Logger {
   return createLogger(config.GILL_LOG_LEVEL === 'info' ? 'warn' : config.GILL_LOG_LEVEL, pino.destination(2));
@@ -105,7 +100,7 @@ async function writeImages(result: JobResult, store: Store, outDir: string | und
   for (const [i, image] of result.images.entries()) {
     const blob = await store.blobs.get(image.hash);
     if (!blob) throw new Error(`image ${image.hash} vanished from the store`);
-    const file = path.join(outDir, `${image.kind}-${i + 1}${EXTENSION_OF[image.mime] ?? '.bin'}`);
+    const file = path.join(outDir, `${image.kind}-${i + 1}.${imageExtension(image.mime) ?? 'bin'}`);
     await writeFile(file, blob.bytes);
     const origin = image.source ? ` (gallery image ${image.source.imageId})` : '';
     process.stdout.write(`image: ${file}  ${image.kind}, score ${image.score.toFixed(3)}${origin}\n`);

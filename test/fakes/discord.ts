@@ -264,7 +264,13 @@ export class FakeDiscord {
   }
 
   /** A user adds or removes a (Unicode) reaction on a message; dispatched as MESSAGE_REACTION_ADD / _REMOVE. */
-  react(options: { channelId: string; messageId: string; user: FakeUser; emoji: string; added?: boolean }): void {
+  react(options: {
+    channelId: string;
+    messageId: string;
+    user: FakeUser;
+    emoji: string;
+    added?: boolean;
+  }): void {
     const base = {
       user_id: options.user.id,
       channel_id: options.channelId,

@@ -4,9 +4,11 @@ import type { Eta } from './eta.ts';
 import type { Platform } from './turn.ts';
 
 /**
- * What a platform adapter gives the core's delivery: how to send a finished job's reply and how to
- * show its progress. Delivery (exactly once, also after restarts) is driven by the generic loop in
- * src/queue/delivery.ts; see startAdapterDelivery in delivery.ts beside this file.
+ * The contract every platform's outbound side (src/bots/<platform>/outbound.ts) fulfils: how to show an
+ * accepted job, its progress and its cancellation, and how to send a finished job's reply. Everything
+ * else about a reply (exactly once, also after restarts; progress throttled and settled before the reply;
+ * queue positions kept current) is done once for all platforms by the bot's wiring (start.ts) and the
+ * delivery loop it drives (src/queue/delivery.ts), see docs/architecture.md.
  */
 
 /** What was sent (message ids...), recorded with the job when it is marked delivered. */
@@ -14,6 +16,18 @@ export type DeliveryReceipt = Record<string, unknown>;
 
 export interface PlatformAdapter {
   readonly platform: Platform;
+  /**
+   * Posts the progress message of a job just accepted (render it with renderProgress), the message its
+   * reply later replaces. Delivery of the job waits until this returns. Throwing is logged and the reply
+   * still comes, as a new message, unless `unannounceable` says nobody could ever see it.
+   */
+  announce(job: JobRecord, progress: JobProgress): Promise<void>;
+  /**
+   * When posting in the job's channel failed for a reason retrying cannot fix (the bot may not post there):
+   * the platform's error code and the sentence for the person who asked; the job is then cancelled. Null
+   * for other errors.
+   */
+  unannounceable?(error: unknown): { code: string; message: string } | null;
   /**
    * Sends the reply of a finished (completed or failed) chat, imagine or find job; render it with
    * renderReply. Called once per job under a delivery claim; throwing leaves it to be retried. When
@@ -33,6 +47,11 @@ export interface PlatformAdapter {
 export interface ProgressThrottle {
   /** Offers an update; it is shown now, or when the interval has passed (only the newest waiting one). */
   push(job: JobRecord, progress: JobProgress): void;
+  /**
+   * Runs `show` for the job now, after an update in flight and before any waiting one, and rejects with
+   * its error (the first progress message, whose failure the caller handles). Nothing once settled.
+   */
+  runNow(job: JobRecord, show: () => Promise<void>): Promise<void>;
   /**
    * Drops anything waiting for the job, resolves when an update in flight is done, and ignores later
    * updates for it: call before delivering, so no progress edit can land after the reply.
@@ -89,6 +108,22 @@ export function throttleProgress(
       slots.set(job.id, slot);
       slot.pending = { job, progress };
       schedule(job.id, slot);
+    },
+    async runNow(job, show) {
+      if (settled.has(job.id)) return;
+      const slot = slots.get(job.id) ?? { lastAt: 0 };
+      slots.set(job.id, slot);
+      while (slot.inFlight) await slot.inFlight;
+      const shown = show();
+      slot.inFlight = shown
+        .catch(() => {})
+        .finally(() => {
+          // Counted from its end: its request may have waited in the client before reaching the platform.
+          slot.lastAt = Date.now();
+          slot.inFlight = undefined;
+          if (slot.pending) schedule(job.id, slot);
+        });
+      await shown;
     },
     async settle(jobId) {
       settled.add(jobId);

@@ -1,23 +1,30 @@
 import type { JobProgress } from '../../jobs.ts';
 import type { Logger } from '../../log.ts';
-import { type DeliveryHandle, startDelivery } from '../../queue/delivery.ts';
+import { type Deliverer, type DeliveryHandle, startDelivery } from '../../queue/delivery.ts';
 import type { JobQueue } from '../../queue/queue.ts';
 import type { JobRecord, Store } from '../../store/types.ts';
-import { type PlatformAdapter, throttleProgress } from './adapter.ts';
+import { type PlatformAdapter, type ProgressThrottle, throttleProgress } from './adapter.ts';
 import { EtaEstimator } from './eta.ts';
 
 /**
- * Plugs an adapter into the exactly-once delivery loop: progress throttled to one update a second per
- * job and settled before the final reply, so a late progress edit can never overwrite it; index jobs
- * (no one waits for them) are recorded as delivered without a message. Every progress update carries an
- * estimated end when there is one, from the queue events this process has seen (see eta.ts).
+ * A platform adapter on the exactly-once delivery loop (src/queue/delivery.ts): progress throttled to one
+ * update a second per job and settled before the final reply, so a late progress edit can never overwrite
+ * it; the reply held until the job's progress message is posted; index jobs (no one waits for them)
+ * recorded as delivered without a message. Every progress update carries an estimated end when there is
+ * one, from the queue events this process has seen (see eta.ts).
  */
 
 export interface AdapterDelivery extends DeliveryHandle {
-  /** Shows progress the bot knows itself (the queue position at submit), through the same throttle. */
-  progress(jobId: string, progress: JobProgress): Promise<void>;
-  /** Keeps a waiting job's queue position up to date on its progress message until the job starts. */
-  watchPosition(jobId: string): void;
+  /**
+   * Marks a turn whose job may be accepted: until the returned function is called, a delivery of that job
+   * (by its idempotency key) waits, so the reply can't overtake the progress message still on its way.
+   */
+  hold(idempotencyKey: string): () => void;
+  /**
+   * Posts an accepted job's progress message (adapter.announce) in order with its other progress, then
+   * keeps its queue position current until it starts. Rejects with the adapter's error.
+   */
+  announce(jobId: string, position: number | null): Promise<void>;
   /**
    * Turns a job cancelled through the core into `text` on its progress message, after any progress edit
    * in flight, and stops further progress edits for it.
@@ -25,10 +32,7 @@ export interface AdapterDelivery extends DeliveryHandle {
   cancelled(job: JobRecord, text: string): Promise<void>;
 }
 
-/** Waiting jobs watched at most, so a queue that never drains cannot grow the map without bound. */
-const MAX_WATCHED = 10_000;
-
-export function startAdapterDelivery(options: {
+export interface AdapterDeliveryOptions {
   store: Store;
   queue: JobQueue;
   logger: Logger;
@@ -43,11 +47,53 @@ export function startAdapterDelivery(options: {
   positionRefreshMs?: number;
   /** Learns run times from the queue's events; one of its own when not given. */
   estimator?: EtaEstimator;
-}): AdapterDelivery {
-  const { adapter, logger, store } = options;
-  const estimator = options.estimator ?? new EtaEstimator();
-  // Every job's events, whichever platform asked for it: they all measure the same workers.
-  const unsubscribe = options.queue.subscribe((event) => {
+}
+
+/** Waiting jobs watched at most, so a queue that never drains cannot grow the map without bound. */
+const MAX_WATCHED = 10_000;
+
+/**
+ * The first progress a job shows: its place in the queue, "next in line" when it already left the queue
+ * (the worker's own progress replaces it as soon as it reports).
+ */
+function acceptedProgress(position: number | null): JobProgress {
+  return { stage: 'queued', position: position ?? 0 };
+}
+
+/** Progress messages being posted, by the job's idempotency key: the job's delivery waits for them. */
+class AnnouncementHolds {
+  private readonly pending = new Map<string, Set<Promise<void>>>();
+
+  hold(idempotencyKey: string): () => void {
+    let release!: () => void;
+    const done = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    // A retry of the same event may be in flight at the same time: each keeps its own marker.
+    const markers = this.pending.get(idempotencyKey) ?? new Set<Promise<void>>();
+    markers.add(done);
+    this.pending.set(idempotencyKey, markers);
+    return () => {
+      release();
+      markers.delete(done);
+      if (markers.size === 0 && this.pending.get(idempotencyKey) === markers)
+        this.pending.delete(idempotencyKey);
+    };
+  }
+
+  /** Resolves once no progress message of the job is being posted; true when it had to wait. */
+  async settled(idempotencyKey: string): Promise<boolean> {
+    const markers = this.pending.get(idempotencyKey);
+    if (!markers) return false;
+    await Promise.all(markers);
+    return true;
+  }
+}
+
+/** Feeds the queue's events (every platform's jobs: they all measure the same workers) to the estimator. */
+function learnRunTimes(options: AdapterDeliveryOptions, estimator: EtaEstimator): () => void {
+  const { store, logger } = options;
+  return options.queue.subscribe((event) => {
     if (event.type === 'progress') return estimator.observe(event.jobId, event.progress);
     if (event.type === 'failed') return estimator.forget(event.jobId);
     const run = estimator.finish(event.jobId);
@@ -57,6 +103,58 @@ export function startAdapterDelivery(options: {
       .then((job) => job && estimator.learn(job.kind, run))
       .catch((error: unknown) => logger.warn({ err: error, jobId: event.jobId }, 'run time not recorded'));
   });
+}
+
+/** Keeps waiting jobs' queue positions current on their progress messages until they start. */
+class PositionWatch {
+  /** Last position shown per waiting job (-1: none yet); a job leaves when the queue no longer has it waiting. */
+  private readonly waiting = new Map<string, number>();
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(
+    private readonly options: AdapterDeliveryOptions,
+    private readonly throttle: ProgressThrottle,
+  ) {
+    this.timer = setInterval(() => this.refresh(), options.positionRefreshMs ?? 2000);
+    this.timer.unref();
+  }
+
+  watch(jobId: string): void {
+    this.waiting.set(jobId, -1);
+    if (this.waiting.size > MAX_WATCHED) this.waiting.delete(this.waiting.keys().next().value as string);
+  }
+
+  forget(jobId: string): void {
+    this.waiting.delete(jobId);
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+
+  private refresh(): void {
+    const { queue, store, logger } = this.options;
+    for (const [jobId, last] of this.waiting) {
+      queue
+        .position(jobId)
+        .then(async (position) => {
+          if (position === null) return void this.waiting.delete(jobId);
+          if (position === last) return;
+          this.waiting.set(jobId, position);
+          // A position read just before the job started must not replace its running progress.
+          const job = await store.jobs.get(jobId);
+          if (job?.status === 'queued') this.throttle.push(job, { stage: 'queued', position });
+        })
+        .catch((error: unknown) => logger.warn({ err: error, jobId }, 'queue position refresh failed'));
+    }
+  }
+}
+
+export function startAdapterDelivery(options: AdapterDeliveryOptions): AdapterDelivery {
+  const { adapter, logger, store } = options;
+  const estimator = options.estimator ?? new EtaEstimator();
+  const unsubscribe = learnRunTimes(options, estimator);
+  const holds = new AnnouncementHolds();
   const throttle = throttleProgress(
     // Read fresh: an earlier update may have recorded the progress message's id, or the job may have been
     // cancelled (from another bot process too), when its message must no longer show progress. The
@@ -70,66 +168,51 @@ export function startAdapterDelivery(options: {
     (error, job) => logger.warn({ err: error, jobId: job.id }, 'progress update failed'),
     options.progressIntervalMs,
   );
-  const handle = startDelivery({
-    store,
-    queue: options.queue,
+  const positions = new PositionWatch(options, throttle);
+
+  const deliverer: Deliverer = {
     platform: adapter.platform,
-    owner: options.owner,
-    logger,
-    sweepIntervalMs: options.sweepIntervalMs,
-    leaseMs: options.leaseMs,
     async deliver(job, claim) {
       if (job.kind === 'index') return { silent: true };
+      await holds.settled(job.idempotencyKey);
       await throttle.settle(job.id);
-      // Read again: progress edits and an earlier attempt's record of posted parts may postdate `job`.
+      // Read again: the progress message, progress edits and an earlier attempt's record of posted parts
+      // may postdate `job`.
       return adapter.deliver((await store.jobs.get(job.id)) ?? job, claim);
     },
     onProgress(job, progress) {
       if (job.kind !== 'index') throttle.push(job, progress);
     },
+  };
+  const loop = startDelivery({
+    ...deliverer,
+    store,
+    queue: options.queue,
+    owner: options.owner,
+    logger,
+    sweepIntervalMs: options.sweepIntervalMs,
+    leaseMs: options.leaseMs,
   });
-  async function progress(jobId: string, update: JobProgress, onlyWaiting = false): Promise<void> {
-    const job = await store.jobs.get(jobId);
-    if (job && (job.status === 'queued' || (job.status === 'running' && !onlyWaiting)))
-      throttle.push(job, update);
-  }
-
-  // Last position shown per waiting job (-1: none yet); a job leaves the map when the queue no longer has it waiting.
-  const waiting = new Map<string, number>();
-  const refresh = setInterval(() => {
-    for (const [jobId, last] of waiting) {
-      options.queue
-        .position(jobId)
-        .then(async (position) => {
-          if (position === null) waiting.delete(jobId);
-          else if (position !== last) {
-            waiting.set(jobId, position);
-            // A position read just before the job started must not replace its running progress.
-            await progress(jobId, { stage: 'queued', position }, true);
-          }
-        })
-        .catch((error: unknown) => logger.warn({ err: error, jobId }, 'queue position refresh failed'));
-    }
-  }, options.positionRefreshMs ?? 2000);
-  refresh.unref();
 
   return {
-    sweep: handle.sweep,
-    progress,
-    watchPosition(jobId) {
-      waiting.set(jobId, -1);
-      if (waiting.size > MAX_WATCHED) waiting.delete(waiting.keys().next().value as string);
+    sweep: loop.sweep,
+    hold: (key) => holds.hold(key),
+    async announce(jobId, position) {
+      const job = await store.jobs.get(jobId);
+      if (!job || job.deliveredAt || job.status === 'cancelled') return;
+      await throttle.runNow(job, () => adapter.announce(job, acceptedProgress(position)));
+      positions.watch(jobId);
     },
     async cancelled(job, text) {
-      waiting.delete(job.id);
+      positions.forget(job.id);
       estimator.forget(job.id);
       await throttle.settle(job.id);
       await adapter.showCancelled((await store.jobs.get(job.id)) ?? job, text);
     },
     async close() {
-      clearInterval(refresh);
+      positions.stop();
       unsubscribe();
-      await handle.close();
+      await loop.close();
       throttle.stop();
     },
   };

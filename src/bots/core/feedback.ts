@@ -1,4 +1,7 @@
 import type { CommunityConfig, FeedbackSource, JobRecord, Store } from '../../store/types.ts';
+import type { ReactionRequest } from './bot-core.ts';
+import type { CoreDeps } from './deps.ts';
+import { authorKey, type InboundTurn } from './turn.ts';
 
 /**
  * The community teaches the decision (beyond the paper; issue #12 §4): 👍/👎 on a reply that showed an
@@ -90,6 +93,49 @@ export async function recordFeedback(
     direction,
   });
   return true;
+}
+
+/** A reaction on a reply, from the adapters: recorded, or taken back when removed. */
+export async function reactToReply(deps: CoreDeps, request: ReactionRequest): Promise<boolean> {
+  const { store, logger } = deps;
+  const community = await store.communities.ensure(request.community);
+  const { reply } = request;
+  const job =
+    'jobId' in reply
+      ? await store.jobs.get(reply.jobId)
+      : await store.jobs.findChatByReplyMessage(community.id, reply.messageId);
+  if (!job || job.communityId !== community.id) return false;
+  const key = authorKey(request.community.platform, request.userId);
+  if (!request.added) {
+    const direction = directionOf(job, request.reaction);
+    return (
+      direction !== null &&
+      store.feedback.withdraw({ jobId: job.id, authorKey: key, source: 'reaction', direction })
+    );
+  }
+  const taken = await recordFeedback(store, {
+    job,
+    authorKey: key,
+    source: 'reaction',
+    signal: request.reaction,
+  });
+  if (taken)
+    logger.info({ community: request.community, jobId: job.id, reaction: request.reaction }, 'feedback');
+  return taken;
+}
+
+/** "Retrieve instead" / "Generate instead" on a chat reply says which the person wanted. */
+export async function learnFromButton(store: Store, turn: InboundTurn): Promise<void> {
+  const command = turn.command;
+  if (command.kind !== 'button' || (command.action !== 'retrieve' && command.action !== 'generate')) return;
+  const original = await store.jobs.get(command.jobId);
+  if (!original) return;
+  await recordFeedback(store, {
+    job: original,
+    authorKey: authorKey(turn.platform, turn.user.id),
+    source: 'button',
+    signal: command.action,
+  });
 }
 
 /** One line for `/gill show`. */

@@ -1,3 +1,4 @@
+import { imageExtension } from '../../image-types.ts';
 import type { JobProgress, ResultImage } from '../../jobs.ts';
 import type { JobRecord } from '../../store/types.ts';
 import { buttonsFor } from './buttons.ts';
@@ -113,13 +114,6 @@ export function splitMessage(text: string, maxChars: number): string[] {
   return chunks;
 }
 
-const EXTENSIONS: Record<string, string> = {
-  'image/png': 'png',
-  'image/jpeg': 'jpg',
-  'image/webp': 'webp',
-  'image/gif': 'gif',
-};
-
 function percent(p: number): string {
   return `${Math.round(p * 100)}%`;
 }
@@ -168,7 +162,7 @@ export function renderReply(job: JobRecord, style: RenderStyle): RenderedReply {
   const images = result.images.map((image, i) => ({
     hash: image.hash,
     mime: image.mime,
-    fileName: `gill-${image.kind}-${i + 1}.${EXTENSIONS[image.mime] ?? 'png'}`,
+    fileName: `gill-${image.kind}-${i + 1}.${imageExtension(image.mime) ?? 'png'}`,
     kind: image.kind,
     caption: caption(image, i, result.seed, style),
   }));
@@ -180,13 +174,6 @@ export function renderReply(job: JobRecord, style: RenderStyle): RenderedReply {
   const chunks = splitMessage(lines.join('\n'), style.maxChars);
   // An image-only reply still needs a text on platforms that reject empty messages.
   return { chunks: chunks.length ? chunks : ['Done.'], images, buttons };
-}
-
-const PROGRESS_MARKS = ['⏳ ', '💭 ', '🔎 ', '🎨 ', '📦 ', '🚫 '];
-
-/** Whether a bot message is a progress line (left out of thread context: it says nothing to the model). */
-export function isProgressText(text: string): boolean {
-  return PROGRESS_MARKS.some((mark) => text.startsWith(mark)) && !text.includes('\n');
 }
 
 /** What a cancelled job's progress message turns into; `by` names who cancelled it when not the asker. */
@@ -217,7 +204,7 @@ export function renderEta(eta: Eta, style: EtaStyle): string {
   }
 }
 
-/** One line for a progress message, with the estimated end when there is one; each starts with one of PROGRESS_MARKS. */
+/** One line for a progress message, with the estimated end when there is one; each starts with its stage's mark (⏳ 💭 🔎 🎨 📦; 🚫 when cancelled). */
 export function renderProgress(progress: JobProgress, eta?: string): string {
   const line = progressLine(progress);
   return eta ? `${line} (ready ${eta})` : line;

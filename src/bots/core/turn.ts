@@ -31,7 +31,10 @@ export interface Attachment {
 /** One message of the conversation the turn belongs to, oldest first in InboundTurn.messages. */
 export interface ThreadMessage {
   id: string;
-  /** 'assistant' for the bot's own messages. */
+  /**
+   * 'assistant' only for the bot's own turns, which the core takes from its finished jobs
+   * (conversation.ts); adapters give people's messages.
+   */
   role: 'user' | 'assistant';
   authorId: string;
   authorName: string;
@@ -93,6 +96,23 @@ export interface InboundTurn {
   idempotencyKey: string;
   /** Where the reply goes; stored with the job, so delivery works after a restart. */
   replyTarget: ReplyTarget;
+}
+
+/** What an adapter reads from its event; the platform and the reply target follow from it (see buildTurn). */
+export type TurnFields = Omit<InboundTurn, 'platform' | 'replyTarget'>;
+
+/**
+ * A Turn whose reply goes back where it came from (its channel, and thread if any), with the platform's
+ * own `data` for finding it again (message ids, an interaction token...). Each platform's inbound.ts wraps
+ * this in its one turn builder.
+ */
+export function buildTurn(platform: Platform, fields: TurnFields, data: object): InboundTurn {
+  const { channelId, threadId } = fields;
+  return {
+    platform,
+    ...fields,
+    replyTarget: { platform, channelId, ...(threadId ? { threadId } : {}), data: { ...data } },
+  };
 }
 
 /**

@@ -1,18 +1,10 @@
 import { createHash } from 'node:crypto';
-import {
-  type APIMessage,
-  ButtonStyle,
-  ComponentType,
-  MessageFlags,
-  type RawFile,
-  type REST,
-  Routes,
-} from 'discord.js';
+import { type APIMessage, MessageFlags, type RawFile, type REST, Routes } from 'discord.js';
 import type { JobProgress } from '../../jobs.ts';
 import type { Logger } from '../../log.ts';
 import type { JobRecord, Store } from '../../store/types.ts';
 import type { DeliveryReceipt, PlatformAdapter } from '../core/adapter.ts';
-import { ACTION_LABELS, buttonId, type PersistentAction, PROGRESS_BUTTONS } from '../core/buttons.ts';
+import { PROGRESS_BUTTONS } from '../core/buttons.ts';
 import type { Eta } from '../core/eta.ts';
 import { formatBytes } from '../core/fetch-guard.ts';
 import {
@@ -22,6 +14,7 @@ import {
   renderProgress,
   renderReply,
 } from '../core/render.ts';
+import { buttonRow } from './components.ts';
 import {
   discordCode,
   INVALID_WEBHOOK_TOKEN,
@@ -87,21 +80,6 @@ export function replyNonce(jobId: string, part: number): string {
 
 export function targetData(job: JobRecord): DiscordTargetData {
   return job.replyTarget.data as unknown as DiscordTargetData;
-}
-
-function buttonRow(actions: readonly PersistentAction[], jobId: string): unknown[] {
-  if (!actions.length) return [];
-  return [
-    {
-      type: ComponentType.ActionRow,
-      components: actions.map((action) => ({
-        type: ComponentType.Button,
-        style: action === 'cancel' ? ButtonStyle.Danger : ButtonStyle.Secondary,
-        label: ACTION_LABELS[action],
-        custom_id: buttonId(action, jobId),
-      })),
-    },
-  ];
 }
 
 export class DiscordAdapter implements PlatformAdapter {
@@ -264,6 +242,10 @@ export class DiscordAdapter implements PlatformAdapter {
     return { via: 'channel', messageIds: ids };
   }
 
+  async announce(job: JobRecord, progress: JobProgress): Promise<void> {
+    await this.showProgress(job, progress);
+  }
+
   async showProgress(job: JobRecord, progress: JobProgress, eta?: Eta | null): Promise<void> {
     // `<t:…:R>` is shown relative ("in 20 seconds") and kept current by the client between edits.
     const content = renderProgress(progress, eta ? renderEta(eta, 'discord') : undefined);
@@ -307,8 +289,12 @@ export class DiscordAdapter implements PlatformAdapter {
       }
     }
     if (data.mode === 'interaction' || !create) return;
+    // Answering in the channel (no thread): the progress message, later the reply, answers the message.
+    const reference = data.replyToMessageId
+      ? { message_reference: { message_id: data.replyToMessageId, fail_if_not_exists: false } }
+      : {};
     const message = (await rest.post(Routes.channelMessages(channelId), {
-      body: { ...body, flags: MessageFlags.SuppressNotifications },
+      body: { ...body, ...reference, flags: MessageFlags.SuppressNotifications },
     })) as APIMessage;
     await this.remember(job, { progressMessageId: message.id });
   }

@@ -1,4 +1,11 @@
-import type { Message, MessageReaction, PartialMessage, PartialMessageReaction, PartialUser, User } from 'discord.js';
+import type {
+  Message,
+  MessageReaction,
+  PartialMessage,
+  PartialMessageReaction,
+  PartialUser,
+  User,
+} from 'discord.js';
 import type { ReactionRequest } from '../core/bot-core.ts';
 import { parseButtonId } from '../core/buttons.ts';
 import { reactionOfEmoji } from '../core/feedback.ts';
@@ -33,7 +40,7 @@ export async function reactionRequest(
   if (!jobId) return null;
   return {
     community: { platform: 'discord', externalId: message.guildId },
-    jobId,
+    reply: { jobId },
     userId: user.id,
     reaction: kind,
     added,

@@ -1,19 +1,19 @@
 import { type CommunityRef, MAX_PROMPT_CHARS, UserInputError } from '../../jobs.ts';
 import type { Logger } from '../../log.ts';
-import type { JobRecord } from '../../store/types.ts';
-import type { BotCore, SubmitOutcome } from '../core/bot-core.ts';
+import type { SubmitOutcome } from '../core/bot-core.ts';
 import { BUTTON_LABELS, parseButtonId } from '../core/buttons.ts';
 import { parseGillText } from '../core/commands.ts';
-import { FetchRefusedError } from '../core/fetch-guard.ts';
-import type { Command, InboundTurn, ThreadMessage } from '../core/turn.ts';
-import { parseFind, parseImagine } from '../slack/commands.ts';
-import type { PlaygroundAdapter } from './adapter.ts';
+import type { Bot } from '../core/start.ts';
+import { parseFind, parseImagine } from '../core/text-commands.ts';
+import { buildTurn, type Command, type InboundTurn, type ThreadMessage } from '../core/turn.ts';
+import { PlaygroundRefusal, uploadRefusal } from './errors.ts';
 import {
   isMessageId,
   type PlaygroundMessage,
   type PlaygroundMessages,
   type PostedImage,
 } from './messages.ts';
+import type { PlaygroundAdapter } from './outbound.ts';
 import type { UploadedFile, UploadShelf } from './uploads.ts';
 
 /**
@@ -35,17 +35,6 @@ const MENTION = /(^|[^\w@])@gill\b/gi;
 const COMMAND = /^\/([a-z]+)\b\s*([\s\S]*)$/i;
 const USER_ID = /^[\w-]{1,64}$/;
 const CLIENT_KEY = /^[\w-]{8,64}$/;
-
-/** A request the page made that is refused; `status` is the HTTP status, the message is for the person. */
-export class PlaygroundRefusal extends Error {
-  constructor(
-    message: string,
-    readonly status = 400,
-  ) {
-    super(message);
-    this.name = 'PlaygroundRefusal';
-  }
-}
 
 export interface PageUser {
   id: string;
@@ -71,7 +60,7 @@ export interface PostResult {
 }
 
 export interface InboundDeps {
-  core: BotCore;
+  bot: Bot;
   messages: PlaygroundMessages;
   adapter: PlaygroundAdapter;
   uploads: UploadShelf;
@@ -79,10 +68,6 @@ export interface InboundDeps {
   community: CommunityRef;
   communityId: string;
   channelId: string;
-  /** Called with each accepted job, whose queue position is then kept up to date. */
-  onAccepted?(jobId: string): void;
-  /** Shows a job cancelled through the core on its progress message (the delivery's `cancelled`). */
-  onCancelled(job: JobRecord, text: string): Promise<void>;
 }
 
 export function checkUser(user: { id?: unknown; name?: unknown }): PageUser {
@@ -127,246 +112,214 @@ function withoutMention(text: string): string {
     .trim();
 }
 
-export function createInbound(deps: InboundDeps) {
-  const { core, messages, adapter, uploads, logger } = deps;
-
-  function threadMessage(message: PlaygroundMessage): ThreadMessage | null {
-    if (message.role === 'user') {
-      return {
-        id: message.id,
-        role: 'user',
-        authorId: message.authorId,
-        authorName: message.authorName,
-        text: withoutMention(message.body),
-        attachments: message.attachments.map((image) => uploads.attachment(image)),
-      };
-    }
-    // Progress lines, cancellations and failures say nothing to the model.
-    if ((message.jobId && !message.reply) || message.reply?.failed || message.reply?.cancelled) return null;
-    const images = message.reply?.images ?? [];
-    return {
-      id: message.id,
-      role: 'assistant',
-      authorId: BOT_NAME,
-      authorName: BOT_NAME,
-      text: message.reply?.text ?? message.body,
-      attachments: images.map((image, i) =>
-        uploads.attachment({ ...image, name: `gill-${image.kind}-${i + 1}.png` }),
-      ),
-    };
-  }
-
-  async function conversation(rootId: string, upTo: PlaygroundMessage): Promise<ThreadMessage[]> {
-    const thread = await messages.thread(rootId, THREAD_MESSAGES);
-    return thread
-      .filter((m) => Number(m.id) <= Number(upTo.id))
-      .flatMap((m) => {
-        const item = threadMessage(m);
-        return item ? [item] : [];
-      });
-  }
-
-  /** Shows the outcome in the thread: progress message, immediate answer, or a notice for the sender. */
-  async function answer(outcome: SubmitOutcome, turn: InboundTurn, answerKey: string) {
-    const threadId = turn.threadId!;
-    switch (outcome.status) {
-      case 'accepted':
-        await adapter.announce(
-          { id: outcome.jobId, channelId: turn.channelId, threadId },
-          outcome.position === null ? { stage: 'thinking' } : { stage: 'queued', position: outcome.position },
-        );
-        deps.onAccepted?.(outcome.jobId);
-        return undefined;
-      case 'answered': {
-        const { message } = await messages.post({
-          communityId: deps.communityId,
-          channelId: turn.channelId,
-          threadId,
-          role: 'assistant',
-          authorId: BOT_NAME,
-          authorName: BOT_NAME,
-          body: outcome.text,
-          clientKey: `answer:${answerKey}`,
-        });
-        adapter.publish(message);
-        return undefined;
-      }
-      case 'refused':
-        return `⚠️ ${outcome.message}`;
-      case 'duplicate':
-        return undefined;
-    }
-  }
-
-  function turnFor(
-    user: PageUser,
-    threadId: string,
-    command: Command,
-    history: ThreadMessage[],
-    idempotencyKey: string,
-    data: Record<string, unknown>,
-  ): InboundTurn {
-    return {
-      platform: 'playground',
+/** The one place a playground Turn is made: in its thread; the person at this machine runs the playground. */
+export function playgroundTurn(
+  deps: Pick<InboundDeps, 'community' | 'channelId'>,
+  user: PageUser,
+  threadId: string,
+  command: Command,
+  messages: ThreadMessage[],
+  idempotencyKey: string,
+  data: Record<string, unknown>,
+): InboundTurn {
+  return buildTurn(
+    'playground',
+    {
       community: deps.community,
       // The person at this machine runs the playground, so they may change its settings.
       user: { id: user.id, displayName: user.name, isAdmin: true },
       channelId: deps.channelId,
       threadId,
       command,
-      messages: history,
+      messages,
       idempotencyKey,
-      replyTarget: {
-        platform: 'playground',
-        channelId: deps.channelId,
-        threadId,
-        data: { userId: user.id, ...data },
-      },
-    };
+    },
+    { userId: user.id, ...data },
+  );
+}
+
+/** A person's message as the core reads it; null for the bot's (its turns come from its finished jobs). */
+function threadMessage(uploads: UploadShelf, message: PlaygroundMessage): ThreadMessage | null {
+  if (message.role !== 'user') return null;
+  return {
+    id: message.id,
+    role: 'user',
+    authorId: message.authorId,
+    authorName: message.authorName,
+    text: withoutMention(message.body),
+    attachments: message.attachments.map((image) => uploads.attachment(image)),
+  };
+}
+
+/** Checks a post's size before anything is stored; throws the refusal the page shows. */
+function checkPost(text: string, files: UploadedFile[]): void {
+  if (!text.trim() && files.length === 0) {
+    throw new PlaygroundRefusal('The message is empty: write something or attach an image.');
+  }
+  if (text.length > MAX_MESSAGE_CHARS) {
+    throw new PlaygroundRefusal(
+      `The message is ${text.length.toLocaleString('en-US')} characters long; the limit is ${MAX_MESSAGE_CHARS.toLocaleString('en-US')}.`,
+      413,
+    );
+  }
+  if (files.length > MAX_FILES) {
+    throw new PlaygroundRefusal(
+      `${files.length} images were attached; a message takes at most ${MAX_FILES}.`,
+      413,
+    );
+  }
+}
+
+export class PlaygroundInbound {
+  constructor(private readonly deps: InboundDeps) {}
+
+  private async conversation(rootId: string, upTo: PlaygroundMessage): Promise<ThreadMessage[]> {
+    const thread = await this.deps.messages.thread(rootId, THREAD_MESSAGES);
+    return thread
+      .filter((m) => Number(m.id) <= Number(upTo.id))
+      .flatMap((m) => {
+        const item = threadMessage(this.deps.uploads, m);
+        return item ? [item] : [];
+      });
   }
 
-  async function ingest(files: UploadedFile[]): Promise<PostedImage[]> {
+  /** Shows an immediate answer in the thread; returns the notice for the sender when refused. */
+  private async answer(outcome: SubmitOutcome, turn: InboundTurn, answerKey: string) {
+    if (outcome.status === 'refused') return `⚠️ ${outcome.message}`;
+    if (outcome.status !== 'answered') return undefined; // accepted jobs were announced by bot.submit
+    const { message } = await this.deps.messages.post({
+      communityId: this.deps.communityId,
+      channelId: turn.channelId,
+      threadId: turn.threadId!,
+      role: 'assistant',
+      authorId: BOT_NAME,
+      authorName: BOT_NAME,
+      body: outcome.text,
+      clientKey: `answer:${answerKey}`,
+    });
+    this.deps.adapter.publish(message);
+    return undefined;
+  }
+
+  private async ingest(files: UploadedFile[]): Promise<PostedImage[]> {
     const images: PostedImage[] = [];
     for (const file of files) {
       try {
-        images.push(await uploads.ingest(file));
+        images.push(await this.deps.uploads.ingest(file));
       } catch (error) {
-        if (!(error instanceof FetchRefusedError)) throw error;
-        const status =
-          error.reason === 'too_large'
-            ? 413
-            : error.reason === 'not_image' || error.reason === 'corrupt'
-              ? 415
-              : 400;
-        throw new PlaygroundRefusal(`${error.message}.`.replace(/\.\.$/, '.'), status);
+        throw uploadRefusal(error);
       }
     }
     return images;
   }
 
-  return {
-    async post(input: PostInput): Promise<PostResult> {
-      const text = input.text.replace(/\r\n/g, '\n');
-      if (!text.trim() && input.files.length === 0) {
-        throw new PlaygroundRefusal('The message is empty: write something or attach an image.');
-      }
-      if (text.length > MAX_MESSAGE_CHARS) {
-        throw new PlaygroundRefusal(
-          `The message is ${text.length.toLocaleString('en-US')} characters long; the limit is ${MAX_MESSAGE_CHARS.toLocaleString('en-US')}.`,
-          413,
-        );
-      }
-      if (input.files.length > MAX_FILES) {
-        throw new PlaygroundRefusal(
-          `${input.files.length} images were attached; a message takes at most ${MAX_FILES}.`,
-          413,
-        );
-      }
-      let root: PlaygroundMessage | null = null;
-      if (input.threadId !== undefined) {
-        root = await messages.get(input.threadId);
-        if (!root || root.threadId !== null || root.channelId !== deps.channelId) {
-          throw new PlaygroundRefusal('That thread no longer exists.', 404);
-        }
-      }
-      let command: Command | 'mention' | null;
-      try {
-        command = commandOf(text, deps.channelId);
-      } catch (error) {
-        if (error instanceof UserInputError) throw new PlaygroundRefusal(error.message);
-        throw error;
-      }
-      const attachments = await ingest(input.files);
+  /** The thread a post answers in: null for a post in the channel; refused when it no longer exists. */
+  private async rootOf(threadId: string | undefined): Promise<PlaygroundMessage | null> {
+    if (threadId === undefined) return null;
+    const root = await this.deps.messages.get(threadId);
+    if (!root || root.threadId !== null || root.channelId !== this.deps.channelId) {
+      throw new PlaygroundRefusal('That thread no longer exists.', 404);
+    }
+    return root;
+  }
 
-      const { message, created } = await messages.post({
-        communityId: deps.communityId,
-        channelId: deps.channelId,
-        threadId: root?.id ?? null,
-        role: 'user',
-        authorId: input.user.id,
-        authorName: input.user.name,
-        body: text.trim(),
-        attachments,
-        clientKey: input.clientKey,
+  /** Offers a post's images to the index; the notice for the sender names those not taken. */
+  private async index(
+    message: PlaygroundMessage,
+    attachments: PostedImage[],
+    threadId: string,
+    user: PageUser,
+  ) {
+    const { bot, community, channelId, uploads } = this.deps;
+    if (!attachments.length || !(await bot.core.isIndexedChannel(community, channelId))) return undefined;
+    const outcome = await bot.core.indexImages({
+      community,
+      channelId,
+      messageId: message.id,
+      authorId: user.id,
+      permalink: `/?thread=${threadId}#m${message.id}`,
+      attachments: attachments.map((image) => uploads.attachment(image)),
+    });
+    return outcome?.refused.length
+      ? `Not added to the image index: ${outcome.refused.join('; ')}`
+      : undefined;
+  }
+
+  async post(input: PostInput): Promise<PostResult> {
+    const { bot, messages, adapter, logger } = this.deps;
+    const text = input.text.replace(/\r\n/g, '\n');
+    checkPost(text, input.files);
+    const root = await this.rootOf(input.threadId);
+    let command: Command | 'mention' | null;
+    try {
+      command = commandOf(text, this.deps.channelId);
+    } catch (error) {
+      if (error instanceof UserInputError) throw new PlaygroundRefusal(error.message);
+      throw error;
+    }
+    const attachments = await this.ingest(input.files);
+
+    const { message, created } = await messages.post({
+      communityId: this.deps.communityId,
+      channelId: this.deps.channelId,
+      threadId: root?.id ?? null,
+      role: 'user',
+      authorId: input.user.id,
+      authorName: input.user.name,
+      body: text.trim(),
+      attachments,
+      clientKey: input.clientKey,
+    });
+    if (created) adapter.publish(message);
+    const threadId = message.threadId ?? message.id;
+    const notice = await this.index(message, attachments, threadId, input.user);
+
+    const chat = command === 'mention' || (command === null && root && (await messages.botInThread(root.id)));
+    if (!command && !chat) return { message, threadId, answering: false, ...(notice ? { notice } : {}) };
+    const turn = playgroundTurn(
+      this.deps,
+      input.user,
+      threadId,
+      command === 'mention' || command === null ? { kind: 'chat' } : command,
+      chat ? await this.conversation(threadId, message) : [],
+      `playground:message:${message.id}`,
+      { messageId: message.id },
+    );
+    const refused = await this.answer(await bot.submit(turn), turn, message.id);
+    if (refused) logger.child({ messageId: message.id, threadId }).info({ notice: refused }, 'not answered');
+    const notices = [notice, refused].filter(Boolean).join('\n');
+    return { message, threadId, answering: !refused, ...(notices ? { notice: notices } : {}) };
+  }
+
+  async press(input: { customId: unknown; clickKey: string; user: PageUser }): Promise<{ notice?: string }> {
+    const { bot, messages } = this.deps;
+    const parsed = typeof input.customId === 'string' ? parseButtonId(input.customId) : null;
+    if (!parsed) throw new PlaygroundRefusal('That is not one of the bot’s buttons.');
+    const { action, jobId } = parsed;
+    const original = await messages.byJob(jobId);
+    if (!original?.threadId || !isMessageId(original.threadId)) {
+      throw new PlaygroundRefusal('That reply is no longer known, so its buttons no longer work.', 404);
+    }
+    if (action === 'cancel') {
+      const outcome = await bot.cancel({
+        community: this.deps.community,
+        jobId,
+        user: { id: input.user.id, displayName: input.user.name },
+        // Everyone at the playground may change its settings, but a request is cancelled only by its asker.
+        isAdmin: () => false,
       });
-      if (created) adapter.publish(message);
-      const threadId = message.threadId ?? message.id;
-      const log = logger.child({ messageId: message.id, threadId });
-
-      let notice: string | undefined;
-      if (attachments.length && (await core.isIndexedChannel(deps.community, deps.channelId))) {
-        const outcome = await core.indexImages({
-          community: deps.community,
-          channelId: deps.channelId,
-          messageId: message.id,
-          authorId: input.user.id,
-          permalink: `/?thread=${threadId}#m${message.id}`,
-          attachments: attachments.map((image) => uploads.attachment(image)),
-        });
-        if (outcome?.refused.length) notice = `Not added to the image index: ${outcome.refused.join('; ')}`;
-      }
-
-      const answersHere =
-        command === 'mention' || (command === null && root && (await messages.botInThread(root.id)));
-      if (!command && !answersHere)
-        return { message, threadId, answering: false, ...(notice ? { notice } : {}) };
-      const turn =
-        command === 'mention' || command === null
-          ? turnFor(
-              input.user,
-              threadId,
-              { kind: 'chat' },
-              await conversation(threadId, message),
-              `playground:message:${message.id}`,
-              {
-                messageId: message.id,
-              },
-            )
-          : turnFor(input.user, threadId, command, [], `playground:message:${message.id}`, {
-              messageId: message.id,
-            });
-      const refused = await answer(await core.submit(turn), turn, message.id);
-      if (refused) log.info({ notice: refused }, 'not answered');
-      const notices = [notice, refused].filter(Boolean).join('\n');
-      return { message, threadId, answering: !refused, ...(notices ? { notice: notices } : {}) };
-    },
-
-    async press(input: {
-      customId: unknown;
-      clickKey: string;
-      user: PageUser;
-    }): Promise<{ notice?: string }> {
-      const parsed = typeof input.customId === 'string' ? parseButtonId(input.customId) : null;
-      if (!parsed) throw new PlaygroundRefusal('That is not one of the bot’s buttons.');
-      const { action, jobId } = parsed;
-      const original = await messages.byJob(jobId);
-      if (!original?.threadId || !isMessageId(original.threadId)) {
-        throw new PlaygroundRefusal('That reply is no longer known, so its buttons no longer work.', 404);
-      }
-      if (action === 'cancel') {
-        const outcome = await core.cancel({
-          community: deps.community,
-          jobId,
-          user: { id: input.user.id, displayName: input.user.name },
-          // Everyone at the playground may change its settings, but a request is cancelled only by its asker.
-          isAdmin: () => false,
-        });
-        if (outcome.status !== 'cancelled') return { notice: `⚠️ ${outcome.message}` };
-        await deps.onCancelled(outcome.job, outcome.progressText);
-        return {};
-      }
-      const turn = turnFor(
-        input.user,
-        original.threadId,
-        { kind: 'button', action, jobId },
-        [],
-        `playground:button:${input.clickKey}`,
-        { header: `${input.user.name} pressed “${BUTTON_LABELS[action]}”` },
-      );
-      const refused = await answer(await core.submit(turn), turn, `button:${input.clickKey}`);
-      return refused ? { notice: refused } : {};
-    },
-  };
+      return outcome.status === 'cancelled' ? {} : { notice: `⚠️ ${outcome.message}` };
+    }
+    const turn = playgroundTurn(
+      this.deps,
+      input.user,
+      original.threadId,
+      { kind: 'button', action, jobId },
+      [],
+      `playground:button:${input.clickKey}`,
+      { header: `${input.user.name} pressed “${BUTTON_LABELS[action]}”` },
+    );
+    const refused = await this.answer(await bot.submit(turn), turn, `button:${input.clickKey}`);
+    return refused ? { notice: refused } : {};
+  }
 }
-
-export type Inbound = ReturnType<typeof createInbound>;

@@ -1,19 +1,18 @@
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
-import { hostname } from 'node:os';
 import type { Config } from '../../config.ts';
 import type { CommunityRef } from '../../jobs.ts';
 import type { Logger } from '../../log.ts';
 import type { JobQueue } from '../../queue/queue.ts';
 import type { Store } from '../../store/types.ts';
-import { type BotCore, createBotCore } from '../core/bot-core.ts';
-import { startAdapterDelivery } from '../core/delivery.ts';
+import type { BotCore } from '../core/bot-core.ts';
 import { createFetchGuard, DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS } from '../core/fetch-guard.ts';
 import { createImageIngest } from '../core/images.ts';
-import { PlaygroundAdapter } from './adapter.ts';
+import { startBot } from '../core/start.ts';
 import { EventHub } from './events.ts';
-import { createInbound, type Inbound } from './inbound.ts';
+import { PlaygroundInbound } from './inbound.ts';
 import { PlaygroundMessages } from './messages.ts';
+import { PlaygroundAdapter } from './outbound.ts';
 import { PLAYGROUND_COMMUNITY } from './seed-gallery.ts';
 import { createPlaygroundServer } from './server.ts';
 import { UploadShelf } from './uploads.ts';
@@ -69,8 +68,8 @@ export async function startPlayground(options: PlaygroundOptions): Promise<Playg
   const adapter = new PlaygroundAdapter({ store, messages, hub, logger, communityId: community.id });
   const limits = { maxBytes: DEFAULT_MAX_IMAGE_BYTES, maxPixels: DEFAULT_MAX_IMAGE_PIXELS };
 
-  let ready!: (inbound: Inbound) => void;
-  const inbound = new Promise<Inbound>((resolve) => {
+  let ready!: (inbound: PlaygroundInbound) => void;
+  const inbound = new Promise<PlaygroundInbound>((resolve) => {
     ready = resolve;
   });
   let allowedHosts: Set<string> | null = new Set();
@@ -120,29 +119,23 @@ export async function startPlayground(options: PlaygroundOptions): Promise<Playg
     guard: createFetchGuard({ allowed: [origin], maxBytes: limits.maxBytes, maxPixels: limits.maxPixels }),
   });
   uploads.open(origin, images);
-  const core =
-    options.core ??
-    createBotCore({
-      store,
-      queue,
-      logger,
-      images,
-      channelMention: (id) => `#${id}`,
-      // The page's default name is "you", which would read wrongly in someone else's refusal.
-      userMention: (_id, name) => (name && name !== 'you' ? name : 'the person who asked'),
-    });
-  const delivery = startAdapterDelivery({
+  const bot = startBot({
     store,
     queue,
     logger,
     adapter,
-    owner: `${hostname()}:${process.pid}:playground`,
+    core: options.core ?? {
+      images,
+      channelMention: (id) => `#${id}`,
+      // The page's default name is "you", which would read wrongly in someone else's refusal.
+      userMention: (_id, name) => (name && name !== 'you' ? name : 'the person who asked'),
+    },
     sweepIntervalMs: options.sweepIntervalMs,
   });
 
   ready(
-    createInbound({
-      core,
+    new PlaygroundInbound({
+      bot,
       messages,
       adapter,
       uploads,
@@ -150,8 +143,6 @@ export async function startPlayground(options: PlaygroundOptions): Promise<Playg
       community: communityRef,
       communityId: community.id,
       channelId: PLAYGROUND_CHANNEL,
-      onAccepted: (jobId) => delivery.watchPosition(jobId),
-      onCancelled: (job, text) => delivery.cancelled(job, text),
     }),
   );
   const url = `${origin}/`;
@@ -164,7 +155,7 @@ export async function startPlayground(options: PlaygroundOptions): Promise<Playg
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeAllConnections();
       await closed;
-      await delivery.close();
+      await bot.stop();
     },
   };
 }

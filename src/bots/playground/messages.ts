@@ -60,14 +60,9 @@ export interface PlaygroundMessage {
   replyCount?: number;
 }
 
-export interface NewMessage {
+export interface NewMessage
+  extends Pick<PlaygroundMessage, 'channelId' | 'threadId' | 'role' | 'authorId' | 'authorName' | 'body'> {
   communityId: string;
-  channelId: string;
-  threadId: string | null;
-  role: 'user' | 'assistant';
-  authorId: string;
-  authorName: string;
-  body: string;
   attachments?: PostedImage[];
   /** Names the post: a second post with the same key returns the first. */
   clientKey?: string;

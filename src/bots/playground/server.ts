@@ -3,15 +3,15 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import path from 'node:path';
 import type { Logger } from '../../log.ts';
 import type { Store } from '../../store/types.ts';
+import { PlaygroundRefusal } from './errors.ts';
 import type { EventHub } from './events.ts';
 import {
   BOT_NAME,
   checkClientKey,
   checkUser,
-  type Inbound,
   MAX_FILES,
   MAX_MESSAGE_CHARS,
-  PlaygroundRefusal,
+  type PlaygroundInbound,
 } from './inbound.ts';
 import type { PlaygroundMessages } from './messages.ts';
 import { BLOBS_PATH, UPLOADS_PATH, type UploadedFile, type UploadShelf } from './uploads.ts';
@@ -27,7 +27,7 @@ export interface ServerDeps {
   store: Store;
   messages: PlaygroundMessages;
   /** Resolves once the server knows its own address (uploads are fetched back from it); requests wait for it. */
-  inbound: Promise<Inbound>;
+  inbound: Promise<PlaygroundInbound>;
   uploads: UploadShelf;
   hub: EventHub;
   logger: Logger;
@@ -45,7 +45,13 @@ export interface ServerDeps {
 const PUBLIC_DIR = path.join(import.meta.dirname, 'public');
 const ASSETS: Record<string, { file: string; type: string }> = {
   '/': { file: 'index.html', type: 'text/html; charset=utf-8' },
-  '/app.js': { file: 'app.js', type: 'text/javascript; charset=utf-8' },
+  ...Object.fromEntries(
+    // The page's ES modules (public/app.js imports the others).
+    ['app.js', 'api.js', 'composer.js', 'dom.js', 'views.js'].map((file) => [
+      `/${file}`,
+      { file, type: 'text/javascript; charset=utf-8' },
+    ]),
+  ),
   '/app.css': { file: 'app.css', type: 'text/css; charset=utf-8' },
 };
 

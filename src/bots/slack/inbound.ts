@@ -1,16 +1,14 @@
 import type { App, BlockAction, RespondFn, ButtonAction as SlackButton, SlashCommand } from '@slack/bolt';
 import { type CommunityRef, UserInputError } from '../../jobs.ts';
 import type { Logger } from '../../log.ts';
-import type { JobQueue } from '../../queue/queue.ts';
-import type { JobRecord, Store } from '../../store/types.ts';
-import type { BotCore, SubmitOutcome } from '../core/bot-core.ts';
 import { BUTTON_LABELS, parseButtonId } from '../core/buttons.ts';
 import { gillHelp, parseGillText } from '../core/commands.ts';
-import { renderProgress } from '../core/render.ts';
-import type { Command, InboundTurn, ThreadMessage } from '../core/turn.ts';
+import { reactionOfEmoji } from '../core/feedback.ts';
+import type { Bot } from '../core/start.ts';
+import { parseFind, parseImagine } from '../core/text-commands.ts';
+import { buildTurn, type Command, type ThreadMessage, type TurnFields } from '../core/turn.ts';
 import type { SlackAdmins } from './admins.ts';
-import { parseFind, parseImagine } from './commands.ts';
-import { explainSlackError, type SlackAdapter, type SlackTargetData, slackErrorCode } from './outbound.ts';
+import type { SlackTargetData } from './outbound.ts';
 import { escapeText, mentionsUser, plainText, toAttachment } from './text.ts';
 import { fromApi, type SlackMessage, type ThreadCache } from './threads.ts';
 
@@ -21,24 +19,18 @@ import { fromApi, type SlackMessage, type ThreadCache } from './threads.ts';
  * carry the same event_id, which is the job's idempotency key in the store: a retry never answers twice,
  * also after a restart. Edits and deletions (message_changed, message_deleted) start no job: they update
  * the thread cache and the index, and their event ids are remembered in memory, like the cache itself.
+ * 👍/👎 on the bot's replies (reaction_added / reaction_removed) are decision feedback.
  */
 
 export interface InboundDeps {
   app: App;
-  core: BotCore;
-  adapter: SlackAdapter;
+  bot: Bot;
   threads: ThreadCache;
   admins: SlackAdmins;
-  store: Store;
-  queue: JobQueue;
   logger: Logger;
   botUserId: string;
   /** The workspace of the bot token, for payloads that don't name one. */
   teamId: string;
-  /** Called with each accepted job whose progress message was posted (queue position updates). */
-  onAnnounced?(jobId: string): void;
-  /** Shows a job cancelled through the core on its progress message (the delivery's `cancelled`). */
-  onCancelled(job: JobRecord, text: string): Promise<void>;
 }
 
 /** Messages read from a thread for context; the core trims them to the community's setting. */
@@ -49,12 +41,13 @@ const REMEMBERED_EVENTS = 5000;
 
 const ERROR_TEXT = '⚠️ Something went wrong on my side while handling this. It was logged; please try again.';
 
+/** A person's message (or another bot's) as the core reads it; the bot's own turns come from its jobs. */
 function threadMessage(message: SlackMessage, botUserId: string): ThreadMessage {
   return {
     id: message.ts,
-    role: message.fromBot ? 'assistant' : 'user',
+    role: 'user',
     authorId: message.userId,
-    authorName: message.fromBot ? 'gill' : message.userId,
+    authorName: message.userId,
     text: plainText(message.text, botUserId),
     attachments: message.files.filter((f) => f.url_private_download || f.url_private).map(toAttachment),
   };
@@ -68,74 +61,89 @@ function shorten(text: string, max: number): string {
   return text.length > max ? `${text.slice(0, max - 1)}…` : text;
 }
 
-export function registerInbound(deps: InboundDeps): void {
-  const { app, core, adapter, threads, admins, logger, botUserId } = deps;
-  const community = (teamId: string | undefined): CommunityRef => ({
-    platform: 'slack',
-    externalId: teamId || deps.teamId,
-  });
+/** The one place a Slack Turn is made: answered in the channel (and thread) it came from. */
+export function slackTurn(fields: TurnFields, data: SlackTargetData) {
+  return buildTurn('slack', fields, data);
+}
 
-  /** Submits with the delivery held until the progress message is recorded; posts it when accepted. */
-  async function submitAndAnnounce(turn: InboundTurn, header?: string): Promise<SubmitOutcome> {
-    const release = adapter.expectAnnouncement(turn.idempotencyKey);
+export class SlackInbound {
+  /** Event ids of edits and deletions applied (a retry of one is skipped). */
+  private readonly appliedEvents = new Set<string>();
+
+  constructor(private readonly deps: InboundDeps) {}
+
+  /** Listens for mentions, thread messages, edits and deletions, the slash commands and the buttons. */
+  register(): void {
+    const { app } = this.deps;
+    app.event('app_mention', (args) => this.mention(args.event, args.body));
+    app.event('message', (args) => this.message(args.event as unknown as Record<string, unknown>, args.body));
+    app.event('reaction_added', (args) => this.reaction(args.event, args.body, true));
+    app.event('reaction_removed', (args) => this.reaction(args.event, args.body, false));
+    this.jobCommand('/imagine', parseImagine);
+    this.jobCommand('/find', parseFind);
+    app.command('/gill', (args) => this.gill(args.command, args.ack, args.respond));
+    app.action<BlockAction<SlackButton>>(/^gill:/, (args) =>
+      this.button(args.ack, args.body, args.action, args.respond),
+    );
+  }
+
+  private community(teamId: string | undefined): CommunityRef {
+    return { platform: 'slack', externalId: teamId || this.deps.teamId };
+  }
+
+  /** 👍/👎 on one of the bot's replies: feedback on its retrieve/generate decision. */
+  private async reaction(
+    event: {
+      user: string;
+      reaction: string;
+      item: { type: string; channel?: string; ts?: string };
+      item_user?: string;
+    },
+    body: unknown,
+    added: boolean,
+  ) {
+    const reaction = reactionOfEmoji(event.reaction);
+    const { botUserId } = this.deps;
+    if (!reaction || event.item.type !== 'message' || !event.item.ts) return;
+    if (event.item_user !== botUserId || event.user === botUserId) return;
     try {
-      const outcome = await core.submit(turn);
-      if (outcome.status === 'accepted') {
-        const progress = renderProgress(
-          outcome.position === null ? { stage: 'thinking' } : { stage: 'queued', position: outcome.position },
-        );
-        try {
-          await adapter.announce(outcome.jobId, turn.replyTarget, progress, header);
-          deps.onAnnounced?.(outcome.jobId);
-        } catch (error) {
-          const code = slackErrorCode(error);
-          if (code === 'not_in_channel' || code === 'channel_not_found' || code === 'is_archived') {
-            // Nobody could see the answer: stop the job and say why to the person who asked.
-            await deps.queue.cancel(outcome.jobId);
-            await deps.store.jobs.cancel(outcome.jobId);
-            logger.info(
-              { jobId: outcome.jobId, code, channelId: turn.channelId },
-              'job cancelled: cannot post in channel',
-            );
-            return { status: 'refused', reason: 'bad_input', message: explainSlackError(code) };
-          }
-          // The reply still comes through delivery, as a new message.
-          logger.warn({ err: error, jobId: outcome.jobId }, 'could not post the progress message');
-        }
-      }
-      return outcome;
-    } finally {
-      release();
+      await this.deps.bot.core.react({
+        community: this.community((body as { team_id?: string }).team_id),
+        reply: { messageId: event.item.ts },
+        userId: event.user,
+        reaction,
+        added,
+      });
+    } catch (error) {
+      this.deps.logger.error({ err: error, ts: event.item.ts }, 'reaction failed');
     }
   }
 
   /** A mention or a thread follow-up: the thread so far is the conversation. */
-  async function answerInThread(event: Record<string, unknown>, eventId: string, teamId: string | undefined) {
+  private async answerInThread(event: Record<string, unknown>, eventId: string, teamId: string | undefined) {
+    const { app, bot, threads, botUserId } = this.deps;
     const channel = String(event.channel);
     const message = fromApi(event, botUserId);
     const rootTs = message.threadTs ?? message.ts;
     threads.record(channel, message);
     threads.join(channel, rootTs);
-    const messages = (await threads.messages(channel, rootTs, THREAD_MESSAGES)).map((m) =>
-      threadMessage(m, botUserId),
+    const messages = (await threads.messages(channel, rootTs, THREAD_MESSAGES))
+      .filter((m) => !m.fromBot)
+      .map((m) => threadMessage(m, botUserId));
+    const outcome = await bot.submit(
+      slackTurn(
+        {
+          community: this.community(teamId),
+          user: { id: message.userId, displayName: message.userId, isAdmin: false },
+          channelId: channel,
+          threadId: rootTs,
+          command: { kind: 'chat' },
+          messages,
+          idempotencyKey: `slack:event:${eventId}`,
+        },
+        { userId: message.userId },
+      ),
     );
-    const turn: InboundTurn = {
-      platform: 'slack',
-      community: community(teamId),
-      user: { id: message.userId, displayName: message.userId, isAdmin: false },
-      channelId: channel,
-      threadId: rootTs,
-      command: { kind: 'chat' },
-      messages,
-      idempotencyKey: `slack:event:${eventId}`,
-      replyTarget: {
-        platform: 'slack',
-        channelId: channel,
-        threadId: rootTs,
-        data: { userId: message.userId },
-      },
-    };
-    const outcome = await submitAndAnnounce(turn);
     if (outcome.status === 'refused' || outcome.status === 'answered') {
       const text =
         outcome.status === 'refused' ? `⚠️ ${escapeText(outcome.message)}` : escapeText(outcome.text);
@@ -143,60 +151,66 @@ export function registerInbound(deps: InboundDeps): void {
     }
   }
 
-  async function postError(channel: string, threadTs: string) {
-    await app.client.chat.postMessage({ channel, thread_ts: threadTs, text: ERROR_TEXT }).catch(() => {});
+  private async postError(channel: string, threadTs: string) {
+    await this.deps.app.client.chat
+      .postMessage({ channel, thread_ts: threadTs, text: ERROR_TEXT })
+      .catch(() => {});
   }
 
-  app.event('app_mention', async ({ event, body }) => {
-    const raw = event as unknown as Record<string, unknown>;
+  private async mention(
+    event: { channel: string; user?: string; bot_id?: string; ts: string; thread_ts?: string },
+    body: unknown,
+  ) {
     const eventId = String((body as { event_id?: string }).event_id);
-    const log = logger.child({ eventId, channelId: event.channel, user: event.user });
+    const log = this.deps.logger.child({ eventId, channelId: event.channel, user: event.user });
     if (!event.user || event.bot_id) return;
     try {
-      await answerInThread(raw, eventId, (body as { team_id?: string }).team_id);
+      await this.answerInThread(
+        event as unknown as Record<string, unknown>,
+        eventId,
+        (body as { team_id?: string }).team_id,
+      );
     } catch (error) {
       log.error({ err: error }, 'mention failed');
-      await postError(event.channel, event.thread_ts ?? event.ts);
+      await this.postError(event.channel, event.thread_ts ?? event.ts);
     }
-  });
-
-  const appliedEvents = new Set<string>();
+  }
 
   /** A deleted message leaves the thread cache and, with its images, the index. */
-  async function removed(channel: string, ts: string, threadTs: string | undefined, teamId?: string) {
-    threads.forget(channel, ts, threadTs);
-    await core.removeMessage(community(teamId), channel, ts);
+  private async removed(channel: string, ts: string, threadTs: string | undefined, teamId?: string) {
+    this.deps.threads.forget(channel, ts, threadTs);
+    await this.deps.bot.core.removeMessage(this.community(teamId), channel, ts);
   }
 
   /** An edited message: later turns see its new text. An edit is never answered, even with a mention. */
-  async function edited(channel: string, raw: Record<string, unknown>, teamId: string | undefined) {
+  private async edited(channel: string, raw: Record<string, unknown>, teamId: string | undefined) {
     const after = raw.message as Record<string, unknown> | undefined;
     if (!after?.ts) return;
-    const message = fromApi(after, botUserId);
+    const message = fromApi(after, this.deps.botUserId);
     // A thread's root deleted while it has replies stays as a tombstone: for the bot it is deleted.
-    if (after.subtype === 'tombstone') return removed(channel, message.ts, message.threadTs, teamId);
+    if (after.subtype === 'tombstone') return this.removed(channel, message.ts, message.threadTs, teamId);
     // The bot's own messages are recorded as it posts them; its progress edits are not conversation.
     if (after.bot_id || !after.user || message.fromBot) return;
-    threads.edit(channel, message);
+    this.deps.threads.edit(channel, message);
   }
 
-  app.event('message', async ({ event, body }) => {
-    const raw = event as unknown as Record<string, unknown>;
+  private async message(raw: Record<string, unknown>, body: unknown) {
+    const { threads, botUserId } = this.deps;
     const teamId = (body as { team_id?: string }).team_id;
     const eventId = String((body as { event_id?: string }).event_id);
     const channel = String(raw.channel);
-    const log = logger.child({ eventId, channelId: channel });
+    const log = this.deps.logger.child({ eventId, channelId: channel });
     try {
       if (raw.subtype === 'message_deleted' || raw.subtype === 'message_changed') {
-        if (appliedEvents.has(eventId)) return; // a retry
-        if (raw.subtype === 'message_changed') await edited(channel, raw, teamId);
+        if (this.appliedEvents.has(eventId)) return; // a retry
+        if (raw.subtype === 'message_changed') await this.edited(channel, raw, teamId);
         else {
           const previous = raw.previous_message as { thread_ts?: string } | undefined;
-          await removed(channel, String(raw.deleted_ts), previous?.thread_ts, teamId);
+          await this.removed(channel, String(raw.deleted_ts), previous?.thread_ts, teamId);
         }
-        appliedEvents.add(eventId);
-        if (appliedEvents.size > REMEMBERED_EVENTS)
-          appliedEvents.delete(appliedEvents.values().next().value as string);
+        this.appliedEvents.add(eventId);
+        if (this.appliedEvents.size > REMEMBERED_EVENTS)
+          this.appliedEvents.delete(this.appliedEvents.values().next().value as string);
         return;
       }
       if (raw.subtype !== undefined && raw.subtype !== 'file_share' && raw.subtype !== 'thread_broadcast')
@@ -207,28 +221,25 @@ export function registerInbound(deps: InboundDeps): void {
       // files are not indexed. The bot's own messages (its generated images) never get here: Bolt's
       // ignoreSelf drops events from its user.
       if (raw.bot_id || !raw.user) return;
-      if (message.files.length) await indexPosted(raw, teamId, message);
+      if (message.files.length) await this.indexPosted(raw, teamId, message);
       if (!message.threadTs || mentionsUser(message.text, botUserId)) return; // mentions come as app_mention
       if (!(await threads.botInThread(channel, message.threadTs))) return;
-      await answerInThread(raw, eventId, teamId);
+      await this.answerInThread(raw, eventId, teamId);
     } catch (error) {
       log.error({ err: error }, 'message event failed');
     }
-  });
+  }
 
   /** Indexes a message's files when indexing is on for its channel (a thread reply's channel is the thread's). */
-  async function indexPosted(
-    raw: Record<string, unknown>,
-    teamId: string | undefined,
-    message: SlackMessage,
-  ) {
+  private async indexPosted(raw: Record<string, unknown>, teamId: string | undefined, message: SlackMessage) {
+    const { app, bot } = this.deps;
     const channel = String(raw.channel);
-    const ref = community(teamId);
-    if (!(await core.isIndexedChannel(ref, channel))) return;
+    const ref = this.community(teamId);
+    if (!(await bot.core.isIndexedChannel(ref, channel))) return;
     const link = await app.client.chat
       .getPermalink({ channel, message_ts: message.ts })
       .catch(() => undefined);
-    const outcome = await core.indexImages({
+    const outcome = await bot.core.indexImages({
       community: ref,
       channelId: channel,
       messageId: message.ts,
@@ -245,13 +256,32 @@ export function registerInbound(deps: InboundDeps): void {
     }
   }
 
+  /** A slash command's turn: no thread, the person who typed it. */
+  private commandTurn(command: SlashCommand, parsed: Command, data: SlackTargetData, isAdmin = false) {
+    return slackTurn(
+      {
+        community: this.community(command.team_id),
+        user: { id: command.user_id, displayName: command.user_name, isAdmin },
+        channelId: command.channel_id,
+        command: parsed,
+        messages: [],
+        idempotencyKey: `slack:command:${command.trigger_id}`,
+      },
+      data,
+    );
+  }
+
   /** /imagine and /find: the result is posted in the channel, under a line saying who asked what. */
-  function jobCommand(name: string, parse: (text: string) => Command) {
-    app.command(name, async ({ command, ack, respond }) => {
+  private jobCommand(name: string, parse: (text: string) => Command) {
+    this.deps.app.command(name, async ({ command, ack, respond }) => {
       await ack();
-      const log = logger.child({ command: name, user: command.user_id, channelId: command.channel_id });
+      const log = this.deps.logger.child({
+        command: name,
+        user: command.user_id,
+        channelId: command.channel_id,
+      });
       try {
-        const text = plainText(command.text, botUserId);
+        const text = plainText(command.text, this.deps.botUserId);
         let parsed: Command;
         try {
           parsed = parse(text);
@@ -259,10 +289,9 @@ export function registerInbound(deps: InboundDeps): void {
           if (error instanceof UserInputError) return void (await ephemeral(respond, `⚠️ ${error.message}`));
           throw error;
         }
-        const data: SlackTargetData = { userId: command.user_id, responseUrl: command.response_url };
-        const turn = commandTurn(command, parsed, data);
         const header = `<@${command.user_id}> ${name} ${escapeText(shorten(text, 300))}`;
-        const outcome = await submitAndAnnounce(turn, header);
+        const data: SlackTargetData = { userId: command.user_id, responseUrl: command.response_url, header };
+        const outcome = await this.deps.bot.submit(this.commandTurn(command, parsed, data));
         if (outcome.status === 'refused') await ephemeral(respond, `⚠️ ${outcome.message}`);
         if (outcome.status === 'answered') await ephemeral(respond, outcome.text);
       } catch (error) {
@@ -272,30 +301,14 @@ export function registerInbound(deps: InboundDeps): void {
     });
   }
 
-  function commandTurn(
-    command: SlashCommand,
-    parsed: Command,
-    data: SlackTargetData,
-    isAdmin = false,
-  ): InboundTurn {
-    return {
-      platform: 'slack',
-      community: community(command.team_id),
-      user: { id: command.user_id, displayName: command.user_name, isAdmin },
-      channelId: command.channel_id,
-      command: parsed,
-      messages: [],
-      idempotencyKey: `slack:command:${command.trigger_id}`,
-      replyTarget: { platform: 'slack', channelId: command.channel_id, data: { ...data } },
-    };
-  }
-
-  jobCommand('/imagine', parseImagine);
-  jobCommand('/find', parseFind);
-
-  app.command('/gill', async ({ command, ack, respond }) => {
+  /** /gill: help, configuration (admins) and forget, answered only to the person who typed it. */
+  private async gill(command: SlashCommand, ack: () => Promise<void>, respond: RespondFn) {
     await ack();
-    const log = logger.child({ command: '/gill', user: command.user_id, channelId: command.channel_id });
+    const log = this.deps.logger.child({
+      command: '/gill',
+      user: command.user_id,
+      channelId: command.channel_id,
+    });
     try {
       if (/^\s*help\s*$/i.test(command.text)) return void (await ephemeral(respond, gillHelp()));
       let parsed: Command;
@@ -305,8 +318,9 @@ export function registerInbound(deps: InboundDeps): void {
         if (error instanceof UserInputError) return void (await ephemeral(respond, `⚠️ ${error.message}`));
         throw error;
       }
-      const isAdmin = parsed.kind === 'config' ? await admins.isAdmin(command.user_id) : false;
-      const outcome = await core.submit(commandTurn(command, parsed, { userId: command.user_id }, isAdmin));
+      const isAdmin = parsed.kind === 'config' ? await this.deps.admins.isAdmin(command.user_id) : false;
+      const turn = this.commandTurn(command, parsed, { userId: command.user_id }, isAdmin);
+      const outcome = await this.deps.bot.submit(turn);
       if (outcome.status === 'answered') await ephemeral(respond, outcome.text);
       else if (outcome.status === 'refused') {
         const hint =
@@ -319,53 +333,56 @@ export function registerInbound(deps: InboundDeps): void {
       log.error({ err: error }, '/gill failed');
       await ephemeral(respond, ERROR_TEXT).catch(() => {});
     }
-  });
+  }
 
-  app.action<BlockAction<SlackButton>>(/^gill:/, async ({ ack, body, action, respond }) => {
+  /** A reply's button (a new job in its thread) or Cancel on a progress message. */
+  private async button(
+    ack: () => Promise<void>,
+    body: BlockAction<SlackButton>,
+    action: SlackButton,
+    respond: RespondFn,
+  ) {
     await ack();
     const parsedId = parseButtonId(action.action_id);
     if (!parsedId) return;
     const channel = body.channel?.id ?? body.container?.channel_id;
     const message = body.message as { ts?: string; thread_ts?: string } | undefined;
-    const log = logger.child({ action: action.action_id, user: body.user.id, channelId: channel });
+    const log = this.deps.logger.child({ action: action.action_id, user: body.user.id, channelId: channel });
     if (!channel || !message?.ts) return;
     const threadTs = message.thread_ts ?? message.ts;
     const { action: pressed, jobId } = parsedId;
+    const community = this.community(body.team?.id ?? body.user.team_id);
+    const displayName = body.user.name ?? body.user.id;
     try {
       if (pressed === 'cancel') {
-        const outcome = await core.cancel({
-          community: community(body.team?.id ?? body.user.team_id),
+        const outcome = await this.deps.bot.cancel({
+          community,
           jobId,
-          user: { id: body.user.id, displayName: body.user.name ?? body.user.id },
-          isAdmin: () => admins.isAdmin(body.user.id),
+          user: { id: body.user.id, displayName },
+          isAdmin: () => this.deps.admins.isAdmin(body.user.id),
         });
         // The progress message itself shows the cancellation; refusals are for the presser only.
-        if (outcome.status === 'cancelled') await deps.onCancelled(outcome.job, outcome.progressText);
-        else await ephemeral(respond, `⚠️ ${outcome.message}`);
+        if (outcome.status !== 'cancelled') await ephemeral(respond, `⚠️ ${outcome.message}`);
         return;
       }
-      const turn: InboundTurn = {
-        platform: 'slack',
-        community: community(body.team?.id ?? body.user.team_id),
-        user: { id: body.user.id, displayName: body.user.name ?? body.user.id, isAdmin: false },
-        channelId: channel,
-        threadId: threadTs,
-        command: { kind: 'button', action: pressed, jobId },
-        messages: [],
-        idempotencyKey: `slack:action:${body.trigger_id}`,
-        replyTarget: {
-          platform: 'slack',
-          channelId: channel,
-          threadId: threadTs,
-          data: { userId: body.user.id },
-        },
-      };
-      const header = `<@${body.user.id}> pressed “${BUTTON_LABELS[pressed]}”`;
-      const outcome = await submitAndAnnounce(turn, header);
+      const outcome = await this.deps.bot.submit(
+        slackTurn(
+          {
+            community,
+            user: { id: body.user.id, displayName, isAdmin: false },
+            channelId: channel,
+            threadId: threadTs,
+            command: { kind: 'button', action: pressed, jobId },
+            messages: [],
+            idempotencyKey: `slack:action:${body.trigger_id}`,
+          },
+          { userId: body.user.id, header: `<@${body.user.id}> pressed “${BUTTON_LABELS[pressed]}”` },
+        ),
+      );
       if (outcome.status === 'refused') await ephemeral(respond, `⚠️ ${outcome.message}`);
     } catch (error) {
       log.error({ err: error }, 'button failed');
       await ephemeral(respond, ERROR_TEXT).catch(() => {});
     }
-  });
+  }
 }

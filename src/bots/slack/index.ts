@@ -1,23 +1,16 @@
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { hostname } from 'node:os';
 import { App, HTTPReceiver, type Receiver, SocketModeReceiver, type webApi } from '@slack/bolt';
 import type { Config } from '../../config.ts';
 import type { Logger } from '../../log.ts';
 import type { JobQueue } from '../../queue/queue.ts';
 import type { Store } from '../../store/types.ts';
-import { createBotCore } from '../core/bot-core.ts';
-import { startAdapterDelivery } from '../core/delivery.ts';
-import {
-  type AllowedOrigin,
-  createFetchGuard,
-  type FetchGuard,
-  FetchRefusedError,
-} from '../core/fetch-guard.ts';
 import { createImageIngest } from '../core/images.ts';
+import { startBot } from '../core/start.ts';
 import { SlackAdmins } from './admins.ts';
 import { boltLogger } from './bolt-logger.ts';
-import { registerInbound } from './inbound.ts';
+import { slackFileGuard } from './files.ts';
+import { SlackInbound } from './inbound.ts';
 import { SlackAdapter } from './outbound.ts';
 import { ThreadCache } from './threads.ts';
 
@@ -49,32 +42,6 @@ export interface SlackHandle {
 }
 
 export const SLACK_EVENTS_PATH = '/slack/events';
-const SLACK_FILES_ORIGIN = 'https://files.slack.com';
-
-/** Slack's sign-in page instead of a file means the token lacks files:read or the file isn't shared with the bot. */
-function slackFileGuard(guard: FetchGuard): FetchGuard {
-  return {
-    maxBytes: guard.maxBytes,
-    allows: (url) => guard.allows(url),
-    async fetchImage(url, name) {
-      try {
-        return await guard.fetchImage(url, name);
-      } catch (error) {
-        if (
-          error instanceof FetchRefusedError &&
-          error.reason === 'not_image' &&
-          /web page/.test(error.message)
-        ) {
-          throw new FetchRefusedError(
-            `"${name ?? 'The file'}" could not be read: Slack answered with its sign-in page, so the app lacks the files:read permission or can't see that file`,
-            'not_image',
-          );
-        }
-        throw error;
-      }
-    },
-  };
-}
 
 export async function startSlack(options: SlackOptions): Promise<SlackHandle> {
   const { config, store, queue } = options;
@@ -111,56 +78,34 @@ export async function startSlack(options: SlackOptions): Promise<SlackHandle> {
   const teamId = String(auth.team_id);
   logger.info({ team: auth.team, teamId, botUserId }, 'Slack token verified');
 
-  const allowed: AllowedOrigin[] = [
-    { origin: SLACK_FILES_ORIGIN, headers: { Authorization: `Bearer ${token}` } },
-  ];
-  // A configured API URL (a proxy, or the fake Slack in tests) serves the files too.
-  if (config.SLACK_API_URL) {
-    allowed.push({
-      origin: new URL(config.SLACK_API_URL).origin,
-      headers: { Authorization: `Bearer ${token}` },
-    });
-  }
-  const images = createImageIngest({ store, guard: slackFileGuard(createFetchGuard({ allowed })) });
-  const core = createBotCore({
-    store,
-    queue,
-    logger,
-    images,
-    channelMention: (id) => `<#${id}>`,
-    userMention: (id) => `<@${id}>`,
-  });
   const threads = new ThreadCache(app.client);
   threads.setBotUserId(botUserId);
-  const adapter = new SlackAdapter({
-    client: app.client,
-    store,
-    logger,
-    onPosted: (channel, message) => threads.record(channel, message),
-  });
-  const delivery = startAdapterDelivery({
+  const bot = startBot({
     store,
     queue,
     logger,
-    adapter,
-    owner: `${hostname()}:${process.pid}:slack`,
+    adapter: new SlackAdapter({
+      client: app.client,
+      store,
+      logger,
+      onPosted: (channel, message) => threads.record(channel, message),
+    }),
+    core: {
+      images: createImageIngest({ store, guard: slackFileGuard(token, config.SLACK_API_URL) }),
+      channelMention: (id) => `<#${id}>`,
+      userMention: (id) => `<@${id}>`,
+    },
     sweepIntervalMs: options.sweepIntervalMs,
   });
-
-  registerInbound({
+  new SlackInbound({
     app,
-    core,
-    adapter,
+    bot,
     threads,
     admins: new SlackAdmins(app.client, config.SLACK_ADMIN_USERS),
-    store,
-    queue,
     logger,
     botUserId,
     teamId,
-    onAnnounced: (jobId) => delivery.watchPosition(jobId),
-    onCancelled: (job, text) => delivery.cancelled(job, text),
-  });
+  }).register();
 
   let eventsUrl: string | undefined;
   if (config.SLACK_APP_TOKEN) {
@@ -178,7 +123,7 @@ export async function startSlack(options: SlackOptions): Promise<SlackHandle> {
     eventsUrl,
     async stop() {
       await app.stop();
-      await delivery.close();
+      await bot.stop();
     },
   };
 }

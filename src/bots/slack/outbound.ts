@@ -1,18 +1,13 @@
-import type { types, webApi } from '@slack/bolt';
-import type { JobProgress, ReplyTarget } from '../../jobs.ts';
+import type { webApi } from '@slack/bolt';
+import type { JobProgress } from '../../jobs.ts';
 import type { Logger } from '../../log.ts';
 import type { DeliveryClaim, JobRecord, Store } from '../../store/types.ts';
 import type { DeliveryReceipt, PlatformAdapter } from '../core/adapter.ts';
-import { ACTION_LABELS, buttonId, type PersistentAction, PROGRESS_BUTTONS } from '../core/buttons.ts';
+import { PROGRESS_BUTTONS } from '../core/buttons.ts';
 import type { Eta } from '../core/eta.ts';
-import {
-  type RenderStyle,
-  renderEta,
-  renderProgress,
-  renderReply,
-  SLACK_MAX_CHARS,
-  splitMessage,
-} from '../core/render.ts';
+import { type RenderStyle, renderEta, renderProgress, renderReply, SLACK_MAX_CHARS } from '../core/render.ts';
+import { partBlocks } from './blocks.ts';
+import { cannotPostThere, explainSlackError, slackErrorCode, UNDELIVERABLE } from './errors.ts';
 import { escapeText, slackLink } from './text.ts';
 import type { SlackMessage } from './threads.ts';
 
@@ -59,43 +54,6 @@ function replyMetadata(jobId: string, part: number) {
   return { event_type: REPLY_EVENT, event_payload: { job_id: jobId, part } };
 }
 
-/** Section blocks hold at most 3000 characters each. */
-const SECTION_MAX = 3000;
-
-/** Errors after which retrying cannot help: the bot is not (or no longer) allowed to post there. */
-const UNDELIVERABLE = new Set([
-  'not_in_channel',
-  'channel_not_found',
-  'is_archived',
-  'restricted_action',
-  'restricted_action_read_only_channel',
-  'restricted_action_thread_only_channel',
-  'missing_scope',
-  'account_inactive',
-  'invalid_auth',
-  'team_access_not_granted',
-]);
-
-export function slackErrorCode(error: unknown): string | undefined {
-  const e = error as { code?: string; data?: { error?: string } };
-  return e?.code === 'slack_webapi_platform_error' ? e.data?.error : undefined;
-}
-
-/** A sentence for the user or admin about a Slack error the bot can't fix by itself. */
-export function explainSlackError(code: string): string {
-  switch (code) {
-    case 'not_in_channel':
-    case 'channel_not_found':
-      return 'I can’t post in this channel. Invite me first with `/invite @gill` (private channels need it too).';
-    case 'is_archived':
-      return 'This channel is archived, so I can’t post in it.';
-    case 'missing_scope':
-      return 'The Slack app is missing a permission (scope); a workspace admin should reinstall it from its manifest.';
-    default:
-      return `Slack refused my message (${code}).`;
-  }
-}
-
 export function targetData(job: JobRecord): SlackTargetData {
   return job.replyTarget.data as unknown as SlackTargetData;
 }
@@ -116,36 +74,6 @@ function escaped(job: JobRecord): JobRecord {
   };
 }
 
-function buttonsBlock(actions: readonly PersistentAction[], jobId: string): types.ActionsBlock {
-  return {
-    type: 'actions',
-    block_id: 'gill-actions',
-    elements: actions.map((action) => ({
-      type: 'button' as const,
-      text: { type: 'plain_text' as const, text: ACTION_LABELS[action] },
-      action_id: buttonId(action, jobId),
-      value: jobId,
-      ...(action === 'cancel' ? { style: 'danger' as const } : {}),
-    })),
-  };
-}
-
-/** A message part as blocks: an optional header line, the text in sections, the buttons. */
-export function partBlocks(
-  text: string,
-  header: string | undefined,
-  actions: readonly PersistentAction[],
-  jobId: string,
-): types.KnownBlock[] {
-  const blocks: types.KnownBlock[] = [];
-  if (header) blocks.push({ type: 'context', elements: [{ type: 'mrkdwn', text: header }] });
-  for (const section of splitMessage(text, SECTION_MAX)) {
-    blocks.push({ type: 'section', text: { type: 'mrkdwn', text: section } });
-  }
-  if (actions.length) blocks.push(buttonsBlock(actions, jobId));
-  return blocks;
-}
-
 export interface SlackAdapterDeps {
   client: WebClient;
   store: Store;
@@ -156,47 +84,26 @@ export interface SlackAdapterDeps {
 
 export class SlackAdapter implements PlatformAdapter {
   readonly platform = 'slack' as const;
-  /** Progress messages being posted, by the job's idempotency key: delivery waits for them. */
-  private readonly announcing = new Map<string, Set<Promise<void>>>();
 
   constructor(private readonly deps: SlackAdapterDeps) {}
 
-  /**
-   * Marks a turn whose job may be accepted: until the returned function is called, a delivery of that
-   * job waits, so the reply can't be posted while its progress message is still on the way.
-   */
-  expectAnnouncement(idempotencyKey: string): () => void {
-    let release!: () => void;
-    const done = new Promise<void>((resolve) => {
-      release = resolve;
-    });
-    // A retry of the same event may be in flight at the same time: each keeps its own marker.
-    const markers = this.announcing.get(idempotencyKey) ?? new Set<Promise<void>>();
-    markers.add(done);
-    this.announcing.set(idempotencyKey, markers);
-    return () => {
-      release();
-      markers.delete(done);
-      if (markers.size === 0 && this.announcing.get(idempotencyKey) === markers)
-        this.announcing.delete(idempotencyKey);
-    };
-  }
-
   /** Posts the progress message of an accepted job and records it, so the reply replaces it. */
-  async announce(jobId: string, target: ReplyTarget, text: string, header?: string): Promise<string> {
-    const { client, store } = this.deps;
-    const answer = await client.chat.postMessage({
+  async announce(job: JobRecord, progress: JobProgress): Promise<void> {
+    const target = job.replyTarget;
+    const text = renderProgress(progress);
+    const answer = await this.deps.client.chat.postMessage({
       channel: target.channelId,
       ...(target.threadId ? { thread_ts: target.threadId } : {}),
       text,
-      blocks: partBlocks(text, header, PROGRESS_BUTTONS, jobId),
+      blocks: partBlocks(text, targetData(job).header, PROGRESS_BUTTONS, job.id),
       unfurl_links: false,
       unfurl_media: false,
     });
-    const ts = String(answer.ts);
-    const job = await store.jobs.get(jobId);
-    if (job) await this.remember(job, { progressTs: ts, ...(header ? { header } : {}) });
-    return ts;
+    await this.remember(job, { progressTs: String(answer.ts) });
+  }
+
+  unannounceable(error: unknown): { code: string; message: string } | null {
+    return cannotPostThere(error);
   }
 
   async showProgress(job: JobRecord, progress: JobProgress, eta?: Eta | null): Promise<void> {
@@ -227,13 +134,7 @@ export class SlackAdapter implements PlatformAdapter {
     }
   }
 
-  async deliver(initial: JobRecord, claim?: DeliveryClaim): Promise<DeliveryReceipt> {
-    let job = initial;
-    const pending = this.announcing.get(job.idempotencyKey);
-    if (pending) {
-      await Promise.all(pending);
-      job = (await this.deps.store.jobs.get(job.id)) ?? job;
-    }
+  async deliver(job: JobRecord, claim?: DeliveryClaim): Promise<DeliveryReceipt> {
     const log = this.deps.logger.child({ jobId: job.id, channelId: job.replyTarget.channelId });
     try {
       return await this.send(job, claim?.redelivery ?? false);

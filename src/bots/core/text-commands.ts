@@ -2,8 +2,9 @@ import { UserInputError } from '../../jobs.ts';
 import type { Command } from '../core/turn.ts';
 
 /**
- * The text after /imagine and /find. Slack passes slash command arguments as one string, so options are
- * written as flags: `/imagine a red star --seed 42 --steps 20`, `/find a green circle --k 6`.
+ * The text after /imagine and /find where commands arrive as one string (Slack's slash commands, the
+ * playground's message box), so options are written as flags: `/imagine a red star --seed 42 --steps 20`,
+ * `/find a green circle --k 6`. Discord has typed options instead (discord/commands.ts).
  */
 
 const FLAG = /(?:^|\s)--([a-z]+)(?:[=\s]+(\S+))?/gi;

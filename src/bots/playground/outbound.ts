@@ -29,11 +29,13 @@ export class PlaygroundAdapter implements PlatformAdapter {
   ) {}
 
   /** Posts the progress message of a job just accepted; nothing when its reply is already in. */
-  async announce(job: { id: string; channelId: string; threadId: string }, progress: JobProgress) {
+  async announce(job: JobRecord, progress: JobProgress): Promise<void> {
+    const threadId = job.replyTarget.threadId;
+    if (!threadId) return;
     const message = await this.deps.messages.startReply({
       communityId: this.deps.communityId,
-      channelId: job.channelId,
-      threadId: job.threadId,
+      channelId: job.replyTarget.channelId,
+      threadId,
       jobId: job.id,
       body: renderProgress(progress),
     });

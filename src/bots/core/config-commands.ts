@@ -1,0 +1,55 @@
+import { UserInputError } from '../../jobs.ts';
+import type { Community, CommunityConfig } from '../../store/types.ts';
+import type { SubmitOutcome } from './bot-core.ts';
+import { configPatch, describeConfig, gillHelp, validateConfigChange } from './commands.ts';
+import type { CoreDeps } from './deps.ts';
+import { communityBias, describeFeedback } from './feedback.ts';
+import type { ConfigChange, InboundTurn } from './turn.ts';
+
+/**
+ * `/gill` configuration: shown or changed at once, by the community's admins only (the platform says who
+ * they are in the turn). Parsing and wording live in commands.ts.
+ */
+export async function answerConfig(
+  deps: CoreDeps,
+  turn: InboundTurn,
+  change: ConfigChange,
+  community: Community,
+  config: CommunityConfig,
+): Promise<SubmitOutcome> {
+  const { store, logger, channelMention } = deps;
+  const context = { community: turn.community, user: turn.user.id, change };
+  if (!turn.user.isAdmin) {
+    logger.info(context, 'config refused: not admin');
+    return {
+      status: 'refused',
+      reason: 'not_admin',
+      message: 'Only admins of this community can change GILL’s settings.',
+    };
+  }
+  if (change.setting === 'show') {
+    const learned = describeFeedback(await communityBias(store, community.id, config));
+    return {
+      status: 'answered',
+      text: `${describeConfig(config, channelMention)}\n${learned}\n\n${gillHelp()}`,
+    };
+  }
+  if (change.setting === 'feedback-reset') {
+    const forgotten = await store.feedback.reset(community.id);
+    logger.info({ ...context, forgotten }, 'feedback reset');
+    return {
+      status: 'answered',
+      text: `Forgot ${forgotten} feedback event${forgotten === 1 ? '' : 's'}; the decision now gets only the bias set with \`/gill bias\` (${config.retrieveBias}).`,
+    };
+  }
+  try {
+    validateConfigChange(change);
+  } catch (error) {
+    if (error instanceof UserInputError)
+      return { status: 'refused', reason: 'bad_input', message: error.message };
+    throw error;
+  }
+  const updated = await store.communities.updateConfig(community.id, configPatch(config, change));
+  logger.info(context, 'config changed');
+  return { status: 'answered', text: `Settings updated.\n${describeConfig(updated, channelMention)}` };
+}
