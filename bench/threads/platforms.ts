@@ -50,16 +50,30 @@ export interface PlatformDriver {
 }
 
 /** How long one turn may take: queueing behind the other platforms' turns, the LM and 25 diffusion steps. */
-const TURN_TIMEOUT_MS = 180_000;
+const TURN_TIMEOUT_MS = 300_000;
+/**
+ * With no job for the event after this long, the event is sent again, as the platforms do (a gateway
+ * replay after a resume, an Events API retry): on a loaded machine a missed heartbeat makes discord.js
+ * reconnect, and the loopback gateway does not replay what it sent meanwhile.
+ */
+const RESEND_AFTER_MS = 20_000;
 
-/** The job the core started for an event (its idempotency key), once its reply has been delivered. */
-async function answered(store: Store, idempotencyKey: string): Promise<JobRecord> {
+/**
+ * The job the core started for an event (its idempotency key), once its reply has been delivered. The
+ * idempotency key makes a resent event land on the same job.
+ */
+async function answered(store: Store, idempotencyKey: string, resend?: () => unknown): Promise<JobRecord> {
   const deadline = Date.now() + TURN_TIMEOUT_MS;
+  let resendAt = Date.now() + RESEND_AFTER_MS;
   while (Date.now() < deadline) {
     const [row] = await store.sql.query<{ id: string }>('SELECT id FROM jobs WHERE idempotency_key = $1', [
       idempotencyKey,
     ]);
     const job = row ? await store.jobs.get(row.id) : null;
+    if (!job && resend && Date.now() > resendAt) {
+      await resend();
+      resendAt = Date.now() + RESEND_AFTER_MS;
+    }
     if (job?.deliveredAt) return job;
     if (job && (job.status === 'cancelled' || job.status === 'failed') && job.deliveredAt) return job;
     await sleep(50);
@@ -83,12 +97,12 @@ export async function startDiscordDriver(shared: Shared): Promise<PlatformDriver
     community: { platform: 'discord', externalId: fake.guildId },
     async open(text) {
       const message = fake.post({ author: person, content: text, mentionBot: true });
-      const job = await answered(shared.store, `discord:message:${message.id}`);
+      const job = await answered(shared.store, `discord:message:${message.id}`, () => fake.redeliver(message));
       return { thread: String(message.id), job };
     },
     async say(thread, text, mention) {
       const message = fake.post({ channelId: thread, author: person, content: text, mentionBot: mention });
-      return answered(shared.store, `discord:message:${message.id}`);
+      return answered(shared.store, `discord:message:${message.id}`, () => fake.redeliver(message));
     },
     async stop() {
       await bot.stop();
@@ -128,13 +142,18 @@ export async function startSlackDriver(shared: Shared): Promise<PlatformDriver> 
       threadTs,
     });
     const eventId = `EvReplay${++events}`;
-    if (mention) {
-      await sendEvent(target, mentionEnvelope(fake, message, eventId));
-      await sendEvent(target, messageEnvelope(fake, message, `${eventId}m`));
-    } else {
-      await sendEvent(target, messageEnvelope(fake, message, eventId));
-    }
-    return { message, job: await answered(shared.store, `slack:event:${eventId}`) };
+    let retryNum = 0;
+    const send = async () => {
+      const retry = retryNum++ ? { retryNum: retryNum - 1 } : {};
+      if (mention) {
+        await sendEvent(target, mentionEnvelope(fake, message, eventId), retry);
+        await sendEvent(target, messageEnvelope(fake, message, `${eventId}m`), retry);
+      } else {
+        await sendEvent(target, messageEnvelope(fake, message, eventId), retry);
+      }
+    };
+    await send();
+    return { message, job: await answered(shared.store, `slack:event:${eventId}`, send) };
   }
 
   return {

@@ -34,8 +34,11 @@ export async function reactionRequest(
 ): Promise<ReactionRequest | null> {
   const kind = reactionOfEmoji(reaction.emoji.name ?? '');
   if (!kind || user.bot || user.id === botId) return null;
-  const message = reaction.message.partial ? await reaction.message.fetch() : reaction.message;
-  if (message.author?.id !== botId || !message.guildId) return null;
+  // A partial message (sent before a restart) is fetched; one deleted meanwhile is no feedback.
+  const message = reaction.message.partial
+    ? await reaction.message.fetch().catch(() => null)
+    : reaction.message;
+  if (!message || message.author?.id !== botId || !message.guildId) return null;
   const jobId = jobOfMessage(message);
   if (!jobId) return null;
   return {
