@@ -30,7 +30,7 @@ export interface TurnRecord {
   /** The context the core built for the turn, as the job recorded it. */
   context: ContextItem[];
   askedImage: boolean;
-  /** Rubric words the reply should contain, and those it does. */
+  /** Rubric entries the reply should contain (alternatives separated by "|"), and those it does. */
   rubric: { wanted: string[]; found: string[] };
 }
 
@@ -103,7 +103,10 @@ function record(job: JobRecord, text: string, askedImage: boolean, wanted: strin
     decision: job.result?.decision ?? null,
     context: job.payload.kind === 'chat' ? job.payload.context : [],
     askedImage,
-    rubric: { wanted, found: wanted.filter((w) => said.has(w.toLowerCase())) },
+    rubric: {
+      wanted,
+      found: wanted.filter((entry) => entry.split('|').some((w) => said.has(w.trim().toLowerCase()))),
+    },
   };
 }
 
