@@ -40,6 +40,20 @@ export function parentChannelOf(message: Message): string | undefined {
   return channel.isThread() ? (channel.parentId ?? undefined) : undefined;
 }
 
+/** Mention markup of other people and channels as the names people see (`@Bob`, `#art`), as Slack's reads. */
+function readable(message: Message, text: string): string {
+  return text
+    .replace(/<@!?(\d+)>/g, (_, id: string) => {
+      const name =
+        message.mentions.members?.get(id)?.displayName ?? message.mentions.users.get(id)?.displayName;
+      return `@${name ?? id}`;
+    })
+    .replace(/<#(\d+)>/g, (_, id: string) => {
+      const channel = message.guild?.channels.cache.get(id);
+      return `#${channel?.name ?? id}`;
+    });
+}
+
 export function toThreadMessage(message: Message, botId: string): ThreadMessage {
   const mention = new RegExp(`<@!?${botId}>`, 'g');
   return {
@@ -47,7 +61,7 @@ export function toThreadMessage(message: Message, botId: string): ThreadMessage 
     role: 'user',
     authorId: message.author.id,
     authorName: message.member?.displayName ?? message.author.displayName,
-    text: message.content.replace(mention, '').trim(),
+    text: readable(message, message.content.replace(mention, '')).trim(),
     attachments: attachmentsOf(message),
   };
 }
