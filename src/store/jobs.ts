@@ -188,5 +188,29 @@ export function jobRepository(db: SqlClient): Store['jobs'] {
       );
       return row!.n;
     },
+
+    async listConversationAnswers(communityId, thread, limit) {
+      requireRowId(communityId, 'community id');
+      // The newest `limit`, returned oldest first.
+      const rows = await db.query<JobRow>(
+        `SELECT ${JOB_COLUMNS} FROM jobs
+         WHERE community_id = $1 AND kind = 'chat' AND status = 'completed'
+           AND reply_target -> 'data' -> 'conversation' ->> 'thread' = $2
+         ORDER BY created_at DESC, id DESC LIMIT $3`,
+        [communityId, thread, requireLimit(limit)],
+      );
+      return rows.reverse();
+    },
+
+    async findChatByReplyMessage(communityId, messageId) {
+      requireRowId(communityId, 'community id');
+      const [row] = await db.query<JobRow>(
+        `SELECT ${JOB_COLUMNS} FROM jobs
+         WHERE kind = 'chat' AND (reply_target -> 'data' -> 'messageTs') @> to_jsonb($2::text) AND community_id = $1
+         ORDER BY created_at DESC LIMIT 1`,
+        [communityId, messageId],
+      );
+      return row ?? null;
+    },
   };
 }

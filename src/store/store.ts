@@ -1,5 +1,6 @@
 import { blobRepository } from './blobs.ts';
 import { communityRepository } from './communities.ts';
+import { feedbackRepository } from './feedback.ts';
 import { imageRepository } from './images.ts';
 import { jobRepository } from './jobs.ts';
 import { rateLimitRepository } from './rate-limits.ts';
@@ -19,6 +20,7 @@ export function createStore(db: SqlClient): Store {
     images: imageRepository(db),
     jobs: jobRepository(db),
     rateLimits: rateLimitRepository(db),
+    feedback: feedbackRepository(db),
     close: () => db.close(),
   };
 }

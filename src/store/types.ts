@@ -226,6 +226,13 @@ export interface Store {
       authorKey?: string;
       lane?: 'requests' | 'indexing';
     }): Promise<number>;
+    /**
+     * Completed chat jobs of a conversation (reply_target.data.conversation.thread, see
+     * src/bots/core/conversation.ts), oldest first: the bot's own turns as it answered them.
+     */
+    listConversationAnswers(communityId: string, thread: string, limit: number): Promise<JobRecord[]>;
+    /** The chat job whose reply includes a message (reply_target.data.messageTs holds its id); null if none. */
+    findChatByReplyMessage(communityId: string, messageId: string): Promise<JobRecord | null>;
   };
   rateLimits: {
     /**
@@ -245,5 +252,32 @@ export interface Store {
     /** Deletes the rows whose every request has left its window by `at` (default: now); returns how many. */
     sweep(at?: number): Promise<number>;
   };
+  /** What people told the bot about its retrieve/generate decisions (src/bots/core/feedback.ts). */
+  feedback: {
+    /** Records one person's push on one reply towards retrieving (+1) or generating (-1); a new vote replaces theirs. */
+    record(input: {
+      communityId: string;
+      jobId: string;
+      authorKey: string;
+      source: FeedbackSource;
+      direction: 1 | -1;
+      /** When it was given; now unless set. */
+      at?: Date;
+    }): Promise<void>;
+    /** Takes back a vote (a removed reaction); false when there was none in that direction. */
+    withdraw(input: {
+      jobId: string;
+      authorKey: string;
+      source: FeedbackSource;
+      direction: 1 | -1;
+    }): Promise<boolean>;
+    /** The community's directions summed, each weighted 0.5^(age / halfLifeMs), and how many there are. */
+    sum(communityId: string, halfLifeMs: number): Promise<{ weighted: number; events: number }>;
+    /** Forgets the community's feedback; returns how many events were deleted. */
+    reset(communityId: string): Promise<number>;
+  };
   close(): Promise<void>;
 }
+
+/** A 👍/👎 reaction on a reply, or a press of "Retrieve instead" / "Generate instead". */
+export type FeedbackSource = 'reaction' | 'button';

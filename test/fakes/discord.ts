@@ -311,6 +311,31 @@ export class FakeDiscord {
     return message;
   }
 
+  /** A user adds or removes a (Unicode) reaction on a message; dispatched as MESSAGE_REACTION_ADD / _REMOVE. */
+  react(options: {
+    channelId: string;
+    messageId: string;
+    user: FakeUser;
+    emoji: string;
+    added?: boolean;
+  }): void {
+    const base = {
+      user_id: options.user.id,
+      channel_id: options.channelId,
+      message_id: options.messageId,
+      guild_id: this.guildId,
+      emoji: { id: null, name: options.emoji },
+    };
+    if (options.added === false) this.dispatch('MESSAGE_REACTION_REMOVE', base);
+    else
+      this.dispatch('MESSAGE_REACTION_ADD', {
+        ...base,
+        member: { ...this.member(options.user), user: options.user },
+        burst: false,
+        type: 0,
+      });
+  }
+
   /** Sends the same MESSAGE_CREATE again, as a gateway replay after a resume does. */
   redeliver(message: Json): void {
     const author = message.author as FakeUser;

@@ -6,6 +6,7 @@ import { cancelRequest } from './cancel.ts';
 import { answerConfig } from './config-commands.ts';
 import { type ContextBudget, DEFAULT_CONTEXT_BUDGET } from './context.ts';
 import type { CoreDeps } from './deps.ts';
+import { type Reaction, reactToReply } from './feedback.ts';
 import type { ImageIngest } from './images.ts';
 import {
   forgetImages,
@@ -96,6 +97,21 @@ export interface BotCore {
   ): Promise<number>;
   /** Whether posted images in the channel are indexed (lets adapters skip work for other channels). */
   isIndexedChannel(community: CommunityRef, channelId: string): Promise<boolean>;
+  /**
+   * A 👍/👎 added to (or removed from) one of the bot's replies: feedback on its retrieve/generate
+   * decision (see feedback.ts). Returns whether it was taken (false for replies without a decision).
+   */
+  react(request: ReactionRequest): Promise<boolean>;
+}
+
+export interface ReactionRequest {
+  community: CommunityRef;
+  /** The reply reacted to: its job when the message names it (Discord's buttons), else the message's id. */
+  reply: { jobId: string } | { messageId: string };
+  userId: string;
+  reaction: Reaction;
+  /** False when the reaction was removed. */
+  added: boolean;
 }
 
 export interface BotCoreOptions {
@@ -142,5 +158,6 @@ export function createBotCore(options: BotCoreOptions): BotCore {
     removeAttachment: (ref, attachmentId) => removeAttachment(deps, ref, attachmentId),
     removeDroppedAttachments: (ref, edit) => removeDroppedAttachments(deps, ref, edit),
     isIndexedChannel: (ref, channelId) => isIndexedChannel(deps, ref, channelId),
+    react: (request) => reactToReply(deps, request),
   };
 }

@@ -39,6 +39,12 @@ export const GILL_SUBCOMMANDS: readonly SubcommandSpec[] = [
     adminOnly: true,
   },
   {
+    name: 'feedback',
+    usage: 'feedback reset',
+    description: 'forget what reactions and “Retrieve/Generate instead” taught the decision',
+    adminOnly: true,
+  },
+  {
     name: 'context',
     usage: 'context <1..100>',
     description: 'thread messages the bot reads per answer',
@@ -185,6 +191,12 @@ export function parseGillText(text: string, channelId: string): Command {
         kind: 'config',
         change: { setting: 'bias', value: numberIn(args[0], 'The bias', CONFIG_RANGES.bias, false) },
       };
+    case 'feedback':
+      if (args[0]?.toLowerCase() !== 'reset' || args.length > 1)
+        throw new UserInputError(
+          'Use `/gill feedback reset` to forget what the feedback taught the decision.',
+        );
+      return { kind: 'config', change: { setting: 'feedback-reset' } };
     case 'context':
       return {
         kind: 'config',
@@ -217,10 +229,11 @@ export function parseGillText(text: string, channelId: string): Command {
   }
 }
 
-/** The configuration patch a change makes (nothing for 'show'). */
+/** The configuration patch a change makes (nothing for 'show' and 'feedback-reset', which keep no setting). */
 export function configPatch(config: CommunityConfig, change: ConfigChange): Partial<CommunityConfig> {
   switch (change.setting) {
     case 'show':
+    case 'feedback-reset':
       return {};
     case 'indexing': {
       const others = config.indexedChannels.filter((id) => id !== change.channelId);

@@ -3,6 +3,7 @@ import type { Community, CommunityConfig } from '../../store/types.ts';
 import type { SubmitOutcome } from './bot-core.ts';
 import { configPatch, describeConfig, gillHelp, validateConfigChange } from './commands.ts';
 import type { CoreDeps } from './deps.ts';
+import { communityBias, describeFeedback } from './feedback.ts';
 import type { ConfigChange, InboundTurn } from './turn.ts';
 
 /**
@@ -27,7 +28,19 @@ export async function answerConfig(
     };
   }
   if (change.setting === 'show') {
-    return { status: 'answered', text: `${describeConfig(config, channelMention)}\n\n${gillHelp()}` };
+    const learned = describeFeedback(await communityBias(store, community.id, config));
+    return {
+      status: 'answered',
+      text: `${describeConfig(config, channelMention)}\n${learned}\n\n${gillHelp()}`,
+    };
+  }
+  if (change.setting === 'feedback-reset') {
+    const forgotten = await store.feedback.reset(community.id);
+    logger.info({ ...context, forgotten }, 'feedback reset');
+    return {
+      status: 'answered',
+      text: `Forgot ${forgotten} feedback event${forgotten === 1 ? '' : 's'}; the decision now gets only the bias set with \`/gill bias\` (${config.retrieveBias}).`,
+    };
   }
   try {
     validateConfigChange(change);

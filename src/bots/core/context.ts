@@ -30,6 +30,17 @@ export function estimateTokens(text: string): number {
   return Math.ceil(text.length / 4);
 }
 
+/**
+ * A message's text as the model reads it: runs of spaces and tabs made one space (platforms differ in
+ * what a removed mention leaves behind), line breaks kept, ends trimmed.
+ */
+export function plainText(text: string): string {
+  return text
+    .replace(/[ \t]+/g, ' ')
+    .replace(/ ?\n ?/g, '\n')
+    .trim();
+}
+
 export interface BuiltContext {
   items: ContextItem[];
   /** Sentences for the user: messages left out, images capped or refused. */
@@ -65,7 +76,7 @@ export async function buildContext(
       leftOut = newestFirst.length - i;
       break;
     }
-    let text = message.text.trim();
+    let text = plainText(message.text);
     if (text.length > MAX_CONTEXT_CHARS) text = text.slice(-MAX_CONTEXT_CHARS);
     const textTokens = estimateTokens(text);
     if (tokens + textTokens > budget.maxTokens) {
@@ -80,6 +91,15 @@ export async function buildContext(
     tokens += estimateTokens(text);
 
     const hashes: string[] = [];
+    for (const hash of message.storedImages ?? []) {
+      if (images >= budget.maxImages || tokens + IMAGE_TOKENS > budget.maxTokens) {
+        imagesSkipped++;
+        continue;
+      }
+      hashes.push(hash);
+      images++;
+      tokens += IMAGE_TOKENS;
+    }
     for (const attachment of message.attachments) {
       if (images >= budget.maxImages || tokens + IMAGE_TOKENS > budget.maxTokens) {
         imagesSkipped++;
@@ -111,11 +131,11 @@ export async function buildContext(
     );
   }
 
+  // Authors are left out: the model reads a dialogue of two roles, and names differ between platforms.
   const items: ContextItem[] = [];
   for (const { message, text, hashes } of kept.reverse()) {
-    const author = message.authorName.slice(0, 200);
-    if (text) items.push({ type: 'text', role: message.role, text, author });
-    for (const hash of hashes) items.push({ type: 'image', role: message.role, hash, author });
+    if (text) items.push({ type: 'text', role: message.role, text });
+    for (const hash of hashes) items.push({ type: 'image', role: message.role, hash });
   }
   if (items.length === 0) {
     throw new UserInputError(

@@ -176,13 +176,6 @@ export function renderReply(job: JobRecord, style: RenderStyle): RenderedReply {
   return { chunks: chunks.length ? chunks : ['Done.'], images, buttons };
 }
 
-const PROGRESS_MARKS = ['⏳ ', '💭 ', '🔎 ', '🎨 ', '📦 ', '🚫 '];
-
-/** Whether a bot message is a progress line (left out of thread context: it says nothing to the model). */
-export function isProgressText(text: string): boolean {
-  return PROGRESS_MARKS.some((mark) => text.startsWith(mark)) && !text.includes('\n');
-}
-
 /** What a cancelled job's progress message turns into; `by` names who cancelled it when not the asker. */
 export function renderCancelled(by?: string): string {
   return by ? `🚫 Cancelled by ${by}.` : '🚫 Cancelled.';
@@ -211,7 +204,7 @@ export function renderEta(eta: Eta, style: EtaStyle): string {
   }
 }
 
-/** One line for a progress message, with the estimated end when there is one; each starts with one of PROGRESS_MARKS. */
+/** One line for a progress message, with the estimated end when there is one; each starts with its stage's mark (⏳ 💭 🔎 🎨 📦; 🚫 when cancelled). */
 export function renderProgress(progress: JobProgress, eta?: string): string {
   const line = progressLine(progress);
   return eta ? `${line} (ready ${eta})` : line;

@@ -10,7 +10,9 @@ import type { Community, CommunityConfig } from '../../store/types.ts';
 import type { RefusalReason, SubmitOutcome } from './bot-core.ts';
 import { payloadForButton } from './buttons.ts';
 import { buildContext } from './context.ts';
+import { anchorFor, contextSeed, conversationOf } from './conversation.ts';
 import type { CoreDeps } from './deps.ts';
+import { communityBias, learnFromButton } from './feedback.ts';
 import { checkLimits } from './limits.ts';
 import { authorKey, type InboundTurn } from './turn.ts';
 
@@ -49,7 +51,7 @@ async function payloadFor(
   const command = turn.command;
   switch (command.kind) {
     case 'chat': {
-      const built = await buildContext(turn.messages, {
+      const built = await buildContext(await conversationOf(store, community.id, turn), {
         images: deps.images,
         budget: { ...deps.budget, maxMessages: config.contextMessages },
         onRefused: (error, message) =>
@@ -63,7 +65,8 @@ async function payloadFor(
         kind: 'chat',
         community: ref,
         context: built.items,
-        retrieveBias: config.retrieveBias,
+        seed: contextSeed(built.items),
+        retrieveBias: (await communityBias(store, community.id, config)).total,
         allowGeneration: config.generationEnabled,
         allowRetrieval: config.retrievalEnabled,
         scope: turn.scope,
@@ -140,7 +143,12 @@ export async function startJob(
   const replyTarget: ReplyTarget = {
     ...turn.replyTarget,
     // askedBy names the asker in Cancel answers on platforms without user mentions (the playground).
-    data: { ...turn.replyTarget.data, notes, askedBy: turn.user.displayName },
+    data: {
+      ...turn.replyTarget.data,
+      notes,
+      askedBy: turn.user.displayName,
+      conversation: await anchorFor(store, turn),
+    },
   };
   const { job, created } = await store.jobs.createOrGet({
     idempotencyKey: turn.idempotencyKey,
@@ -168,6 +176,7 @@ export async function startJob(
     await store.jobs.cancel(job.id);
     return refuse('limited', limited);
   }
+  await learnFromButton(store, turn);
   await queue.add({ id: job.id, payload });
   const position = await queue.position(job.id);
   log.info({ jobId: job.id, kind: payload.kind, position }, 'job accepted');

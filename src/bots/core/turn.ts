@@ -32,13 +32,18 @@ export interface Attachment {
 /** One message of the conversation the turn belongs to, oldest first in InboundTurn.messages. */
 export interface ThreadMessage {
   id: string;
-  /** 'assistant' for the bot's own messages. */
+  /**
+   * 'assistant' only for the bot's own turns, which the core takes from its finished jobs
+   * (conversation.ts); adapters give people's messages.
+   */
   role: 'user' | 'assistant';
   authorId: string;
   authorName: string;
   /** Text with the bot's own mention removed. */
   text: string;
   attachments: Attachment[];
+  /** Images already in the store's blobs, by content hash (the bot's own outputs). */
+  storedImages?: string[];
 }
 
 export type ConfigChange =
@@ -48,6 +53,8 @@ export type ConfigChange =
   | { setting: 'generation'; enabled: boolean }
   | { setting: 'retrieval'; enabled: boolean }
   | { setting: 'bias'; value: number }
+  /** Forgets what the community's reactions and button presses taught the decision. */
+  | { setting: 'feedback-reset' }
   | { setting: 'context'; messages: number }
   | {
       setting: 'limits';

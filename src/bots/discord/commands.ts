@@ -96,6 +96,18 @@ export function discordCommands(): RESTPostAPIChatInputApplicationCommandsJSONBo
     )
     .addSubcommand((s) =>
       s
+        .setName('feedback')
+        .setDescription(describe('feedback'))
+        .addStringOption((o) =>
+          o
+            .setName('action')
+            .setDescription('What to do with the learned bias')
+            .setRequired(true)
+            .addChoices({ name: 'reset', value: 'reset' }),
+        ),
+    )
+    .addSubcommand((s) =>
+      s
         .setName('context')
         .setDescription(describe('context'))
         .addIntegerOption((o) => ranged(o, 'messages', 'Messages', CONFIG_RANGES.contextMessages, true)),
@@ -181,6 +193,8 @@ function configChange(interaction: ChatInputCommandInteraction, sub: string | nu
       return { setting: sub, enabled: options.getBoolean('enabled', true) };
     case 'bias':
       return { setting: 'bias', value: options.getNumber('value', true) };
+    case 'feedback':
+      return { setting: 'feedback-reset' };
     case 'context':
       return { setting: 'context', messages: options.getInteger('messages', true) };
     case 'limits':

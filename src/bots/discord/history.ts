@@ -5,12 +5,13 @@ import {
   type PermissionsBitField,
   type ThreadChannel,
 } from 'discord.js';
-import { isProgressText } from '../core/render.ts';
 import type { Attachment, ThreadMessage } from '../core/turn.ts';
 
 /**
  * Reading Discord: messages as core ThreadMessages, and a thread's history (its starter message, which
- * lives in the parent channel, then the thread's own messages) for the conversation context.
+ * lives in the parent channel, then the thread's own messages) for the conversation context. Only
+ * people's messages: the bot's own turns come from its finished jobs (../core/conversation.ts), and other
+ * bots are not conversation.
  */
 
 /** Messages people write (plain and replies); system messages such as the thread starter stub are not conversation. */
@@ -39,22 +40,34 @@ export function parentChannelOf(message: Message): string | undefined {
   return channel.isThread() ? (channel.parentId ?? undefined) : undefined;
 }
 
+/** Mention markup of other people and channels as the names people see (`@Bob`, `#art`), as Slack's reads. */
+function readable(message: Message, text: string): string {
+  return text
+    .replace(/<@!?(\d+)>/g, (_, id: string) => {
+      const name =
+        message.mentions.members?.get(id)?.displayName ?? message.mentions.users.get(id)?.displayName;
+      return `@${name ?? id}`;
+    })
+    .replace(/<#(\d+)>/g, (_, id: string) => {
+      const channel = message.guild?.channels.cache.get(id);
+      return `#${channel?.name ?? id}`;
+    });
+}
+
 export function toThreadMessage(message: Message, botId: string): ThreadMessage {
   const mention = new RegExp(`<@!?${botId}>`, 'g');
   return {
     id: message.id,
-    role: message.author.id === botId ? 'assistant' : 'user',
+    role: 'user',
     authorId: message.author.id,
     authorName: message.member?.displayName ?? message.author.displayName,
-    text: message.content.replace(mention, '').trim(),
+    text: readable(message, message.content.replace(mention, '')).trim(),
     attachments: attachmentsOf(message),
   };
 }
 
-function isConversation(message: Message, botId: string): boolean {
-  if (!CONVERSATION_TYPES.has(message.type)) return false;
-  if (message.author.id === botId && isProgressText(message.content)) return false;
-  return message.author.id === botId || !message.author.bot;
+function isConversation(message: Message): boolean {
+  return CONVERSATION_TYPES.has(message.type) && !message.author.bot;
 }
 
 const byId = (a: { id: string }, b: { id: string }) => (BigInt(a.id) < BigInt(b.id) ? -1 : 1);
@@ -74,7 +87,7 @@ export async function threadHistory(
     if (starter) messages.set(starter.id, starter);
   }
   return [...messages.values()]
-    .filter((m) => isConversation(m, botId) && BigInt(m.id) <= BigInt(current.id))
+    .filter((m) => isConversation(m) && BigInt(m.id) <= BigInt(current.id))
     .sort(byId)
     .map((m) => toThreadMessage(m, botId));
 }

@@ -1,5 +1,15 @@
 import { once } from 'node:events';
-import { Client, Events, type Message, type PartialMessage, Partials } from 'discord.js';
+import {
+  Client,
+  Events,
+  type Message,
+  type MessageReaction,
+  type PartialMessage,
+  type PartialMessageReaction,
+  Partials,
+  type PartialUser,
+  type User,
+} from 'discord.js';
 import type { Config } from '../../config.ts';
 import { UserInputError } from '../../jobs.ts';
 import type { Logger } from '../../log.ts';
@@ -12,6 +22,7 @@ import { startBot } from '../core/start.ts';
 import { DiscordInbound } from './inbound.ts';
 import { gatewayIntents } from './intents.ts';
 import { DiscordAdapter } from './outbound.ts';
+import { reactionRequest } from './reactions.ts';
 import { attachmentOrigins, restOptions } from './rest.ts';
 
 /**
@@ -42,7 +53,8 @@ export async function startDiscord(options: StartDiscordOptions): Promise<Discor
   const client = new Client({
     intents: gatewayIntents(config),
     // Deleted messages arrive as partials when they were not cached; their ids are all the index needs.
-    partials: [Partials.Message, Partials.Channel],
+    // Reactions on replies sent before a restart arrive as partials too; the message is fetched then.
+    partials: [Partials.Message, Partials.Channel, Partials.Reaction, Partials.User],
     rest: restOptions(config),
     allowedMentions: { parse: [] },
   });
@@ -105,6 +117,16 @@ export async function startDiscord(options: StartDiscordOptions): Promise<Discor
       for (const message of messages.values()) await inbound.deleted(message);
     }),
   );
+  const onReaction = (added: boolean) =>
+    guarded(
+      'reaction',
+      async (reaction: MessageReaction | PartialMessageReaction, user: User | PartialUser) => {
+        const request = await reactionRequest(reaction, user, client.user!.id, added);
+        if (request) await bot.core.react(request);
+      },
+    );
+  client.on(Events.MessageReactionAdd, onReaction(true));
+  client.on(Events.MessageReactionRemove, onReaction(false));
   client.on(Events.Error, (error) => logger.error({ err: error }, 'discord client error'));
   client.rest.on('rateLimited', (info) =>
     logger.warn(

@@ -11,6 +11,8 @@ export function gatewayIntents(config: Pick<Config, 'DISCORD_MESSAGE_CONTENT'>):
   return [
     GatewayIntentBits.Guilds,
     GatewayIntentBits.GuildMessages,
+    // 👍/👎 on the bot's replies teach the retrieve/generate decision (not privileged).
+    GatewayIntentBits.GuildMessageReactions,
     ...(config.DISCORD_MESSAGE_CONTENT ? [GatewayIntentBits.MessageContent] : []),
   ];
 }

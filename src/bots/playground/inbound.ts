@@ -140,30 +140,16 @@ export function playgroundTurn(
   );
 }
 
-/** A thread's message as the core reads it; null for the bot's lines that say nothing to the model. */
+/** A person's message as the core reads it; null for the bot's (its turns come from its finished jobs). */
 function threadMessage(uploads: UploadShelf, message: PlaygroundMessage): ThreadMessage | null {
-  if (message.role === 'user') {
-    return {
-      id: message.id,
-      role: 'user',
-      authorId: message.authorId,
-      authorName: message.authorName,
-      text: withoutMention(message.body),
-      attachments: message.attachments.map((image) => uploads.attachment(image)),
-    };
-  }
-  // Progress lines, cancellations and failures say nothing to the model.
-  if ((message.jobId && !message.reply) || message.reply?.failed || message.reply?.cancelled) return null;
-  const images = message.reply?.images ?? [];
+  if (message.role !== 'user') return null;
   return {
     id: message.id,
-    role: 'assistant',
-    authorId: BOT_NAME,
-    authorName: BOT_NAME,
-    text: message.reply?.text ?? message.body,
-    attachments: images.map((image, i) =>
-      uploads.attachment({ ...image, name: `gill-${image.kind}-${i + 1}.png` }),
-    ),
+    role: 'user',
+    authorId: message.authorId,
+    authorName: message.authorName,
+    text: withoutMention(message.body),
+    attachments: message.attachments.map((image) => uploads.attachment(image)),
   };
 }
 

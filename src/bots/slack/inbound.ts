@@ -4,6 +4,7 @@ import type { Logger } from '../../log.ts';
 import type { Visibility } from '../../store/types.ts';
 import { BUTTON_LABELS, parseButtonId } from '../core/buttons.ts';
 import { gillHelp, parseGillText } from '../core/commands.ts';
+import { reactionOfEmoji } from '../core/feedback.ts';
 import type { Bot } from '../core/start.ts';
 import { parseFind, parseImagine } from '../core/text-commands.ts';
 import { buildTurn, type Command, type ThreadMessage, type TurnFields } from '../core/turn.ts';
@@ -19,6 +20,7 @@ import { fromApi, type SlackMessage, type ThreadCache } from './threads.ts';
  * carry the same event_id, which is the job's idempotency key in the store: a retry never answers twice,
  * also after a restart. Edits and deletions (message_changed, message_deleted) start no job: they update
  * the thread cache and the index, and their event ids are remembered in memory, like the cache itself.
+ * 👍/👎 on the bot's replies (reaction_added / reaction_removed) are decision feedback.
  */
 
 export interface InboundDeps {
@@ -40,12 +42,13 @@ const REMEMBERED_EVENTS = 5000;
 
 const ERROR_TEXT = '⚠️ Something went wrong on my side while handling this. It was logged; please try again.';
 
+/** A person's message (or another bot's) as the core reads it; the bot's own turns come from its jobs. */
 function threadMessage(message: SlackMessage, botUserId: string): ThreadMessage {
   return {
     id: message.ts,
-    role: message.fromBot ? 'assistant' : 'user',
+    role: 'user',
     authorId: message.userId,
-    authorName: message.fromBot ? 'gill' : message.userId,
+    authorName: message.userId,
     text: plainText(message.text, botUserId),
     attachments: message.files.filter((f) => f.url_private_download || f.url_private).map(toAttachment),
   };
@@ -89,6 +92,8 @@ export class SlackInbound {
     app.event('app_mention', (args) => this.mention(args.event, args.body));
     app.event('message', (args) => this.message(args.event as unknown as Record<string, unknown>, args.body));
     app.event('file_deleted', (args) => this.fileDeleted(args.event.file_id, args.body));
+    app.event('reaction_added', (args) => this.reaction(args.event, args.body, true));
+    app.event('reaction_removed', (args) => this.reaction(args.event, args.body, false));
     this.jobCommand('/imagine', parseImagine);
     this.jobCommand('/find', parseFind);
     app.command('/gill', (args) => this.gill(args.command, args.ack, args.respond));
@@ -101,6 +106,34 @@ export class SlackInbound {
     return { platform: 'slack', externalId: teamId || this.deps.teamId };
   }
 
+  /** 👍/👎 on one of the bot's replies: feedback on its retrieve/generate decision. */
+  private async reaction(
+    event: {
+      user: string;
+      reaction: string;
+      item: { type: string; channel?: string; ts?: string };
+      item_user?: string;
+    },
+    body: unknown,
+    added: boolean,
+  ) {
+    const reaction = reactionOfEmoji(event.reaction);
+    const { botUserId } = this.deps;
+    if (!reaction || event.item.type !== 'message' || !event.item.ts) return;
+    if (event.item_user !== botUserId || event.user === botUserId) return;
+    try {
+      await this.deps.bot.core.react({
+        community: this.community((body as { team_id?: string }).team_id),
+        reply: { messageId: event.item.ts },
+        userId: event.user,
+        reaction,
+        added,
+      });
+    } catch (error) {
+      this.deps.logger.error({ err: error, ts: event.item.ts }, 'reaction failed');
+    }
+  }
+
   /** A mention or a thread follow-up: the thread so far is the conversation. */
   private async answerInThread(event: Record<string, unknown>, eventId: string, teamId: string | undefined) {
     const { app, bot, threads, botUserId } = this.deps;
@@ -109,9 +142,9 @@ export class SlackInbound {
     const rootTs = message.threadTs ?? message.ts;
     threads.record(channel, message);
     threads.join(channel, rootTs);
-    const messages = (await threads.messages(channel, rootTs, THREAD_MESSAGES)).map((m) =>
-      threadMessage(m, botUserId),
-    );
+    const messages = (await threads.messages(channel, rootTs, THREAD_MESSAGES))
+      .filter((m) => !m.fromBot)
+      .map((m) => threadMessage(m, botUserId));
     const outcome = await bot.submit(
       slackTurn(
         {
