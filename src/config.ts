@@ -39,6 +39,8 @@ const envSchema = z.object({
   GILL_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   GILL_THREADS: z.coerce.number().int().min(1, 'must be at least 1').max(256).optional(),
   GILL_EXECUTION_PROVIDER: z.enum(['cpu', 'cuda']).default('cpu'),
+  /** /metrics, /healthz, /readyz: a port, or `off`; unset, each role's default (src/roles/observe.ts). */
+  GILL_METRICS_PORT: z.union([z.literal('off'), port]).optional(),
   DISCORD_TOKEN: nonEmpty.optional(),
   DISCORD_APPLICATION_ID: z
     .string()

@@ -56,7 +56,9 @@ export function createMetrics(options: { role: string; defaultMetrics?: boolean 
       registers,
       async collect() {
         if (!depthSource) return;
-        const depth = await depthSource();
+        // A queue that cannot answer leaves the series out rather than failing the whole scrape.
+        const depth = await depthSource().catch(() => null);
+        if (!depth) return this.reset();
         for (const [lane, count] of Object.entries(depth)) this.set({ lane }, count);
       },
     }),

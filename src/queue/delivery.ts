@@ -1,5 +1,6 @@
 import type { JobProgress, ReplyTarget } from '../jobs.ts';
 import type { Logger } from '../log.ts';
+import type { GillMetrics } from '../metrics/metrics.ts';
 import type { DeliveryClaim, JobRecord, Store } from '../store/types.ts';
 import type { JobQueue } from './queue.ts';
 
@@ -41,6 +42,7 @@ export interface DeliveryOptions extends Deliverer {
   leaseMs?: number;
   sweepIntervalMs?: number;
   logger?: Logger;
+  metrics?: GillMetrics;
 }
 
 export interface DeliveryHandle {
@@ -77,8 +79,10 @@ export function startDelivery(options: DeliveryOptions): DeliveryHandle {
       if (!claim) return;
       const receipt = await options.deliver(job, claim);
       await store.jobs.markDelivered(jobId, owner, receipt);
+      options.metrics?.deliveries.inc({ platform, outcome: 'delivered' });
     } catch (error) {
       // The claim lapses after leaseMs and a later sweep tries again.
+      options.metrics?.deliveries.inc({ platform, outcome: 'failed' });
       logger?.error({ err: error, jobId }, 'delivery failed; will retry');
     }
   };

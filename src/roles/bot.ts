@@ -5,6 +5,7 @@ import { startReconciler } from '../queue/reconcile.ts';
 import { openWhenAvailable, redactRedisUrl } from '../queue/redis.ts';
 import { connectWithRetry, describeDatabase } from '../store/index.ts';
 import { discordConfigured, slackConfigured, startAdapters, stopAdapters, untilSignal } from './adapters.ts';
+import { observe } from './observe.ts';
 
 /**
  * `gill bot`: the platform adapters only. Jobs go to Redis for `gill worker` processes; replies are
@@ -27,12 +28,19 @@ export async function runBot(config: Config): Promise<void> {
   if (problems.length || !config.REDIS_URL) throw new ConfigError(problems);
   const redisUrl = config.REDIS_URL;
   const logger = createLogger(config.GILL_LOG_LEVEL).child({ role: 'bot' });
-  const store = await connectWithRetry(config, logger);
+  const observer = await observe(config, 'bot', logger);
+  const { metrics } = observer;
+  const store = await connectWithRetry(config, logger).catch(async (error: unknown) => {
+    await observer.close();
+    throw error;
+  });
+  observer.parts.store = store;
   try {
     const queue = await openWhenAvailable(() => openBullJobQueue({ redisUrl, logger }), logger);
-    const reconciler = startReconciler({ store, queue, logger });
+    observer.parts.queue = queue;
+    const reconciler = startReconciler({ store, queue, logger, metrics });
     try {
-      const adapters = await startAdapters({ config, store, queue, logger, playground: false });
+      const adapters = await startAdapters({ config, store, queue, logger, playground: false, metrics });
       logger.info(
         {
           database: describeDatabase(config),
@@ -50,5 +58,6 @@ export async function runBot(config: Config): Promise<void> {
     }
   } finally {
     await store.close();
+    await observer.close();
   }
 }

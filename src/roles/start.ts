@@ -12,6 +12,7 @@ import { runJobs } from '../queue/worker.ts';
 import { connectWithRetry, describeDatabase } from '../store/index.ts';
 import type { Store } from '../store/types.ts';
 import { type RunningAdapter, startAdapters, stopAdapters, untilSignal } from './adapters.ts';
+import { observe } from './observe.ts';
 
 /**
  * `gill start`: adapters and engine in one process. With no configuration that is the embedded PGlite
@@ -43,7 +44,11 @@ async function openEngine(config: Config, store: Store, logger: Logger): Promise
 
 export async function runStart(config: Config): Promise<void> {
   const logger = createLogger(config.GILL_LOG_LEVEL).child({ role: 'start' });
+  // Served only when GILL_METRICS_PORT is set (src/roles/observe.ts).
+  const observer = await observe(config, 'start', logger);
+  const { metrics } = observer;
   const store = await connectWithRetry(config, logger);
+  observer.parts.store = store;
   let queue: JobQueue | undefined;
   let engine: Engine | undefined;
   let worker: WorkerHandle | undefined;
@@ -54,14 +59,18 @@ export async function runStart(config: Config): Promise<void> {
     queue = redisUrl
       ? await openWhenAvailable(() => openBullJobQueue({ redisUrl, logger }), logger)
       : new MemoryJobQueue();
+    observer.parts.queue = queue;
+    const loading = performance.now();
     engine = await openEngine(config, store, logger);
-    worker = runJobs({ queue, store, engine, logger, shutdownGraceMs: SHUTDOWN_GRACE_MS });
+    metrics.modelLoadSeconds.set({ part: 'engine' }, (performance.now() - loading) / 1000);
+    observer.parts.modelLoaded = true;
+    worker = runJobs({ queue, store, engine, logger, metrics, shutdownGraceMs: SHUTDOWN_GRACE_MS });
     if (queue.kind === 'memory') {
       const recovered = await recoverUnfinished(store, queue, logger);
       if (recovered) logger.info({ recovered }, 'resumed jobs left unfinished by the last run');
     }
-    reconciler = startReconciler({ store, queue, logger });
-    adapters = await startAdapters({ config, store, queue, logger, playground: true });
+    reconciler = startReconciler({ store, queue, logger, metrics });
+    adapters = await startAdapters({ config, store, queue, logger, playground: true, metrics });
     const { seedGallery } = await import('../bots/playground/seed-gallery.ts');
     void seedGallery({ store, queue, logger }).catch((error: unknown) =>
       logger.warn({ err: error }, 'could not seed the playground gallery'),
@@ -85,5 +94,6 @@ export async function runStart(config: Config): Promise<void> {
     await reconciler?.close();
     await Promise.allSettled([engine?.close(), queue?.close()]);
     await store.close();
+    await observer.close();
   }
 }

@@ -1,6 +1,7 @@
 import { type Config, ConfigError } from '../config.ts';
 import type { Engine } from '../jobs.ts';
 import { createLogger, type Logger } from '../log.ts';
+import type { GillMetrics } from '../metrics/metrics.ts';
 import { openBullJobQueue } from '../queue/bullmq.ts';
 import { startEngineThread } from '../queue/engine-thread.ts';
 import type { JobQueue } from '../queue/queue.ts';
@@ -8,6 +9,7 @@ import { openWhenAvailable, redactRedisUrl } from '../queue/redis.ts';
 import { runJobs } from '../queue/worker.ts';
 import { connect, connectWithRetry, describeDatabase } from '../store/index.ts';
 import type { Store } from '../store/types.ts';
+import { observe } from './observe.ts';
 
 /**
  * `gill worker`: the engine only. Takes jobs from Redis one at a time, runs the engine in a thread of its
@@ -33,6 +35,8 @@ export async function runWorker(config: Config): Promise<void> {
   if (problems.length || !config.REDIS_URL) throw new ConfigError(problems);
   const redisUrl = config.REDIS_URL;
   const logger = createLogger(config.GILL_LOG_LEVEL).child({ role: 'worker' });
+  const observer = await observe(config, 'worker', logger);
+  const { metrics, parts } = observer;
 
   // A signal during start-up (waiting for Postgres or Redis) ends the wait.
   const starting = new AbortController();
@@ -44,9 +48,12 @@ export async function runWorker(config: Config): Promise<void> {
   let engine: Engine | undefined;
   try {
     store = await connectWithRetry(config, logger, { signal: starting.signal });
+    parts.store = store;
     queue = await openWhenAvailable(() => openBullJobQueue({ redisUrl, logger }), logger, {
       signal: starting.signal,
     });
+    parts.queue = queue;
+    const loading = performance.now();
     engine = await startEngineThread(
       { module: import.meta.url, exportName: 'openEngine', options: config },
       (error) => {
@@ -55,8 +62,10 @@ export async function runWorker(config: Config): Promise<void> {
         process.kill(process.pid, 'SIGTERM');
       },
     );
+    metrics.modelLoadSeconds.set({ part: 'engine' }, (performance.now() - loading) / 1000);
+    parts.modelLoaded = true;
   } catch (error) {
-    await Promise.allSettled([engine?.close(), queue?.close(), store?.close()]);
+    await Promise.allSettled([engine?.close(), queue?.close(), store?.close(), observer.close()]);
     if (starting.signal.aborted) {
       logger.info('stopped while starting');
       return;
@@ -68,9 +77,10 @@ export async function runWorker(config: Config): Promise<void> {
   }
   logger.info({ database: describeDatabase(config), redis: redactRedisUrl(redisUrl) }, 'worker taking jobs');
   try {
-    await serveJobs({ queue, store, engine, logger, shutdownGraceMs: SHUTDOWN_GRACE_MS });
+    await serveJobs({ queue, store, engine, logger, metrics, shutdownGraceMs: SHUTDOWN_GRACE_MS });
   } finally {
-    await Promise.allSettled([engine.close(), queue.close(), store.close()]);
+    parts.modelLoaded = false;
+    await Promise.allSettled([engine.close(), queue.close(), store.close(), observer.close()]);
   }
   logger.info('worker stopped');
 }
@@ -82,6 +92,7 @@ export async function serveJobs(options: {
   engine: Engine;
   logger: Logger;
   shutdownGraceMs?: number;
+  metrics?: GillMetrics;
 }): Promise<void> {
   const handle = runJobs(options);
   await new Promise<void>((resolve) => {

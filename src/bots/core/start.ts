@@ -1,5 +1,6 @@
 import { hostname } from 'node:os';
 import type { Logger } from '../../log.ts';
+import type { GillMetrics } from '../../metrics/metrics.ts';
 import type { JobQueue } from '../../queue/queue.ts';
 import { cancelJob } from '../../queue/submit.ts';
 import type { Store } from '../../store/types.ts';
@@ -30,6 +31,8 @@ export interface BotOptions {
   core: BotCore | Omit<BotCoreOptions, 'store' | 'queue' | 'logger'>;
   /** Delivery sweep interval (tests shorten it). */
   sweepIntervalMs?: number;
+  /** Deliveries and rate-limit refusals are counted here when given. */
+  metrics?: GillMetrics;
 }
 
 export interface Bot {
@@ -51,7 +54,9 @@ function isCore(core: BotOptions['core']): core is BotCore {
 
 export function startBot(options: BotOptions): Bot {
   const { store, queue, logger, adapter } = options;
-  const core = isCore(options.core) ? options.core : createBotCore({ store, queue, logger, ...options.core });
+  const core = isCore(options.core)
+    ? options.core
+    : createBotCore({ store, queue, logger, metrics: options.metrics, ...options.core });
   const delivery = startAdapterDelivery({
     store,
     queue,
@@ -59,6 +64,7 @@ export function startBot(options: BotOptions): Bot {
     adapter,
     owner: `${hostname()}:${process.pid}:${adapter.platform}`,
     sweepIntervalMs: options.sweepIntervalMs,
+    metrics: options.metrics,
   });
 
   async function announce(

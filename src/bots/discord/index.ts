@@ -3,6 +3,7 @@ import { Client, Events, type Message, type PartialMessage, Partials } from 'dis
 import type { Config } from '../../config.ts';
 import { UserInputError } from '../../jobs.ts';
 import type { Logger } from '../../log.ts';
+import type { GillMetrics } from '../../metrics/metrics.ts';
 import type { JobQueue } from '../../queue/queue.ts';
 import type { Store } from '../../store/types.ts';
 import { createFetchGuard } from '../core/fetch-guard.ts';
@@ -28,6 +29,8 @@ export interface StartDiscordOptions {
   store: Store;
   queue: JobQueue;
   logger: Logger;
+  /** Deliveries and rate-limit refusals are counted here when given. */
+  metrics?: GillMetrics;
   /** Milliseconds between sweeps for undelivered replies (tests shorten it). */
   sweepIntervalMs?: number;
 }
@@ -64,6 +67,7 @@ export async function startDiscord(options: StartDiscordOptions): Promise<Discor
       userMention: (id) => `<@${id}>`,
     },
     sweepIntervalMs: options.sweepIntervalMs,
+    metrics: options.metrics,
   });
   const inbound = new DiscordInbound({ client, bot, config, logger });
 

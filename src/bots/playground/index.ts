@@ -3,6 +3,7 @@ import type { AddressInfo } from 'node:net';
 import type { Config } from '../../config.ts';
 import type { CommunityRef } from '../../jobs.ts';
 import type { Logger } from '../../log.ts';
+import type { GillMetrics } from '../../metrics/metrics.ts';
 import type { JobQueue } from '../../queue/queue.ts';
 import type { Store } from '../../store/types.ts';
 import type { BotCore } from '../core/bot-core.ts';
@@ -43,6 +44,8 @@ export interface PlaygroundOptions {
   community?: CommunityRef;
   /** Delivery sweep interval (tests shorten it). */
   sweepIntervalMs?: number;
+  /** Deliveries and rate-limit refusals are counted here when given. */
+  metrics?: GillMetrics;
 }
 
 export interface PlaygroundHandle {
@@ -131,6 +134,7 @@ export async function startPlayground(options: PlaygroundOptions): Promise<Playg
       userMention: (_id, name) => (name && name !== 'you' ? name : 'the person who asked'),
     },
     sweepIntervalMs: options.sweepIntervalMs,
+    metrics: options.metrics,
   });
 
   ready(
