@@ -41,6 +41,8 @@ const envSchema = z.object({
   GILL_EXECUTION_PROVIDER: z.enum(['cpu', 'cuda']).default('cpu'),
   /** /metrics, /healthz, /readyz: a port, or `off`; unset, each role's default (src/roles/observe.ts). */
   GILL_METRICS_PORT: z.union([z.literal('off'), port]).optional(),
+  /** How long a worker's lock on its job lasts unrenewed: a killed worker's job moves on after about this. */
+  GILL_JOB_LOCK_MS: z.coerce.number().int().min(1000, 'must be at least 1000').default(60_000),
   DISCORD_TOKEN: nonEmpty.optional(),
   DISCORD_APPLICATION_ID: z
     .string()

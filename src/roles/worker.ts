@@ -49,7 +49,8 @@ export async function runWorker(config: Config): Promise<void> {
   try {
     store = await connectWithRetry(config, logger, { signal: starting.signal });
     parts.store = store;
-    queue = await openWhenAvailable(() => openBullJobQueue({ redisUrl, logger }), logger, {
+    const lock = { lockDurationMs: config.GILL_JOB_LOCK_MS, stalledIntervalMs: config.GILL_JOB_LOCK_MS / 2 };
+    queue = await openWhenAvailable(() => openBullJobQueue({ redisUrl, logger, ...lock }), logger, {
       signal: starting.signal,
     });
     parts.queue = queue;
