@@ -1,4 +1,4 @@
-import type { Config } from '../config.ts';
+import { type Config, ConfigError } from '../config.ts';
 import type { Logger } from '../log.ts';
 import { createMetrics, type GillMetrics } from '../metrics/metrics.ts';
 import { type MetricsServer, type ReadinessCheck, startMetricsServer } from '../metrics/server.ts';
@@ -70,7 +70,17 @@ export async function observe(config: Config, role: Role, logger: Logger): Promi
   const port = metricsPort(config, role);
   let server: MetricsServer | null = null;
   if (port !== null) {
-    server = await startMetricsServer({ metrics, port, readiness: readinessChecks(parts, role), logger });
+    server = await startMetricsServer({
+      metrics,
+      port,
+      readiness: readinessChecks(parts, role),
+      logger,
+    }).catch((error: NodeJS.ErrnoException) => {
+      if (error.code !== 'EADDRINUSE') throw error;
+      throw new ConfigError([
+        `GILL_METRICS_PORT: port ${port} is in use (another ${role} on this host? give each process its own port, or \`off\`)`,
+      ]);
+    });
     logger.info({ metrics: `${server.url}/metrics`, ready: `${server.url}/readyz` }, 'metrics served');
   }
   return { metrics, parts, url: server?.url ?? null, close: async () => server?.close() };
