@@ -1,15 +1,20 @@
 /**
- * Vector search benchmark: `npm run bench:store -- [--n 100000] [--dim 256] [--queries 200]
- * [--db pg|pglite] [--ef 40,100,200] [--fetch 1,4] [--url postgres://...] [--keep] [--reuse gill_bench_x]`.
- * --fetch: index-scan rows per result, re-sorted before keeping k; --keep/--reuse skip reloading.
+ * Gallery search benchmark: `npm run bench:store -- [--rows 100000] [--dim 256] [--queries 200]
+ * [--db pg|pglite] [--url postgres://...] [--keep] [--build-only] [--reuse gill_bench_x] [--sweep]`.
+ * --keep keeps the Postgres database, --build-only stops after loading and indexing (implies --keep),
+ * --reuse measures queries on a kept database without reloading it (and keeps it); --sweep adds forced-index and
+ * forced-exact runs beside the store's own choice, for every case; --only <text> runs the cases whose
+ * label contains it; --ef and --fetch override hnsw.ef_search and the index-scan rows per result.
  *
- * Loads N unit embeddings drawn from a mixture of about N/50 clusters whose within-cluster spread is
- * half the between-cluster spread (the structure of real image embeddings; uniform random vectors are a
- * worst case no index meets), builds the store's HNSW index, then times top-10 queries drawn fresh from
- * the same mixture through the store's own search code, and measures recall@10 against exact search:
- * unfiltered, and filtered to a community holding 10% of the rows. Prints a table, then one JSON line.
- * Postgres runs in a new database that is dropped afterwards (unless --keep). One query at a time and
- * no parallel index build, so it keeps to about one core.
+ * Loads `rows` unit embeddings drawn from a mixture of about rows/50 Gaussian clusters on the sphere,
+ * the within-cluster spread half the between-cluster spread (the structure of real image embeddings;
+ * uniform random vectors are a worst case no index meets). Rows fall into three communities (89.9%,
+ * 10%, 0.1% of rows); 5% of each community's rows are private, in one of two private channels or one of
+ * two private threads. Then times top-10 queries, drawn fresh from the same mixture, through the
+ * store's own search (src/store/vector-search.ts), and measures recall@10 against exact search with the
+ * same filter computed here by brute force: unfiltered, each community as seen from a public channel,
+ * and viewers inside a private channel (10% community) and a private thread (0.1% community). Prints a
+ * table, then one JSON line. One query at a time.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -19,20 +24,32 @@ import pg from 'pg';
 import { migrate } from '../src/store/migrations.ts';
 import { pgliteClient, postgresClient, type Row, type SqlClient, type SqlQuery } from '../src/store/sql-client.ts';
 import { createStore } from '../src/store/store.ts';
-import { ensureEmbeddingIndex, indexName, nearest } from '../src/store/vector-search.ts';
+import type { ViewerScope } from '../src/store/types.ts';
+import {
+  DEFAULT_CANDIDATES,
+  DEFAULT_EF_SEARCH,
+  ensureEmbeddingIndex,
+  indexName,
+  nearest,
+  planner,
+  type SearchPlan,
+} from '../src/store/vector-search.ts';
 
 const { values: args } = parseArgs({
   options: {
-    n: { type: 'string', default: '100000' },
+    rows: { type: 'string', default: '100000' },
     dim: { type: 'string', default: '256' },
     queries: { type: 'string', default: '200' },
     db: { type: 'string', default: 'pg' },
-    ef: { type: 'string', default: '40,100,200' },
     url: { type: 'string' },
     seed: { type: 'string', default: '1' },
-    fetch: { type: 'string', default: '1,4' },
     keep: { type: 'boolean', default: false },
+    'build-only': { type: 'boolean', default: false },
     reuse: { type: 'string' },
+    sweep: { type: 'boolean', default: false },
+    only: { type: 'string' },
+    ef: { type: 'string' },
+    fetch: { type: 'string' },
   },
 });
 
@@ -42,17 +59,23 @@ function positiveInt(name: string, value: string, max: number): number {
   return n;
 }
 
-const N = positiveInt('n', args.n, 10_000_000);
+const N = positiveInt('rows', args.rows, 10_000_000);
 const DIM = positiveInt('dim', args.dim, 2000);
 const QUERIES = positiveInt('queries', args.queries, 100_000);
-const EFS = args.ef.split(',').map((v) => positiveInt('ef', v.trim(), 1000));
-const FETCH = args.fetch.split(',').map((v) => positiveInt('fetch', v.trim(), 100));
 const K = 10;
-const FILTERED_FRACTION = 0.1;
+/** Overrides of the store's hnsw.ef_search and index-scan rows per result, for tuning them. */
+const EF = args.ef === undefined ? undefined : positiveInt('ef', args.ef, 1000);
+const FETCH = args.fetch === undefined ? undefined : positiveInt('fetch', args.fetch, 100);
 const CLUSTERS = Math.max(1, Math.round(N / 50));
+const BIG_FRACTION = 0.1;
+const SMALL_FRACTION = 0.001;
+const PRIVATE_FRACTION = 0.05;
+const KEEP = args.keep || args['build-only'] || args.reuse !== undefined;
 if (args.db !== 'pg' && args.db !== 'pglite') throw new Error('--db must be pg or pglite');
+if (args.db === 'pglite' && (KEEP || args.reuse)) throw new Error('--keep, --build-only and --reuse are for --db pg');
 
-// Seeded generator (mulberry32) and Gaussian draws (Box-Muller), so runs are comparable.
+// Seeded generator (mulberry32) and Gaussian draws (Box-Muller), so runs are comparable and --reuse
+// regenerates exactly the rows it loaded.
 let state = positiveInt('seed', args.seed, 2 ** 31) >>> 0;
 function uniform(): number {
   state = (state + 0x6d2b79f5) >>> 0;
@@ -69,8 +92,10 @@ function gaussian(): number {
 const centres = new Float32Array(CLUSTERS * DIM);
 for (let i = 0; i < centres.length; i++) centres[i] = gaussian() / Math.sqrt(DIM);
 
-function drawPoint(out: Float32Array, offset: number): void {
-  const c = Math.floor(uniform() * CLUSTERS) * DIM;
+/** Draws a point into out at offset; returns its cluster. */
+function drawPoint(out: Float32Array, offset: number): number {
+  const cluster = Math.floor(uniform() * CLUSTERS);
+  const c = cluster * DIM;
   let norm = 0;
   for (let d = 0; d < DIM; d++) {
     const v = centres[c + d]! + (0.5 * gaussian()) / Math.sqrt(DIM);
@@ -79,6 +104,43 @@ function drawPoint(out: Float32Array, offset: number): void {
   }
   norm = Math.sqrt(norm);
   for (let d = 0; d < DIM; d++) out[offset + d]! /= norm;
+  return cluster;
+}
+
+const REST = 0;
+const BIG = 1;
+const SMALL = 2;
+/**
+ * Where row i was posted: its community, whether it is private, and its place 0–3. Public rows are in
+ * channel general-<place>. Private rows of places 0 and 1 are in channel private-<place>; of places 2
+ * and 3 in thread secret-<place> under general-<place>.
+ */
+const community = new Uint8Array(N);
+const isPrivate = new Uint8Array(N);
+const place = new Uint8Array(N);
+const vectors = new Float32Array(N * DIM);
+/** Each row's cluster, and its distance from the cluster's centre: bounds for the exact search below. */
+const clusterOf = new Uint32Array(N);
+const radius = new Float64Array(N);
+function drawRow(i: number): void {
+  clusterOf[i] = drawPoint(vectors, i * DIM);
+  let r = 0;
+  for (let d = 0; d < DIM; d++) r += (vectors[i * DIM + d]! - centres[clusterOf[i]! * DIM + d]!) ** 2;
+  radius[i] = Math.sqrt(r);
+  const u = uniform();
+  community[i] = u < SMALL_FRACTION ? SMALL : u < SMALL_FRACTION + BIG_FRACTION ? BIG : REST;
+  isPrivate[i] = uniform() < PRIVATE_FRACTION ? 1 : 0;
+  place[i] = Math.floor(uniform() * 4);
+}
+const channelOf = (i: number) => (isPrivate[i] && place[i]! < 2 ? `private-${place[i]}` : `general-${place[i]}`);
+const threadOf = (i: number) => (isPrivate[i] && place[i]! >= 2 ? `secret-${place[i]}` : null);
+
+/** Who may see row i from `scope`: the store's rule (src/store/vector-search.ts), restated for the ground truth. */
+function visible(i: number, scope: ViewerScope | undefined): boolean {
+  if (!isPrivate[i]) return true;
+  if (!scope || channelOf(i) !== scope.channelId) return false;
+  const thread = threadOf(i);
+  return thread === null || thread === (scope.threadId ?? null);
 }
 
 function percentile(sorted: number[], p: number): number {
@@ -86,6 +148,8 @@ function percentile(sorted: number[], p: number): number {
 }
 
 const round = (v: number, digits = 2) => Number(v.toFixed(digits));
+const log = (line: string) => process.stderr.write(`${line}\n`);
+const loadAverage = () => os.loadavg().map((v) => round(v, 2));
 
 async function openBenchDatabase(): Promise<{ client: SqlClient; where: string; cleanup(): Promise<void> }> {
   if (args.db === 'pglite') {
@@ -93,7 +157,7 @@ async function openBenchDatabase(): Promise<{ client: SqlClient; where: string; 
     return {
       client: await pgliteClient(path.join(dir, 'pglite')),
       where: `PGlite in ${dir}`,
-      cleanup: () => (args.keep ? Promise.resolve() : rm(dir, { recursive: true, force: true })),
+      cleanup: () => rm(dir, { recursive: true, force: true }),
     };
   }
   const base = args.url ?? process.env.DATABASE_URL ?? process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
@@ -109,10 +173,11 @@ async function openBenchDatabase(): Promise<{ client: SqlClient; where: string; 
     }
   };
   if (!args.reuse) await admin(`CREATE DATABASE ${name}`);
-  // Enough memory for the graph to be built in memory; no parallel build workers (shared machine).
-  const indexMemoryMb = Math.max(256, Math.ceil((N * DIM * 4 * 2.5) / 2 ** 20));
+  // The whole graph in memory while it is built (pgvector slows sharply once it no longer fits), and one
+  // parallel build worker beside the leader: this machine has two cores.
+  const indexMemoryMb = Math.max(256, Math.ceil((N * DIM * 4 * 3) / 2 ** 20));
   await admin(`ALTER DATABASE ${name} SET maintenance_work_mem = '${indexMemoryMb}MB'`);
-  await admin(`ALTER DATABASE ${name} SET max_parallel_maintenance_workers = 0`);
+  await admin(`ALTER DATABASE ${name} SET max_parallel_maintenance_workers = 1`);
   const url = new URL(base);
   url.pathname = `/${name}`;
   const client = postgresClient(url.toString(), { max: 2 });
@@ -121,91 +186,170 @@ async function openBenchDatabase(): Promise<{ client: SqlClient; where: string; 
     where: `Postgres ${url.hostname}:${url.port || 5432}/${name}`,
     async cleanup() {
       await client.close();
-      if (args.keep) process.stderr.write(`kept database ${name} (rerun with --reuse ${name})\n`);
+      if (KEEP) log(`kept database ${name} (measure it with --reuse ${name} --rows ${N})`);
       else await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
     },
   };
 }
 
+/** Draws every row; unless reusing, loads them in batches, the next batch drawn while the last one inserts. */
+async function load(client: SqlClient, ids: string[], hash: string): Promise<number> {
+  const start = performance.now();
+  const BATCH = 1000;
+  let pending: Promise<unknown> = Promise.resolve();
+  for (let first = 0; first < N; first += BATCH) {
+    const end = Math.min(N, first + BATCH);
+    const columns: (string | null)[][] = [[], [], [], [], [], []];
+    for (let i = first; i < end; i++) {
+      drawRow(i);
+      if (args.reuse) continue;
+      const text = Array.from(vectors.subarray(i * DIM, (i + 1) * DIM), (v) => v.toPrecision(9));
+      const row = [ids[community[i]!]!, channelOf(i), threadOf(i), isPrivate[i] ? 'private' : 'public', String(i)];
+      row.forEach((value, c) => columns[c]!.push(value));
+      columns[5]!.push(`[${text.join(',')}]`);
+    }
+    if (args.reuse) continue;
+    await pending;
+    pending = client.query(
+      `INSERT INTO images (community_id, hash, mime, width, height, channel_id, thread_id, visibility, message_id, embedding)
+       SELECT c, $1, 'image/png', 1, 1, ch, th, v, m, e::vector
+       FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) AS t(c, ch, th, v, m, e)`,
+      [hash, ...columns],
+    );
+    if (end % 100_000 === 0) log(`  loaded ${end}`);
+  }
+  await pending;
+  return (performance.now() - start) / 1000;
+}
+
+interface Case {
+  label: string;
+  communityId?: string;
+  scope?: ViewerScope;
+  member: (i: number) => boolean;
+}
+
 async function main() {
-  const log = (line: string) => process.stderr.write(`${line}\n`);
   const db = await openBenchDatabase();
   try {
     await migrate(db.client);
     const [{ version } = { version: '?' }] = await db.client.query<{ version: string }>(
       "SELECT extversion AS version FROM pg_extension WHERE extname = 'vector'",
     );
-    log(`store bench: ${db.where}, pgvector ${version}, N=${N}, dim=${DIM}, ${CLUSTERS} clusters, ${QUERIES} queries`);
+    log(
+      `store bench: ${db.where}, pgvector ${version}, rows=${N}, dim=${DIM}, ${CLUSTERS} clusters, ` +
+        `${QUERIES} queries, load average ${loadAverage().join(' ')}`,
+    );
 
     const store = createStore(db.client);
-    const filtered = (await store.communities.ensure({ platform: 'cli', externalId: 'bench-10pct' })).id;
-    const rest = (await store.communities.ensure({ platform: 'cli', externalId: 'bench-rest' })).id;
+    const ids: string[] = [];
+    for (const name of ['rest', 'big', 'small']) {
+      ids.push((await store.communities.ensure({ platform: 'cli', externalId: `bench-${name}` })).id);
+    }
     const hash = await store.blobs.put(new Uint8Array([0]), 'image/png');
     const [{ n: stored } = { n: 0 }] = await db.client.query<{ n: number }>('SELECT count(*)::int AS n FROM images');
-    if (args.reuse && stored !== N) throw new Error(`--reuse: the database holds ${stored} images, not --n ${N}`);
+    if (args.reuse && stored !== N) throw new Error(`--reuse: the database holds ${stored} images, not --rows ${N}`);
 
-    // Load in multi-row batches (one INSERT ... SELECT FROM unnest per batch).
-    const vectors = new Float32Array(N * DIM);
-    const inFiltered = new Uint8Array(N);
-    const loadStart = performance.now();
-    const BATCH = 1000;
-    for (let start = 0; start < N; start += BATCH) {
-      const end = Math.min(N, start + BATCH);
-      const communities: string[] = [];
-      const names: string[] = [];
-      const texts: string[] = [];
-      for (let i = start; i < end; i++) {
-        drawPoint(vectors, i * DIM);
-        inFiltered[i] = uniform() < FILTERED_FRACTION ? 1 : 0;
-        communities.push(inFiltered[i] ? filtered : rest);
-        names.push(String(i));
-        texts.push(`[${vectors.subarray(i * DIM, (i + 1) * DIM).join(',')}]`);
-      }
-      if (args.reuse) continue; // same seed, same vectors: only the JS copy is rebuilt
-      await db.client.query(
-        `INSERT INTO images (community_id, hash, mime, width, height, message_id, embedding)
-         SELECT c, $1, 'image/png', 1, 1, m, e::vector FROM unnest($2::bigint[], $3::text[], $4::text[]) AS t(c, m, e)`,
-        [hash, communities, names, texts],
-      );
-      if ((end / BATCH) % 20 === 0) log(`  loaded ${end}`);
+    const loadSeconds = await load(db.client, ids, hash);
+    let indexSeconds: number | null = null;
+    if (!args.reuse) {
+      log(`  loaded in ${round(loadSeconds, 1)} s; building the index, load average ${loadAverage().join(' ')}`);
+      const indexStart = performance.now();
+      await ensureEmbeddingIndex(db.client, DIM);
+      indexSeconds = (performance.now() - indexStart) / 1000;
+      // What autovacuum does in a running deployment: statistics, and the visibility map for counts.
+      await db.client.exec('VACUUM ANALYZE images');
     }
-    const loadSeconds = (performance.now() - loadStart) / 1000;
-    const indexStart = performance.now();
-    await ensureEmbeddingIndex(db.client, DIM);
-    const indexSeconds = (performance.now() - indexStart) / 1000;
-    await db.client.exec('ANALYZE images');
-    log(`  load ${round(loadSeconds, 1)} s, HNSW build ${round(indexSeconds, 1)} s`);
+    const [sizes] = await db.client.query<{ index_mb: number; table_mb: number }>(
+      `SELECT round(pg_relation_size($1::regclass) / 1048576.0)::int AS index_mb,
+              round(pg_total_relation_size('images') / 1048576.0)::int AS table_mb`,
+      [indexName(DIM)],
+    );
+    log(
+      `  HNSW build ${indexSeconds === null ? 'reused' : `${round(indexSeconds, 1)} s`}, index ${sizes!.index_mb} MB, ` +
+        `table with indexes ${sizes!.table_mb} MB, load average ${loadAverage().join(' ')}`,
+    );
+    const build = { loadSeconds: args.reuse ? null : round(loadSeconds, 1), indexSeconds: indexSeconds && round(indexSeconds, 1), indexMb: sizes!.index_mb };
+    if (args['build-only']) {
+      console.log(JSON.stringify({ bench: 'store', db: args.db, pgvector: version, rows: N, dim: DIM, ...build }));
+      return;
+    }
 
-    // Fresh queries from the same mixture, and their exact top-k by brute force.
     const queries = new Float32Array(QUERIES * DIM);
     for (let q = 0; q < QUERIES; q++) drawPoint(queries, q * DIM);
-    const truth = (q: number, onlyFiltered: boolean): Set<string> => {
-      const best: { i: number; s: number }[] = [];
-      const query = queries.subarray(q * DIM, (q + 1) * DIM);
-      for (let i = 0; i < N; i++) {
-        if (onlyFiltered && !inFiltered[i]) continue;
-        let s = 0;
-        const o = i * DIM;
-        for (let d = 0; d < DIM; d++) s += query[d]! * vectors[o + d]!;
-        if (best.length < K || s > best[K - 1]!.s) {
-          best.push({ i, s });
-          best.sort((a, b) => b.s - a.s);
-          if (best.length > K) best.pop();
-        }
-      }
-      return new Set(best.map((b) => String(b.i)));
-    };
-    const truthAll = Array.from({ length: QUERIES }, (_, q) => truth(q, false));
-    const truthFiltered = Array.from({ length: QUERIES }, (_, q) => truth(q, true));
+    const privateChannel: ViewerScope = { channelId: 'private-0', threadId: null };
+    const privateThread: ViewerScope = { channelId: 'general-2', threadId: 'secret-2' };
+    const allCases: Case[] = [
+      { label: 'unfiltered', member: () => true },
+      { label: 'community 90%', communityId: ids[REST], member: (i) => community[i] === REST && visible(i, undefined) },
+      { label: 'community 10%', communityId: ids[BIG], member: (i) => community[i] === BIG && visible(i, undefined) },
+      { label: 'community 0.1%', communityId: ids[SMALL], member: (i) => community[i] === SMALL && visible(i, undefined) },
+      {
+        label: '10%, private channel',
+        communityId: ids[BIG],
+        scope: privateChannel,
+        member: (i) => community[i] === BIG && visible(i, privateChannel),
+      },
+      {
+        label: '0.1%, private thread',
+        communityId: ids[SMALL],
+        scope: privateThread,
+        member: (i) => community[i] === SMALL && visible(i, privateThread),
+      },
+    ];
 
-    /** The same client, but search statements are EXPLAINed: tells whether a run's plan uses HNSW. */
-    let plan = '';
+    const cases = allCases.filter((c) => !args.only || c.label.includes(args.only));
+    /**
+     * The exact top-k of every query in every case, without scoring every row: for a unit query q and
+     * a row x of cluster centre c, q·x = q·c + q·(x − c) ≤ q·c + |x − c| (Cauchy–Schwarz). Clusters are
+     * visited best bound first and a case stops once no remaining row can beat its k-th score.
+     */
+    const byCluster = cases.map((c) => {
+      const lists = Array.from({ length: CLUSTERS }, () => [] as number[]);
+      for (let i = 0; i < N; i++) if (c.member(i)) lists[clusterOf[i]!]!.push(i);
+      return lists.map((rows) => ({ rows, reach: Math.max(0, ...rows.map((i) => radius[i]!)) }));
+    });
+    const members = byCluster.map((lists) => lists.reduce((n, list) => n + list.rows.length, 0));
+    const expected = cases.map(() => [] as Set<string>[]);
+    const centreScore = new Float64Array(CLUSTERS);
+    for (let q = 0; q < QUERIES; q++) {
+      const query = queries.subarray(q * DIM, (q + 1) * DIM);
+      for (let c = 0; c < CLUSTERS; c++) {
+        let s = 0;
+        for (let d = 0; d < DIM; d++) s += query[d]! * centres[c * DIM + d]!;
+        centreScore[c] = s;
+      }
+      byCluster.forEach((lists, index) => {
+        const bound = (c: number) => centreScore[c]! + lists[c]!.reach + 1e-4; // float32 rounding margin
+        const order = lists.map((_, c) => c).filter((c) => lists[c]!.rows.length > 0);
+        order.sort((a, b) => bound(b) - bound(a));
+        const top: { i: number; s: number }[] = [];
+        for (const c of order) {
+          if (top.length === K && bound(c) <= top[K - 1]!.s) break;
+          for (const i of lists[c]!.rows) {
+            if (top.length === K && centreScore[c]! + radius[i]! + 1e-4 <= top[K - 1]!.s) continue;
+            let s = 0;
+            const o = i * DIM;
+            for (let d = 0; d < DIM; d++) s += query[d]! * vectors[o + d]!;
+            if (top.length === K && s <= top[K - 1]!.s) continue;
+            top.push({ i, s });
+            top.sort((a, b) => b.s - a.s);
+            if (top.length > K) top.pop();
+          }
+        }
+        expected[index]!.push(new Set(top.map((b) => String(b.i))));
+      });
+    }
+    log(`  exact top-${K} of ${QUERIES} queries computed, load average ${loadAverage().join(' ')}`);
+
+    /** The same client, but search statements are EXPLAINed: tells whether a plan really walks the graph. */
+    let explained = '';
     const explaining = (tx: SqlQuery): SqlQuery => ({
       exec: (sql) => tx.exec(sql),
       async query<T extends Row>(text: string, params?: unknown[]) {
         if (!text.trimStart().startsWith('WITH candidates')) return tx.query<T>(text, params);
         const rows = await tx.query(`EXPLAIN ${text}`, params);
-        plan ||= rows.map((r) => Object.values(r).join(' ')).join('\n'); // the index scan, not a fallback
+        explained ||= rows.map((r) => Object.values(r).join(' ')).join('\n'); // the first statement's plan
         return [] as T[];
       },
     });
@@ -215,73 +359,75 @@ async function main() {
       transaction: (fn) => db.client.transaction((tx) => fn(explaining(tx))),
     };
 
+    // The store's own choice, remembered per community as src/store/images.ts does.
+    const planFor = planner(db.client);
     const results: Record<string, unknown>[] = [];
-    const run = async (label: string, ef: number | null, fetch: number, communityId?: string) => {
-      const expected = communityId ? truthFiltered : truthAll;
-      let fallbacks = 0;
-      const options = (q: number) => ({
-        communityId,
-        embedding: queries.subarray(q * DIM, (q + 1) * DIM),
-        k: K,
-        efSearch: ef ?? undefined,
-        exact: ef === null,
-        candidates: fetch * K,
-        onExactFallback: () => fallbacks++,
-      });
-      const search = (q: number) =>
-        nearest<{ id: string; score: number; message_id: string }>(db.client, 'message_id', options(q));
-      for (let q = 0; q < Math.min(20, QUERIES); q++) await search(q); // warm caches
-      fallbacks = 0;
-      const times: number[] = [];
-      let hits = 0;
-      for (let q = 0; q < QUERIES; q++) {
-        const t = performance.now();
-        const rows = await search(q);
-        times.push(performance.now() - t);
-        hits += rows.filter((r) => expected[q]!.has(r.message_id)).length;
-      }
-      times.sort((a, b) => a - b);
-      plan = '';
-      await nearest(explainClient, 'message_id', { ...options(0), onExactFallback: undefined });
-      const plannedIndex = plan.includes(indexName(DIM)) ? 'hnsw' : 'exact';
-      const row = {
-        filter: communityId ? '10%' : 'none',
-        ef: ef ?? 'exact',
-        candidates: fetch * K,
-        p50Ms: round(percentile(times, 50)),
-        p95Ms: round(percentile(times, 95)),
-        recallAt10: round(hits / (QUERIES * K), 4),
-        exactFallbacks: fallbacks,
-        plan: plannedIndex,
-      };
-      results.push(row);
-      log(
-        `  ${label.padEnd(22)} ef=${String(row.ef).padEnd(5)} fetch ${String(row.candidates).padEnd(4)} p50 ${String(row.p50Ms).padStart(7)} ms  ` +
-          `p95 ${String(row.p95Ms).padStart(7)} ms  recall@10 ${row.recallAt10.toFixed(3)}  fallbacks ${fallbacks}  plan ${plannedIndex}`,
-      );
-    };
-
-    for (const ef of EFS) {
-      for (const fetch of FETCH) {
-        await run('unfiltered', ef, fetch);
-        await run('filtered to 10%', ef, fetch, filtered);
+    for (const [index, c] of cases.entries()) {
+      const matching = members[index]!;
+      // Forced plans beside the store's choice; an exact scan of most of a large table takes seconds.
+      const forced: SearchPlan[] = matching > 200_000 ? ['hnsw'] : ['hnsw', 'exact'];
+      const plans: (SearchPlan | undefined)[] = [undefined, ...(args.sweep ? forced : [])];
+      for (const force of plans) {
+        const used = new Map<string, number>();
+        const plan = force ?? (c.communityId === undefined ? undefined : await planFor(c.communityId, DIM));
+        const search = (q: number, client = db.client) =>
+          nearest<{ id: string; score: number; messageId: string }>(client, '"message_id" AS "messageId"', {
+            communityId: c.communityId,
+            scope: c.scope,
+            embedding: queries.subarray(q * DIM, (q + 1) * DIM),
+            k: K,
+            plan,
+            efSearch: EF,
+            candidates: FETCH && FETCH * K,
+            onPlan: (plan) => used.set(plan, (used.get(plan) ?? 0) + 1),
+          });
+        for (let q = 0; q < Math.min(20, QUERIES); q++) await search(q); // warm caches
+        used.clear();
+        const times: number[] = [];
+        let hits = 0;
+        for (let q = 0; q < QUERIES; q++) {
+          const t = performance.now();
+          const rows = await search(q);
+          times.push(performance.now() - t);
+          hits += rows.filter((r) => expected[index]![q]!.has(r.messageId)).length;
+        }
+        times.sort((a, b) => a - b);
+        const usedPlans = [...used].map(([p, n]) => `${p} ${n}`).join(', ');
+        explained = '';
+        await search(0, explainClient);
+        const row = {
+          case: c.label,
+          matchingRows: matching,
+          plan: force ?? 'store',
+          used: usedPlans,
+          index: new RegExp(`${indexName(DIM)}\\w*`).exec(explained)?.[0] ?? null,
+          p50Ms: round(percentile(times, 50)),
+          p95Ms: round(percentile(times, 95)),
+          recallAt10: round(hits / (QUERIES * K), 4),
+          loadAverage: loadAverage()[0],
+        };
+        results.push(row);
+        log(
+          `  ${c.label.padEnd(22)} ${String(matching).padStart(8)} rows  ${row.plan.padEnd(6)} p50 ${String(row.p50Ms).padStart(7)} ms  ` +
+            `p95 ${String(row.p95Ms).padStart(7)} ms  recall@10 ${row.recallAt10.toFixed(3)}  ` +
+            `(${usedPlans}${row.index ? `, ${row.index}` : ''}; load ${row.loadAverage})`,
+        );
       }
     }
-    await run('filtered, exact scan', null, 1, filtered);
 
     console.log(
       JSON.stringify({
         bench: 'store',
         db: args.db,
         pgvector: version,
-        n: N,
+        rows: N,
         dim: DIM,
         clusters: CLUSTERS,
         queries: QUERIES,
         k: K,
-        filteredFraction: FILTERED_FRACTION,
-        loadSeconds: round(loadSeconds, 1),
-        indexSeconds: round(indexSeconds, 1),
+        efSearch: EF ?? DEFAULT_EF_SEARCH,
+        candidatesPerResult: FETCH ?? DEFAULT_CANDIDATES,
+        ...build,
         results,
       }),
     );

@@ -86,7 +86,7 @@ export function buildProgram(): Command {
     .option('--steps <n>', 'denoising steps', intOption('--steps', 1, 150))
     .option('--seed <n>', 'noise seed', intOption('--seed', 0, 2 ** 31 - 1))
     .option('--guidance <g>', 'classifier-free guidance scale', numberOption('--guidance', 0, 30))
-    .option('--scheduler <name>', 'ddim or dpm++')
+    .option('--scheduler <name>', 'ddim, pndm or dpm++ (also dpmsolver++); the bundle default when left out')
     .action(async (prompt: string, opts) =>
       (await import('./roles/cli-commands.ts')).runImagine(config(), prompt, opts),
     );

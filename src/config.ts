@@ -29,6 +29,9 @@ const port = z.coerce
 
 const nonEmpty = z.string().trim().min(1, 'must not be empty');
 
+/** GILL_RETENTION_DAYS unless set. */
+export const DEFAULT_RETENTION_DAYS = 30;
+
 const envSchema = z.object({
   DATABASE_URL: url(['postgres:', 'postgresql:']).optional(),
   REDIS_URL: url(['redis:', 'rediss:']).optional(),
@@ -36,6 +39,8 @@ const envSchema = z.object({
   GILL_MODEL: nonEmpty.default('models/gill-tiny'),
   GILL_PORT: port.default(7860),
   GILL_HOST: nonEmpty.default('127.0.0.1'),
+  /** Required by the playground on a GILL_HOST other than loopback; then every request must carry it. */
+  GILL_PLAYGROUND_TOKEN: z.string().trim().min(16, 'must be at least 16 characters').optional(),
   GILL_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   GILL_THREADS: z.coerce.number().int().min(1, 'must be at least 1').max(256).optional(),
   GILL_EXECUTION_PROVIDER: z.enum(['cpu', 'cuda']).default('cpu'),
@@ -43,6 +48,23 @@ const envSchema = z.object({
   GILL_METRICS_PORT: z.union([z.literal('off'), port]).optional(),
   /** How long a worker's lock on its job lasts unrenewed: a killed worker's job moves on after about this. */
   GILL_JOB_LOCK_MS: z.coerce.number().int().min(1000, 'must be at least 1000').default(60_000),
+  /** Days a deleted image (and its bytes) is kept before the retention sweep removes it. */
+  GILL_RETENTION_DAYS: z.coerce
+    .number()
+    .min(0, 'must be at least 0')
+    .max(3650)
+    .default(DEFAULT_RETENTION_DAYS),
+  /** Indexing's own lane (src/bots/core/limits.ts): unfinished index jobs per community, images per person per minute. */
+  GILL_INDEX_MAX_PENDING: z.coerce
+    .number()
+    .int('must be a whole number')
+    .min(1, 'must be at least 1')
+    .default(500),
+  GILL_INDEX_PER_USER_PER_MINUTE: z.coerce
+    .number()
+    .int('must be a whole number')
+    .min(1, 'must be at least 1')
+    .default(20),
   DISCORD_TOKEN: nonEmpty.optional(),
   DISCORD_APPLICATION_ID: z
     .string()
@@ -97,6 +119,7 @@ export class ConfigError extends Error {
 
 /** Variables whose values must never reach a log line. */
 export const SECRET_KEYS = [
+  'GILL_PLAYGROUND_TOKEN',
   'DISCORD_TOKEN',
   'SLACK_BOT_TOKEN',
   'SLACK_SIGNING_SECRET',

@@ -34,6 +34,18 @@ export const contextItemSchema = z.discriminatedUnion('type', [
 ]);
 export type ContextItem = z.infer<typeof contextItemSchema>;
 
+/**
+ * Where a search is made from (the store's ViewerScope): the viewer's channel and, inside a thread, the
+ * thread (channelId is then the thread's parent channel). Retrieval shows public images, and private ones
+ * only inside their own channel or thread; a payload without a scope sees public images only.
+ */
+const placeId = z.string().min(1).max(200);
+export const viewerScopeSchema = z.object({
+  channelId: placeId,
+  threadId: placeId.nullable().default(null),
+});
+export type ViewerScopeInput = z.input<typeof viewerScopeSchema>;
+
 /** What the user wants from the decision: let the model decide, or force one side (the buttons). */
 export const imageModeSchema = z.enum(['auto', 'retrieve', 'generate']);
 export type ImageMode = z.infer<typeof imageModeSchema>;
@@ -58,6 +70,8 @@ export const chatPayloadSchema = z.object({
   allowRetrieval: z.boolean().default(true),
   /** Image ids already shown in this thread, skipped by retrieval ("more like this" asks for new ones). */
   excludeImageIds: z.array(z.string().max(64)).max(1000).default([]),
+  /** Where the conversation is, so retrieval shows only what people there may see. */
+  scope: viewerScopeSchema.optional(),
 });
 
 export const imaginePayloadSchema = z.object({
@@ -83,6 +97,8 @@ export const findPayloadSchema = z.object({
     .max(MAX_PROMPT_CHARS, `the query is over ${MAX_PROMPT_CHARS} characters`),
   k: z.number().int().min(1).max(20).default(4),
   excludeImageIds: z.array(z.string().max(64)).max(1000).default([]),
+  /** Where /find was asked, so it shows only what people there may see. */
+  scope: viewerScopeSchema.optional(),
 });
 
 export const indexPayloadSchema = z.object({

@@ -13,6 +13,7 @@ import { buildContext } from '../src/bots/core/context.ts';
 import { createFetchGuard, FetchRefusedError, isPublicAddress } from '../src/bots/core/fetch-guard.ts';
 import type { ImageIngest } from '../src/bots/core/images.ts';
 import { renderProgress, renderReply, splitMessage } from '../src/bots/core/render.ts';
+import { startRetentionSweep } from '../src/bots/core/retention.ts';
 import type { InboundTurn, ThreadMessage } from '../src/bots/core/turn.ts';
 import { type JobResult, UserInputError } from '../src/jobs.ts';
 import { createLogger } from '../src/log.ts';
@@ -608,6 +609,213 @@ describe('bot core on the real store', () => {
       status: 'refused',
       reason: 'limited',
       message: expect.stringMatching(/^You can start 1 request per minute\. Please try again in \d+ s\.$/),
+    });
+  });
+
+  it('indexing has its own lane: its own cap and per-poster rate, never counted against requests', async () => {
+    const ref = { platform: 'playground' as const, externalId: 'index-lane' };
+    const community = await store.communities.ensure(ref);
+    await store.communities.updateConfig(community.id, {
+      indexedChannels: ['art'],
+      userConcurrentJobs: 1,
+      communityConcurrentJobs: 1,
+      userJobsPerMinute: 1,
+    });
+    const bot = createBotCore({
+      store,
+      queue,
+      logger: createLogger('silent'),
+      // Keeps each attachment's URL as its bytes, so the gallery rows have their blobs.
+      images: {
+        ingest: async (a) => ({
+          hash: await store.blobs.put(Buffer.from(a.url), 'image/png'),
+          mime: 'image/png',
+          width: 1,
+          height: 1,
+        }),
+      },
+      indexing: { pendingPerCommunity: 5, imagesPerUserPerMinute: 3 },
+    });
+    const post = (authorId: string, names: string[]) =>
+      bot.indexImages({
+        community: ref,
+        channelId: 'art',
+        messageId: `m-${++n}`,
+        authorId,
+        permalink: null,
+        visibility: 'public',
+        attachments: names.map((name) => ({
+          url: `https://x.test/${n}/${name}`,
+          name,
+          contentType: 'image/png',
+        })),
+      });
+    const ann = await post('ann', ['a.png', 'b.png', 'c.png', 'd.png']);
+    expect(ann?.imageIds).toHaveLength(3);
+    expect(ann?.refused).toEqual([
+      '"d.png": only 3 of your images a minute are added to the index; it was not added',
+    ]);
+    const ben = await post('ben', ['e.png', 'f.png', 'g.png']);
+    expect(ben?.imageIds).toHaveLength(2);
+    expect(ben?.refused).toEqual(['"g.png": the image index is busy (5 images waiting); it was not added']);
+    expect(await store.jobs.countActive({ communityId: community.id, lane: 'indexing' })).toBe(5);
+    expect(await store.jobs.countActive({ communityId: community.id })).toBe(0);
+    // Five waiting index jobs and a community cap of 1: the poster's own request is still accepted.
+    expect(
+      await bot.submit({ ...turn({ kind: 'imagine', prompt: 'a fox' }, 'ann'), community: ref }),
+    ).toMatchObject({ status: 'accepted' });
+  });
+
+  describe('deletion is complete', () => {
+    const ref = { platform: 'playground' as const, externalId: 'deletions' };
+    /** An ingest that keeps each URL as the bytes; `gate` (when set) holds the download until it resolves. */
+    let gate: Promise<void> | null = null;
+    const bot = () =>
+      createBotCore({
+        store,
+        queue,
+        logger: createLogger('silent'),
+        images: {
+          ingest: async (a) => {
+            await gate;
+            return {
+              hash: await store.blobs.put(Buffer.from(a.url), 'image/png'),
+              mime: 'image/png',
+              width: 1,
+              height: 1,
+            };
+          },
+        },
+      });
+    const post = (core: ReturnType<typeof bot>, authorId: string, messageId: string, channelId = 'art') =>
+      core.indexImages({
+        community: ref,
+        channelId,
+        messageId,
+        authorId,
+        permalink: null,
+        visibility: 'public',
+        attachments: [
+          {
+            id: `file-${messageId}`,
+            url: `https://x.test/${messageId}`,
+            name: `${messageId}.png`,
+            contentType: 'image/png',
+          },
+        ],
+      });
+    const liveRows = async (messageId: string) => {
+      const community = await store.communities.ensure(ref);
+      return (
+        await store.sql.query<{ n: number }>(
+          'SELECT count(*)::int AS n FROM images WHERE community_id = $1 AND message_id = $2 AND deleted_at IS NULL',
+          [community.id, messageId],
+        )
+      )[0]!.n;
+    };
+    const indexJobs = async (messageId: string) =>
+      (
+        await store.sql.query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM jobs j JOIN images i ON i.id::text = j.payload ->> 'imageId'
+           WHERE j.kind = 'index' AND i.message_id = $1`,
+          [messageId],
+        )
+      )[0]!.n;
+
+    beforeAll(async () => {
+      const community = await store.communities.ensure(ref);
+      await store.communities.updateConfig(community.id, { indexedChannels: ['art', 'other'] });
+    });
+
+    it('a delete that arrives while the image is still downloading leaves no live row and no index job', async () => {
+      const core = bot();
+      let finish!: () => void;
+      gate = new Promise((resolve) => {
+        finish = resolve;
+      });
+      const indexing = post(core, 'ann', 'slow-1');
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(await core.removeMessage(ref, 'art', 'slow-1')).toBe(0);
+      finish();
+      gate = null;
+      expect((await indexing)?.imageIds).toEqual([]);
+      expect(await liveRows('slow-1')).toBe(0);
+      expect(await indexJobs('slow-1')).toBe(0);
+    });
+
+    it('turning indexing off offers to purge the channel’s images, and purges them when asked', async () => {
+      const core = bot();
+      await post(core, 'ann', 'p-1', 'other');
+      await post(core, 'ann', 'p-2', 'other');
+      const admin = (purge: boolean) => ({
+        ...turn(
+          {
+            kind: 'config',
+            change: { setting: 'indexing', channelId: 'other', enabled: false, ...(purge ? { purge } : {}) },
+          },
+          'boss',
+          true,
+        ),
+        community: ref,
+      });
+      const offer = await core.submit(admin(false));
+      expect(offer).toMatchObject({
+        status: 'answered',
+        text: expect.stringContaining('turn indexing off again with purge to remove them'),
+      });
+      expect(await liveRows('p-1')).toBe(1);
+      const purged = await core.submit(admin(true));
+      expect(purged).toMatchObject({
+        status: 'answered',
+        text: expect.stringContaining('Removed 2 images indexed from #other.'),
+      });
+      expect((await liveRows('p-1')) + (await liveRows('p-2'))).toBe(0);
+      expect(parseGillText('indexing off other purge', 'here')).toEqual({
+        kind: 'config',
+        change: { setting: 'indexing', enabled: false, channelId: 'other', purge: true },
+      });
+    });
+
+    it('the retention sweep runs periodically and hard-deletes what was deleted before the period', async () => {
+      const core = bot();
+      const indexed = await post(core, 'eve', 'r-1');
+      await core.removeMessage(ref, 'art', 'r-1');
+      const logger = createLogger('silent');
+      const keeping = startRetentionSweep({ store, logger, retentionDays: 30, intervalMs: 20 });
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      keeping.stop();
+      // Within the 30 days the deleted row stays (soft-deleted).
+      expect((await store.images.get(indexed!.imageIds[0]!))?.live).toBe(false);
+      const rows = () =>
+        store.sql.query('SELECT 1 FROM images WHERE message_id = $1', ['r-1']).then((r) => r.length);
+      expect(await rows()).toBe(1);
+      const sweeping = startRetentionSweep({ store, logger, retentionDays: 0, intervalMs: 20 });
+      try {
+        await expect.poll(rows, { timeout: 5000 }).toBe(0);
+      } finally {
+        sweeping.stop();
+      }
+    });
+
+    it('forget also opts the person out of future indexing until index-me on', async () => {
+      const core = bot();
+      await post(core, 'cat', 'f-1');
+      const forgot = await core.submit({ ...turn({ kind: 'forget' }, 'cat'), community: ref });
+      expect(forgot).toMatchObject({
+        status: 'answered',
+        text: expect.stringMatching(
+          /^Removed 1 of your image from .* not indexed either, until you opt back in with `\/gill index-me on`/,
+        ),
+      });
+      expect(await liveRows('f-1')).toBe(0);
+      expect((await post(core, 'cat', 'f-2'))?.imageIds).toEqual([]);
+      expect(await liveRows('f-2')).toBe(0);
+      // Someone else is still indexed.
+      expect((await post(core, 'dan', 'f-3'))?.imageIds).toHaveLength(1);
+      expect(parseGillText('index-me on', 'here')).toEqual({ kind: 'index-me', enabled: true });
+      const back = await core.submit({ ...turn({ kind: 'index-me', enabled: true }, 'cat'), community: ref });
+      expect(back).toMatchObject({ status: 'answered', text: expect.stringContaining('indexed again') });
+      expect((await post(core, 'cat', 'f-4'))?.imageIds).toHaveLength(1);
     });
   });
 

@@ -774,10 +774,11 @@ describe('Discord adapter: buttons, deletions and the Message Content intent', (
       name: string;
       default_member_permissions?: string | null;
     }[];
-    expect(commands.map((c) => c.name)).toEqual(['imagine', 'find', 'gill', 'gill-forget']);
+    expect(commands.map((c) => c.name)).toEqual(['imagine', 'find', 'gill', 'gill-forget', 'gill-index-me']);
     expect(commands.find((c) => c.name === 'gill')?.default_member_permissions).toBe(String(1 << 5));
     expect(commands.find((c) => c.name === 'gill-forget')?.default_member_permissions ?? null).toBeNull();
-    expect(out).toContain('Registered /imagine, /find, /gill, /gill-forget in server');
+    expect(commands.find((c) => c.name === 'gill-index-me')?.default_member_permissions ?? null).toBeNull();
+    expect(out).toContain('Registered /imagine, /find, /gill, /gill-forget, /gill-index-me in server');
     await expect(runRegister(config, { guild: 'nope' }, sink)).rejects.toThrow(
       '--guild must be a Discord server id',
     );
@@ -813,5 +814,199 @@ describe('Discord adapter: buttons, deletions and the Message Content intent', (
     expect(content(second)).toContain('echo: mentioned follow-up');
     await new Promise((resolve) => setTimeout(resolve, 300));
     expect(replies(threadId)).toHaveLength(2);
+  });
+});
+
+describe('Discord adapter: retrieval shows only what the viewer’s channel may see', () => {
+  /** Asks /find as `user` in `channelId` and returns the finished reply's text. */
+  async function find(user: FakeUser, channelId: string, query: string): Promise<string> {
+    const { token } = fake.interact({
+      user,
+      channelId,
+      command: {
+        name: 'find',
+        options: [
+          { name: 'query', type: 3, value: query },
+          { name: 'k', type: 4, value: 4 },
+        ],
+      },
+    });
+    const done = await fake.waitFor(
+      () => (content(fake.original(token)).includes('retrieved') ? fake.original(token) : undefined),
+      10_000,
+      `the find reply in ${channelId}`,
+    );
+    return content(done);
+  }
+
+  /** Mentions the bot with "show me …" (the engine double retrieves) and returns the reply's text. */
+  async function showMe(user: FakeUser, channelId: string, what: string): Promise<string> {
+    const message = fake.post({ channelId, author: user, content: `show me ${what}`, mentionBot: true });
+    // In a channel the bot answers in a new thread (the message's id); in a thread, in the thread.
+    const fromChannel = fake.channels.get(channelId)?.type === 0;
+    const where = fromChannel ? (message.id as string) : channelId;
+    const before = fromChannel ? 0 : replies(where).length;
+    return content(await fake.waitFor(() => replies(where)[before], 10_000, `the reply to ${what}`));
+  }
+
+  const link = (channelId: string, messageId: unknown) =>
+    `https://discord.com/channels/${fake.guildId}/${channelId}/${String(messageId)}`;
+
+  it('an image from a private thread or channel is found there, never from another channel', async () => {
+    await turnIndexingOn();
+    const community = await store.communities.ensure({ platform: 'discord', externalId: fake.guildId });
+    const bob = fake.addUser('bob');
+    const random = fake.addChannel('random').id as string;
+    const staff = fake.addChannel('staff', { private: true }).id as string;
+    await store.communities.updateConfig(community.id, { indexedChannels: [fake.generalChannelId, staff] });
+    const secret = fake.addThread(fake.generalChannelId, alice, 'secret', { private: true }).id as string;
+
+    const cat = fake.post({
+      author: alice,
+      content: '',
+      attachments: [fake.addAttachment(await png('#aa22cc'), 'purple cat.png', 'image/png')],
+    });
+    const owl = fake.post({
+      channelId: secret,
+      author: alice,
+      content: '',
+      attachments: [fake.addAttachment(await png('#bb33dd'), 'purple owl.png', 'image/png')],
+    });
+    const plan = fake.post({
+      channelId: staff,
+      author: admin,
+      content: '',
+      attachments: [fake.addAttachment(await png('#cc44ee'), 'purple plan.png', 'image/png')],
+    });
+    await fake.waitFor(
+      () => engine.payloads.filter((p) => p.kind === 'index').length === 3,
+      10_000,
+      'three index jobs',
+    );
+    await expect.poll(() => store.images.count(community.id), { timeout: 10_000 }).toBe(3);
+
+    // Bob, in #random and in #general itself: the public cat, neither the private thread's owl nor #staff's plan.
+    for (const channelId of [random, fake.generalChannelId]) {
+      const found = await find(bob, channelId, 'purple owl plan');
+      expect(found).toContain(link(fake.generalChannelId, cat.id));
+      expect(found).not.toContain(String(owl.id));
+      expect(found).not.toContain(String(plan.id));
+    }
+    const said = await showMe(bob, random, 'purple owl');
+    expect(said).toContain(link(fake.generalChannelId, cat.id));
+    expect(said).not.toContain(String(owl.id));
+
+    // Alice inside the private thread finds its owl, by /find and by a mention; the admin in #staff its plan.
+    expect(await find(alice, secret, 'purple owl')).toContain(link(secret, owl.id));
+    expect(await showMe(alice, secret, 'purple owl')).toContain(link(secret, owl.id));
+    const inStaff = await find(admin, staff, 'purple plan');
+    expect(inStaff).toContain(link(staff, plan.id));
+    expect(inStaff).not.toContain(String(owl.id));
+
+    const rows = await store.sql.query<{
+      message_id: string;
+      channel_id: string;
+      thread_id: string | null;
+      visibility: string;
+    }>(
+      'SELECT message_id, channel_id, thread_id, visibility FROM images WHERE community_id = $1 ORDER BY message_id',
+      [community.id],
+    );
+    expect(rows).toEqual([
+      { message_id: cat.id, channel_id: fake.generalChannelId, thread_id: null, visibility: 'public' },
+      { message_id: owl.id, channel_id: fake.generalChannelId, thread_id: secret, visibility: 'private' },
+      { message_id: plan.id, channel_id: staff, thread_id: null, visibility: 'private' },
+    ]);
+  });
+});
+
+describe('Discord adapter: indexing has its own lane', () => {
+  it('after a message with 6 images in an indexed channel, another member’s /imagine is accepted', async () => {
+    await turnIndexingOn();
+    const community = await store.communities.ensure({ platform: 'discord', externalId: fake.guildId });
+    const waitingIndexJobs = async () =>
+      (
+        await store.sql.query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM jobs WHERE community_id = $1 AND kind = 'index' AND status = 'queued'`,
+          [community.id],
+        )
+      )[0]!.n;
+    // A request keeps the one worker busy, so the index jobs wait in the queue, unfinished.
+    engine.hold();
+    fake.post({ author: admin, content: 'hold on', mentionBot: true });
+    await fake.waitFor(() => engine.payloads.some((p) => p.kind === 'chat'), 10_000, 'the busy job');
+    const attachments = [];
+    for (let i = 0; i < 6; i++)
+      attachments.push(fake.addAttachment(await png(`#${i}${i}8844`), `picture ${i}.png`, 'image/png'));
+    fake.post({ author: alice, content: 'six at once', attachments });
+    await expect.poll(waitingIndexJobs, { timeout: 10_000 }).toBe(6);
+
+    const bob = fake.addUser('bob');
+    const { token } = fake.interact({
+      user: bob,
+      command: { name: 'imagine', options: [{ name: 'prompt', type: 3, value: 'a fox' }] },
+    });
+    const first = await fake.waitFor(() => content(fake.original(token)), 10_000, 'the answer to /imagine');
+    expect(first).not.toContain('⚠️');
+    expect(first).toMatch(/^⏳ /);
+    engine.release();
+    const done = await fake.waitFor(
+      () => (content(fake.original(token)).includes('generated') ? fake.original(token) : undefined),
+      15_000,
+      'the image',
+    );
+    expect(done.attachments as unknown[]).toHaveLength(1);
+    await expect.poll(waitingIndexJobs, { timeout: 10_000 }).toBe(0);
+  });
+});
+
+describe('Discord adapter: deletion is complete', () => {
+  it('a deleted thread or channel, and an attachment removed by an edit, take their images out', async () => {
+    const community = await store.communities.ensure({ platform: 'discord', externalId: fake.guildId });
+    const drawings = fake.addChannel('drawings').id as string;
+    const thread = fake.addThread(fake.generalChannelId, alice, 'sketches').id as string;
+    await store.communities.updateConfig(community.id, {
+      indexedChannels: [fake.generalChannelId, drawings],
+    });
+    const live = async (where: string) =>
+      (
+        await store.sql.query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM images WHERE community_id = $1 AND deleted_at IS NULL
+             AND (channel_id = $2 OR thread_id = $2)`,
+          [community.id, where],
+        )
+      )[0]!.n;
+    const attach = async (name: string, colour: string) =>
+      fake.addAttachment(await png(colour), `${name}.png`, 'image/png');
+
+    fake.post({
+      channelId: thread,
+      author: alice,
+      content: '',
+      attachments: [await attach('in thread', '#102030')],
+    });
+    fake.post({
+      channelId: drawings,
+      author: alice,
+      content: '',
+      attachments: [await attach('in channel', '#203040')],
+    });
+    const [keep, drop] = [await attach('keep', '#304050'), await attach('drop', '#405060')];
+    const both = fake.post({ author: alice, content: 'two', attachments: [keep, drop] });
+    await expect.poll(() => store.images.count(community.id), { timeout: 10_000 }).toBe(4);
+    expect(await live(thread)).toBe(1);
+
+    fake.deleteChannel(thread);
+    await expect.poll(() => live(thread), { timeout: 10_000 }).toBe(0);
+    fake.deleteChannel(drawings);
+    await expect.poll(() => live(drawings), { timeout: 10_000 }).toBe(0);
+
+    fake.userEditsMessage(fake.generalChannelId, both.id as string, { keepAttachments: [keep.id as string] });
+    await expect.poll(() => store.images.count(community.id), { timeout: 10_000 }).toBe(1);
+    const [left] = await store.sql.query<{ title: string }>(
+      'SELECT title FROM images WHERE community_id = $1 AND deleted_at IS NULL',
+      [community.id],
+    );
+    expect(left?.title).toBe('keep.png');
   });
 });

@@ -105,6 +105,46 @@ describe.skipIf(!torchUp)('GillEngine on a random bundle and a real store', () =
     expect(excluded.images.map((i) => i.source?.imageId)).not.toContain(indexed.red);
   });
 
+  it('find and chat retrieval search from the payload scope: a private image only in its own thread', async () => {
+    const scoped = { platform: 'cli' as const, externalId: 'scoped' };
+    const c = await store.communities.ensure(scoped);
+    const hash = await store.blobs.put(await solid('#f80'), 'image/png');
+    const secret = await store.images.add(c.id, hash, {
+      mime: 'image/png',
+      width: 24,
+      height: 24,
+      channelId: 'C1',
+      threadId: 'T1',
+      visibility: 'private',
+      messageId: 'M-secret',
+      authorId: 'U1',
+      permalink: null,
+      title: 'orange',
+    });
+    await engine.run(parsePayload({ kind: 'index', community: scoped, imageId: secret.id }), context());
+    const ids = (result: JobResult) => result.images.map((i) => i.source?.imageId);
+    const find = (scope?: { channelId: string; threadId?: string }) =>
+      engine.run(parsePayload({ kind: 'find', community: scoped, query: 'orange', k: 4, scope }), context());
+    const chat = (scope: { channelId: string; threadId?: string }) =>
+      engine.run(
+        parsePayload({
+          kind: 'chat',
+          community: scoped,
+          context: [{ type: 'text', role: 'user', text: 'show me something orange' }],
+          imageMode: 'retrieve',
+          allowGeneration: false,
+          scope,
+        }),
+        context(),
+      );
+    for (const elsewhere of [undefined, { channelId: 'C2' }, { channelId: 'C1' }]) {
+      expect(ids(await find(elsewhere))).toEqual([]);
+    }
+    expect(ids(await chat({ channelId: 'C2' }))).toEqual([]);
+    expect(ids(await find({ channelId: 'C1', threadId: 'T1' }))).toEqual([secret.id]);
+    expect(ids(await chat({ channelId: 'C1', threadId: 'T1' }))).toEqual([secret.id]);
+  });
+
   it('index stores the image retrieval embedding: searching with it finds the image at cosine 1', async () => {
     const c = await store.communities.ensure(here);
     const embedding = await engine.model.imageEmbedding(await solid('#00f'));

@@ -489,6 +489,120 @@ describe('Slack adapter', () => {
     expect(sha256(upload.bytes)).toBe(sha256(star));
   });
 
+  it('retrieval shows only what the viewer’s channel may see: an image from a private channel is found only there; direct messages are never indexed', async () => {
+    const community = await store.communities.ensure({ platform: 'slack', externalId: fake.teamId });
+    const { indexedChannels } = await store.communities.getConfig(community.id);
+    // #CPUBLIC and the private GSECRET are indexed, and so (by mistake) is a direct message channel.
+    await store.communities.updateConfig(community.id, {
+      indexedChannels: [...indexedChannels, 'CPUBLIC', 'GSECRET', 'DALICE', 'MGROUP'],
+    });
+    const before = await store.images.count(community.id);
+    const posts = {
+      cat: fake.userMessage({
+        channel: 'CPUBLIC',
+        user: 'UPLAIN',
+        text: 'a cat',
+        files: [fake.addFile({ name: 'violet cat.png', mimetype: 'image/png', bytes: await png('#8800ff') })],
+      }),
+      owl: fake.userMessage({
+        channel: 'GSECRET',
+        user: 'UOWNER',
+        text: 'an owl',
+        files: [fake.addFile({ name: 'violet owl.png', mimetype: 'image/png', bytes: await png('#9911ff') })],
+      }),
+      dm: fake.userMessage({
+        channel: 'DALICE',
+        user: 'UOWNER',
+        text: 'a bat',
+        files: [fake.addFile({ name: 'violet bat.png', mimetype: 'image/png', bytes: await png('#aa22ff') })],
+      }),
+      group: fake.userMessage({
+        channel: 'MGROUP',
+        user: 'UOWNER',
+        text: 'a bee',
+        files: [fake.addFile({ name: 'violet bee.png', mimetype: 'image/png', bytes: await png('#bb33ff') })],
+      }),
+    };
+    for (const [name, post] of Object.entries(posts)) {
+      await sendEvent(target, messageEnvelope(fake, { ...post }, `EvScope-${name}`));
+    }
+    await expect.poll(() => store.images.count(community.id), { timeout: 10_000 }).toBe(before + 2);
+    const rows = await store.sql.query<{ channel_id: string; thread_id: string | null; visibility: string }>(
+      `SELECT channel_id, thread_id, visibility FROM images WHERE community_id = $1
+         AND channel_id IN ('CPUBLIC', 'GSECRET', 'DALICE', 'MGROUP') ORDER BY channel_id`,
+      [community.id],
+    );
+    expect(rows).toEqual([
+      { channel_id: 'CPUBLIC', thread_id: null, visibility: 'public' },
+      { channel_id: 'GSECRET', thread_id: null, visibility: 'private' },
+    ]);
+    await expect
+      .poll(async () => (await store.images.search(community.id, embedText('violet cat'), 1)).length, {
+        timeout: 10_000,
+      })
+      .toBe(1);
+    const catLink = fake.permalink('CPUBLIC', posts.cat.ts);
+    const owlLink = fake.permalink('GSECRET', posts.owl.ts);
+
+    // Someone in another channel: /find and a mention show the public cat, never the private owl.
+    await sendSlashCommand(fake, target, {
+      command: '/find',
+      text: 'violet owl --k 4',
+      user: 'UPLAIN',
+      channel: 'CRANDOM',
+    });
+    const found = await botReply('CRANDOM', undefined, 'retrieved from');
+    expect(found.text).toContain(catLink);
+    expect(found.text).not.toContain(owlLink);
+    const asked = await mention('CRANDOM', 'UPLAIN', 'show me violet owl', 'EvScopeMention');
+    const said = await botReply('CRANDOM', asked.ts, 'retrieved from');
+    expect(said.text).toContain(catLink);
+    expect(said.text).not.toContain(owlLink);
+
+    // In the private channel itself, the owl is found.
+    await sendSlashCommand(fake, target, {
+      command: '/find',
+      text: 'violet owl --k 1',
+      user: 'UOWNER',
+      channel: 'GSECRET',
+    });
+    expect((await botReply('GSECRET', undefined, 'retrieved from')).text).toContain(owlLink);
+  });
+
+  it('deletion is complete: a deleted file, and a file removed from its message by an edit, leave the index', async () => {
+    const community = await store.communities.ensure({ platform: 'slack', externalId: fake.teamId });
+    const { indexedChannels } = await store.communities.getConfig(community.id);
+    await store.communities.updateConfig(community.id, { indexedChannels: [...indexedChannels, 'CGONE'] });
+    const live = async () =>
+      (
+        await store.sql.query<{ title: string }>(
+          `SELECT title FROM images WHERE community_id = $1 AND channel_id = 'CGONE' AND deleted_at IS NULL
+           ORDER BY title`,
+          [community.id],
+        )
+      ).map((row) => row.title);
+    const file = async (name: string, colour: string) =>
+      fake.addFile({ name, mimetype: 'image/png', bytes: await png(colour) });
+    const [kept, dropped, deleted] = [
+      await file('kept.png', '#010203'),
+      await file('dropped.png', '#020304'),
+      await file('deleted.png', '#030405'),
+    ];
+    const two = fake.userMessage({ channel: 'CGONE', user: 'UPLAIN', text: 'two', files: [kept, dropped] });
+    const one = fake.userMessage({ channel: 'CGONE', user: 'UPLAIN', text: 'one', files: [deleted] });
+    await sendEvent(target, messageEnvelope(fake, { ...two }, 'EvGone1'));
+    await sendEvent(target, messageEnvelope(fake, { ...one }, 'EvGone2'));
+    await expect.poll(live, { timeout: 10_000 }).toEqual(['deleted.png', 'dropped.png', 'kept.png']);
+
+    await sendEvent(target, eventCallback(fake, fake.deleteFile(deleted.id), 'EvGone3'));
+    await expect.poll(live, { timeout: 10_000 }).toEqual(['dropped.png', 'kept.png']);
+    await sendEvent(
+      target,
+      eventCallback(fake, fake.editMessage(two, 'just one now', { keepFiles: [kept.id] }), 'EvGone4'),
+    );
+    await expect.poll(live, { timeout: 10_000 }).toEqual(['kept.png']);
+  });
+
   it('an edited message is read with its new text at the next turn, a deleted one not at all, and neither is answered', async () => {
     const lastContext = () => {
       const chat = engine.payloads.filter((p) => p.kind === 'chat').at(-1)!;

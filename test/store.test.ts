@@ -14,11 +14,13 @@ import {
   type StoreConfig,
   StoreConnectionError,
 } from '../src/store/connect.ts';
+import { DeliveryClaimError } from '../src/store/jobs.ts';
 import { runMigrate } from '../src/store/migrate-command.ts';
 import { loadMigrations, migrate } from '../src/store/migrations.ts';
-import type { SqlClient } from '../src/store/sql-client.ts';
-import { DeliveryClaimError } from '../src/store/store.ts';
-import { DEFAULT_COMMUNITY_CONFIG, type Store } from '../src/store/types.ts';
+import { pgliteClient, type SqlClient } from '../src/store/sql-client.ts';
+import { createStore } from '../src/store/store.ts';
+import { DEFAULT_COMMUNITY_CONFIG, type Store, type ViewerScope } from '../src/store/types.ts';
+import { communityIndexName, ensureCommunityIndex, nearest } from '../src/store/vector-search.ts';
 import { createTempDatabase, probePostgres, serviceAvailable } from './support/services.ts';
 
 const postgresUp = await serviceAvailable('Postgres with pgvector (TEST_DATABASE_URL)', probePostgres);
@@ -225,6 +227,36 @@ function contractSuite(name: string, setup: () => Promise<Backend>, embedded: bo
       await expect(store.blobs.put(bytes, 'png')).rejects.toThrow(/media type/);
     });
 
+    it('hard-deletes soft-deleted images after the retention period, and their blobs when unshared', async () => {
+      const { id: community } = await store.communities.ensure({
+        platform: 'discord',
+        externalId: 'retention',
+      });
+      const shared = await store.blobs.put(new Uint8Array([7, 7, 7, 1]), 'image/png');
+      const alone = await store.blobs.put(new Uint8Array([7, 7, 7, 2]), 'image/png');
+      const meta = { mime: 'image/png', width: 1, height: 1, authorId: 'u', permalink: null, title: null };
+      const gone = await store.images.add(community, shared, { ...meta, channelId: 'c', messageId: 'r1' });
+      const kept = await store.images.add(community, shared, { ...meta, channelId: 'c', messageId: 'r2' });
+      const lone = await store.images.add(community, alone, { ...meta, channelId: 'c', messageId: 'r3' });
+      expect(await store.images.deleteByMessage(community, 'c', 'r1')).toBe(1);
+      expect(await store.images.deleteByMessage(community, 'c', 'r3')).toBe(1);
+      expect((await store.images.get(gone.id))?.live).toBe(false);
+      // Inside the retention period nothing is removed.
+      await store.images.purgeDeleted(86_400_000);
+      expect(await store.images.get(gone.id)).not.toBeNull();
+      expect(await store.blobs.get(alone)).not.toBeNull();
+      const removed = await store.images.purgeDeleted(0);
+      expect(removed.images).toBeGreaterThanOrEqual(2);
+      expect(removed.blobs).toBeGreaterThanOrEqual(1);
+      expect(await store.images.get(gone.id)).toBeNull();
+      expect(await store.images.get(lone.id)).toBeNull();
+      expect(await store.blobs.get(alone)).toBeNull();
+      // The bytes another live image uses stay.
+      expect((await store.images.get(kept.id))?.live).toBe(true);
+      expect(await store.blobs.get(shared)).not.toBeNull();
+      await expect(store.images.purgeDeleted(-1)).rejects.toThrow(/retentionMs/);
+    });
+
     it('adds images idempotently per message, and needs the blob first', async () => {
       const { id: community } = await store.communities.ensure({
         platform: 'discord',
@@ -310,6 +342,38 @@ function contractSuite(name: string, setup: () => Promise<Backend>, embedded: bo
         expect(found[0]?.def).toMatch(/USING hnsw .*vector_ip_ops/);
       });
 
+      it.runIf(!embedded)('builds a large community its own index once, and searches walk it', async () => {
+        expect(await ensureCommunityIndex(sql, DIM, big)).toBe(true);
+        expect(await ensureCommunityIndex(sql, DIM, big)).toBe(false);
+        const [index] = await sql.query<{ def: string; valid: boolean }>(
+          `SELECT pg_get_indexdef(i.indexrelid) AS def, i.indisvalid AS valid FROM pg_index i
+           WHERE i.indexrelid = to_regclass($1)`,
+          [communityIndexName(DIM, big)],
+        );
+        expect(index).toMatchObject({ valid: true, def: expect.stringMatching(/hnsw .*community_id = /) });
+        const plans: string[] = [];
+        const rows = await nearest<{ id: string; score: number; communityId: string }>(
+          sql,
+          'id::text AS id, community_id::text AS "communityId"',
+          {
+            communityId: big,
+            embedding: randomUnit(random, DIM),
+            k: 10,
+            plan: 'hnsw',
+            onPlan: (p) => plans.push(p),
+          },
+        );
+        expect(plans).toEqual(['hnsw']);
+        expect(rows).toHaveLength(10);
+        expect(rows.every((r) => r.communityId === big)).toBe(true);
+        const [plan] = await sql.query<{ plan: string }>(
+          `EXPLAIN (FORMAT JSON) SELECT id FROM images WHERE vector_dims(embedding) = ${DIM} AND deleted_at IS NULL
+           AND community_id = ${big} ORDER BY embedding::vector(${DIM}) <#> $1::text::vector(${DIM}) LIMIT 10`,
+          [`[${randomUnit(random, DIM).join(',')}]`],
+        );
+        expect(JSON.stringify(plan)).toContain(communityIndexName(DIM, big));
+      });
+
       it('returns k results from one community that is 1% of the rows, best first, with cosine scores', async () => {
         for (const [id, v] of [...smallVectors].slice(0, 10)) {
           const results = await store.images.search(small, v, 10);
@@ -376,6 +440,131 @@ function contractSuite(name: string, setup: () => Promise<Backend>, embedded: bo
       });
     });
 
+    describe('visibility', () => {
+      let community: string;
+      const random = rng(7);
+      const query = randomUnit(random, DIM);
+      /** Image name by id. */
+      const names = new Map<string, string>();
+      const places = {
+        general: { channelId: 'general' },
+        publicThread: { channelId: 'general', threadId: 'open-thread' },
+        privateThread: { channelId: 'general', threadId: 'secret-thread', visibility: 'private' },
+        privateChannel: { channelId: 'staff', visibility: 'private' },
+        privateChannelThread: { channelId: 'staff', threadId: 'staff-thread', visibility: 'private' },
+      } as const;
+      const everywhere = ['general', 'publicThread'];
+
+      beforeAll(async () => {
+        community = (await store.communities.ensure({ platform: 'discord', externalId: 'visibility-guild' }))
+          .id;
+        const hash = await store.blobs.put(new Uint8Array([4, 2]), 'image/png');
+        for (const [name, place] of Object.entries(places)) {
+          const image = await store.images.add(community, hash, {
+            mime: 'image/png',
+            width: 2,
+            height: 2,
+            ...source,
+            messageId: name,
+            ...place,
+          });
+          const noise = randomUnit(random, DIM);
+          await store.images.setEmbedding(
+            image.id,
+            query.map((x, d) => x + 0.2 * noise[d]!),
+          );
+          names.set(image.id, name);
+        }
+      });
+
+      const found = async (scope?: ViewerScope) =>
+        (await store.images.search(community, query, 10, [], scope)).map((r) => names.get(r.id)).sort();
+
+      it('records each image’s channel, thread and visibility, public in its channel by default', async () => {
+        const byName = new Map([...names].map(([id, name]) => [name, id]));
+        expect(await store.images.get(byName.get('privateThread')!)).toMatchObject({
+          channelId: 'general',
+          threadId: 'secret-thread',
+          visibility: 'private',
+        });
+        expect(await store.images.get(byName.get('general')!)).toMatchObject({
+          channelId: 'general',
+          threadId: null,
+          visibility: 'public',
+        });
+      });
+
+      it('shows public images anywhere, private ones only inside their own channel or thread', async () => {
+        // Without a scope, and from any channel or thread the private images were not posted in.
+        expect(await found()).toEqual(everywhere);
+        expect(await found({ channelId: 'random' })).toEqual(everywhere);
+        expect(await found({ channelId: 'general' })).toEqual(everywhere);
+        expect(await found({ channelId: 'general', threadId: 'open-thread' })).toEqual(everywhere);
+        // A thread id only counts in its own channel.
+        expect(await found({ channelId: 'random', threadId: 'secret-thread' })).toEqual(everywhere);
+        expect(await found({ channelId: 'general', threadId: 'secret-thread' })).toEqual(
+          [...everywhere, 'privateThread'].sort(),
+        );
+        // The private channel's images are seen in it and its threads; its private thread's only there.
+        expect(await found({ channelId: 'staff' })).toEqual([...everywhere, 'privateChannel'].sort());
+        expect(await found({ channelId: 'staff', threadId: 'staff-thread' })).toEqual(
+          [...everywhere, 'privateChannel', 'privateChannelThread'].sort(),
+        );
+        await expect(store.images.search(community, query, 10, [], { channelId: '' })).rejects.toThrow(
+          /scope.channelId/,
+        );
+      });
+
+      it('applies the same rule when the HNSW index answers', async () => {
+        const viaIndex = (scope?: ViewerScope) =>
+          withSql(async (client) => {
+            const plans: string[] = [];
+            const rows = await nearest<{ id: string; score: number }>(client, 'id::text AS id', {
+              communityId: community,
+              scope,
+              embedding: query,
+              k: 10,
+              plan: 'hnsw',
+              onPlan: (plan) => plans.push(plan),
+            });
+            expect(plans).toEqual(['hnsw']);
+            return rows.map((r) => names.get(r.id)).sort();
+          });
+        expect(await viaIndex()).toEqual(everywhere);
+        expect(await viaIndex({ channelId: 'general', threadId: 'secret-thread' })).toEqual(
+          [...everywhere, 'privateThread'].sort(),
+        );
+        expect(await viaIndex({ channelId: 'staff' })).toEqual([...everywhere, 'privateChannel'].sort());
+      });
+
+      it('lets a replay make an image private, never public again, and refuses a private image without a channel', async () => {
+        const hash = await store.blobs.put(new Uint8Array([4, 3]), 'image/png');
+        const meta = {
+          mime: 'image/png',
+          width: 2,
+          height: 2,
+          ...source,
+          channelId: 'c',
+          messageId: 'replayed',
+        };
+        const first = await store.images.add(community, hash, meta);
+        expect(first.visibility).toBe('public');
+        const tightened = await store.images.add(community, hash, {
+          ...meta,
+          threadId: 't',
+          visibility: 'private',
+        });
+        expect(tightened).toMatchObject({ id: first.id, threadId: 't', visibility: 'private' });
+        expect(await store.images.add(community, hash, meta)).toEqual(tightened);
+        await expect(
+          store.images.add(community, hash, { ...meta, channelId: null, visibility: 'private' }),
+        ).rejects.toThrow(/needs its channelId/);
+        await expect(
+          store.images.add(community, hash, { ...meta, visibility: 'secret' as 'private' }),
+        ).rejects.toThrow(/visibility must be public or private/);
+      });
+    });
+
     describe('jobs', () => {
       let community: string;
       beforeAll(async () => {
@@ -437,6 +626,16 @@ function contractSuite(name: string, setup: () => Promise<Backend>, embedded: bo
         await make('count-c', 'discord:bob');
         expect(await store.jobs.countActive({ communityId: community })).toBe(base + 3);
         expect(await store.jobs.countActive({ communityId: community, authorKey: 'discord:alice' })).toBe(2);
+        // Index jobs are a lane of their own: never counted with people's requests.
+        const indexing = await store.jobs.countActive({ communityId: community, lane: 'indexing' });
+        await store.jobs.createOrGet({
+          idempotencyKey: 'count-index',
+          communityId: community,
+          payload: { kind: 'index', community: { platform: 'discord', externalId: 'g' }, imageId: '1' },
+          replyTarget,
+        });
+        expect(await store.jobs.countActive({ communityId: community })).toBe(base + 3);
+        expect(await store.jobs.countActive({ communityId: community, lane: 'indexing' })).toBe(indexing + 1);
         await store.jobs.markRunning(a.job.id);
         expect(await store.jobs.countActive({ communityId: community, authorKey: 'discord:alice' })).toBe(2);
         await store.jobs.complete(a.job.id, {
@@ -648,6 +847,51 @@ describe.skipIf(!postgresUp)('Postgres', () => {
       const rows = await client.query<{ n: number }>('SELECT count(*)::int AS n FROM schema_migrations');
       await client.close();
       expect(rows[0]?.n).toBe((await loadMigrations()).length);
+    } finally {
+      await db.drop();
+    }
+  });
+});
+
+/** Migrates up to before image visibility, indexes an image the old way, then migrates the rest. */
+async function imageFromBeforeVisibility(client: SqlClient) {
+  const all = await loadMigrations();
+  await migrate(
+    client,
+    all.filter((m) => m.version < '004'),
+  );
+  const [{ id: community } = { id: '' }] = await client.query<{ id: string }>(
+    "INSERT INTO communities (platform, external_id) VALUES ('discord', 'old-guild') RETURNING id::text AS id",
+  );
+  await client.query("INSERT INTO blobs (hash, bytes, mime) VALUES ($1, '\\x00', 'image/png')", [
+    'a'.repeat(64),
+  ]);
+  await client.query(
+    `INSERT INTO images (community_id, hash, mime, width, height, channel_id, message_id, embedding)
+     VALUES ($1, $2, 'image/png', 1, 1, 'general', 'm1', '[1,0,0]')`,
+    [community, 'a'.repeat(64)],
+  );
+  await migrate(client, all);
+  const store = createStore(client);
+  try {
+    return await store.images.search(community, new Float32Array([1, 0, 0]), 5);
+  } finally {
+    await store.close();
+  }
+}
+
+describe('images indexed before visibility was recorded', () => {
+  it('are public, in their channel, on PGlite', async () => {
+    const [image] = await imageFromBeforeVisibility(await pgliteClient());
+    expect(image).toMatchObject({ channelId: 'general', threadId: null, visibility: 'public' });
+  });
+
+  it.skipIf(!postgresUp)('are public, in their channel, on Postgres', async () => {
+    const db = await createTempDatabase('gill_store_upgrade');
+    try {
+      const client = await openDatabase({ DATABASE_URL: db.url, dataDir: os.tmpdir() });
+      const [image] = await imageFromBeforeVisibility(client);
+      expect(image).toMatchObject({ channelId: 'general', threadId: null, visibility: 'public' });
     } finally {
       await db.drop();
     }

@@ -2,7 +2,7 @@ import { randomInt } from 'node:crypto';
 import type { Engine, JobContext } from '../jobs.ts';
 import { type JobPayload, type JobResult, type ResultImage, UserInputError } from '../jobs.ts';
 import type { Logger } from '../log.ts';
-import type { ScoredImage, Store } from '../store/types.ts';
+import type { ScoredImage, Store, ViewerScope } from '../store/types.ts';
 import type { SchedulerName } from './diffusion/schedulers/index.ts';
 import type { GillModel, Retrieved } from './gill/model.ts';
 import type { ConversationItem } from './gill/prompt.ts';
@@ -79,7 +79,8 @@ export class GillEngine implements Engine {
       seed,
       retrieveCount: this.options.retrieveCount ?? 1,
       scheduler: this.options.scheduler,
-      search: (embedding, k) => this.search(community.id, embedding, k, payload.excludeImageIds),
+      search: (embedding, k) =>
+        this.search(community.id, embedding, k, payload.excludeImageIds, payload.scope),
       signal: ctx.signal,
       onProgress: (p) => ctx.progress(p),
     });
@@ -139,7 +140,13 @@ export class GillEngine implements Engine {
     ctx.progress({ stage: 'retrieving' });
     const { embedding, truncated } = await this.model.queryEmbedding(payload.query);
     ctx.signal.throwIfAborted();
-    const found = await this.search(community.id, embedding, payload.k, payload.excludeImageIds);
+    const found = await this.search(
+      community.id,
+      embedding,
+      payload.k,
+      payload.excludeImageIds,
+      payload.scope,
+    );
     const notes: string[] = [];
     if (truncated) notes.push('The query was longer than the model reads; only its beginning was used.');
     if (found.length === 0) notes.push('No indexed images in this community matched.');
@@ -172,8 +179,10 @@ export class GillEngine implements Engine {
     embedding: Float32Array,
     k: number,
     excludeIds: string[],
+    scope: ViewerScope | undefined,
   ): Promise<Retrieved<ScoredImage>[]> {
-    const rows = await this.store.images.search(communityId, embedding, k, excludeIds);
+    // The viewer's place decides which images they may see (docs: README, Security and reliability).
+    const rows = await this.store.images.search(communityId, embedding, k, excludeIds, scope);
     return rows.map((row) => ({ score: row.score, item: row }));
   }
 }

@@ -9,7 +9,9 @@ import type { JobQueue } from './queue.ts';
  * queue's completed/failed events (fast path) and a periodic sweep of the store's undelivered jobs, which
  * covers events missed while a bot was down or a deliverer that crashed mid-delivery (its claim expires).
  * The store is the record of truth: the worker writes the outcome before the queue announces it, and a
- * delivery counts only once markDelivered has recorded it under this process's claim.
+ * delivery counts only once markDelivered has recorded it under this process's claim. The claim is
+ * renewed while the delivery runs and confirmed before each part, so a slow delivery is not taken over,
+ * and a process that lost its claim anyway (stalled past its lease) stops posting.
  *
  * A deliverer that dies after posting but before markDelivered leaves a reply the next claimant cannot
  * see in the store. A claim taken over from an earlier one says so (`redelivery`), and the adapter then
@@ -28,10 +30,42 @@ import type { JobQueue } from './queue.ts';
  */
 export interface Deliverer {
   platform: ReplyTarget['platform'];
-  /** Posts the reply; returns what the platform gave back (message ids...). */
-  deliver(job: JobRecord, claim: DeliveryClaim): Promise<Record<string, unknown>>;
+  /**
+   * Posts the reply; returns what the platform gave back (message ids...). Calls `claim.confirm()` before
+   * posting each part, so a process that lost its claim posts nothing more.
+   */
+  deliver(job: JobRecord, claim: HeldClaim): Promise<Record<string, unknown>>;
+  /**
+   * After MAX_DELIVERY_ATTEMPTS failed deliveries: tells the person who asked that the reply could not be
+   * posted (`reason` says why), as simply as the platform allows. The job is then marked delivered.
+   */
+  giveUp?(job: JobRecord, claim: HeldClaim, reason: string): Promise<Record<string, unknown>>;
   onProgress?(job: JobRecord, progress: JobProgress): void | Promise<void>;
 }
+
+/** A delivery claim this process holds while it delivers, kept alive by a heartbeat. */
+export interface HeldClaim extends DeliveryClaim {
+  /**
+   * Renews the claim now; throws DeliveryClaimLostError when another process took the job over (its
+   * lease lapsed while this process was stalled) or it was delivered. Called before posting each part.
+   */
+  confirm(): Promise<void>;
+}
+
+export class DeliveryClaimLostError extends Error {
+  constructor(jobId: string) {
+    super(`the delivery claim of job ${jobId} was taken over; not posting more of its reply`);
+    this.name = 'DeliveryClaimLostError';
+  }
+}
+
+/**
+ * Failed deliveries of one job (in this process) before the person who asked is told it failed. Tries
+ * are spaced out (the sweep interval, doubled after each failure, at most 64 of them): with the default
+ * 5 s sweep, an outage of the platform under about ten minutes still ends in the reply.
+ */
+export const MAX_DELIVERY_ATTEMPTS = 8;
+const MAX_BACKOFF_SWEEPS = 64;
 
 export interface DeliveryOptions extends Deliverer {
   store: Store;
@@ -58,6 +92,9 @@ export function startDelivery(options: DeliveryOptions): DeliveryHandle {
   const { store, queue, platform, owner, logger } = options;
   const leaseMs = options.leaseMs ?? 60_000;
   const inFlight = new Map<string, Promise<void>>();
+  const sweepIntervalMs = options.sweepIntervalMs ?? 5000;
+  /** Failed deliveries per job and when to try again: one that keeps failing ends with giveUp. */
+  const failures = new Map<string, { count: number; retryAt: number }>();
   /** Records of jobs with progress under way, so progress events do not each read the store. */
   const progressRecords = new Map<string, Promise<JobRecord | null>>();
   let closed = false;
@@ -71,20 +108,66 @@ export function startDelivery(options: DeliveryOptions): DeliveryHandle {
   };
 
   const deliverOnce = async (jobId: string, known?: JobRecord): Promise<void> => {
+    let claim: (HeldClaim & { release(): void }) | null = null;
     try {
       const job = known ?? (await store.jobs.get(jobId));
       if (!job || job.replyTarget.platform !== platform || job.deliveredAt) return;
       if (job.status !== 'completed' && job.status !== 'failed') return;
-      const claim = await store.jobs.claimDelivery(jobId, owner, leaseMs);
-      if (!claim) return;
-      const receipt = await options.deliver(job, claim);
+      const failed = failures.get(jobId);
+      if (failed && Date.now() < failed.retryAt) return;
+      const taken = await store.jobs.claimDelivery(jobId, owner, leaseMs);
+      if (!taken) return;
+      claim = holdClaim(jobId, taken);
+      const givingUp = failed && failed.count >= MAX_DELIVERY_ATTEMPTS && options.giveUp;
+      const receipt = givingUp
+        ? await givingUp(job, claim, `the reply failed ${failed.count} times`)
+        : await options.deliver(job, claim);
+      await claim.confirm();
       await store.jobs.markDelivered(jobId, owner, receipt);
-      options.metrics?.deliveries.inc({ platform, outcome: 'delivered' });
+      failures.delete(jobId);
+      options.metrics?.deliveries.inc({ platform, outcome: givingUp ? 'gave_up' : 'delivered' });
     } catch (error) {
+      if (error instanceof DeliveryClaimLostError) {
+        logger?.warn({ jobId }, error.message);
+        return;
+      }
+      const count = (failures.get(jobId)?.count ?? 0) + 1;
+      const backoff = sweepIntervalMs * Math.min(2 ** (count - 1), MAX_BACKOFF_SWEEPS);
+      failures.set(jobId, { count, retryAt: Date.now() + backoff });
+      if (failures.size > PROGRESS_CACHE) failures.delete(failures.keys().next().value!);
       // The claim lapses after leaseMs and a later sweep tries again.
       options.metrics?.deliveries.inc({ platform, outcome: 'failed' });
-      logger?.error({ err: error, jobId }, 'delivery failed; will retry');
+      logger?.error({ err: error, jobId, attempts: count }, 'delivery failed; will retry');
+    } finally {
+      claim?.release();
     }
+  };
+
+  /**
+   * The claim while this process delivers: renewed every third of the lease, so a slow platform call (a
+   * long Retry-After, a slow upload) never lets another process take the job over mid-reply; a renewal
+   * that finds the claim gone makes every later confirm() throw.
+   */
+  const holdClaim = (jobId: string, taken: DeliveryClaim): HeldClaim & { release(): void } => {
+    let lost = false;
+    const renew = async () => {
+      if (!lost && !(await store.jobs.renewDelivery(jobId, owner, leaseMs))) lost = true;
+    };
+    const heartbeat = setInterval(
+      () => {
+        renew().catch((error: unknown) => logger?.warn({ err: error, jobId }, 'delivery claim not renewed'));
+      },
+      Math.max(1, Math.floor(leaseMs / 3)),
+    );
+    heartbeat.unref();
+    return {
+      ...taken,
+      async confirm() {
+        await renew();
+        if (lost) throw new DeliveryClaimLostError(jobId);
+      },
+      release: () => clearInterval(heartbeat),
+    };
   };
 
   const progress = async (jobId: string, update: JobProgress): Promise<void> => {
@@ -136,7 +219,7 @@ export function startDelivery(options: DeliveryOptions): DeliveryHandle {
 
   const timer = setInterval(() => {
     if (sweepsQueued === 0) void sweep();
-  }, options.sweepIntervalMs ?? 5000);
+  }, sweepIntervalMs);
   timer.unref();
   void sweep();
 

@@ -1,6 +1,7 @@
 import { type MessagePort, parentPort, Worker, workerData } from 'node:worker_threads';
 import type { Engine } from '../jobs.ts';
 import { type JobPayload, type JobProgress, type JobResult, UserInputError } from '../jobs.ts';
+import type { Store } from '../store/types.ts';
 import { JobCancelledError, WorkerShutdownError } from './errors.ts';
 
 /**
@@ -8,8 +9,10 @@ import { JobCancelledError, WorkerShutdownError } from './errors.ts';
  * synchronously on the calling thread; in a thread of its own it cannot starve the worker's event loop,
  * which must keep renewing the queue lock, hear cancellations and answer SIGTERM while a job runs.
  *
- * The thread imports `module` and awaits `module[exportName](options)` for its Engine; options cross by
- * structured clone, so they are plain data (the config), and the factory opens its own connections.
+ * The thread imports `module` and awaits `module[exportName](options, { store })` for its Engine; options
+ * cross by structured clone, so they are plain data (the config). The factory opens its own connections,
+ * or, where the store can't be opened twice (embedded PGlite belongs to the process that opened it),
+ * uses `store`: this thread's store, reached through messages to the starting thread (a StoreBridge).
  */
 
 export interface EngineThreadSpec {
@@ -22,7 +25,19 @@ export interface EngineThreadSpec {
 type ToThread =
   | { type: 'run'; id: number; payload: JobPayload }
   | { type: 'abort'; id: number; reason: 'cancelled' | 'shutdown' }
-  | { type: 'close' };
+  | { type: 'close' }
+  | { type: 'storeResult'; id: number; value: unknown }
+  | { type: 'storeError'; id: number; error: WireError };
+
+/** Store namespaces the engine thread may call through the bridge. */
+const BRIDGED = ['communities', 'blobs', 'images', 'jobs'] as const;
+type Bridged = (typeof BRIDGED)[number];
+
+/** What the thread's factory gets besides its options. */
+export interface EngineThreadContext {
+  /** The starting thread's store, when it was bridged (startEngineThread's `store`); null otherwise. */
+  store: Store | null;
+}
 
 interface WireError {
   name: string;
@@ -36,7 +51,8 @@ type FromThread =
   | { type: 'progress'; id: number; progress: JobProgress }
   | { type: 'result'; id: number; result: JobResult }
   | { type: 'error'; id: number; error: WireError }
-  | { type: 'closed' };
+  | { type: 'closed' }
+  | { type: 'store'; id: number; namespace: Bridged; method: string; args: unknown[] };
 
 const THREAD_MAIN = new URL('./engine-thread-main.mjs', import.meta.url);
 
@@ -64,9 +80,16 @@ interface Pending {
   progress(update: JobProgress): void;
 }
 
-/** Starts the thread and resolves once its engine is loaded. onExit hears of a thread that died. */
-export function startEngineThread(spec: EngineThreadSpec, onExit?: (error: Error) => void): Promise<Engine> {
-  const thread = new Worker(THREAD_MAIN, { workerData: spec });
+/**
+ * Starts the thread and resolves once its engine is loaded. onExit hears of a thread that died. With
+ * `store`, the thread's factory gets it (bridged: each call runs here, its arguments and result cloned).
+ */
+export function startEngineThread(
+  spec: EngineThreadSpec,
+  onExit?: (error: Error) => void,
+  options: { store?: Store } = {},
+): Promise<Engine> {
+  const thread = new Worker(THREAD_MAIN, { workerData: { ...spec, bridged: Boolean(options.store) } });
   const pending = new Map<number, Pending>();
   let nextId = 1;
   let broken: Error | null = null;
@@ -146,6 +169,9 @@ export function startEngineThread(spec: EngineThreadSpec, onExit?: (error: Error
         case 'closed':
           closed?.();
           break;
+        case 'store':
+          answerStoreCall(thread, options.store, message);
+          break;
       }
     });
     thread.on('error', (error) => (started ? fail(error) : reject(error)));
@@ -158,20 +184,82 @@ export function startEngineThread(spec: EngineThreadSpec, onExit?: (error: Error
   });
 }
 
+/** Runs a bridged store call from the thread and posts its outcome back. */
+function answerStoreCall(
+  thread: Worker,
+  store: Store | undefined,
+  call: { id: number; namespace: Bridged; method: string; args: unknown[] },
+): void {
+  const run = async () => {
+    if (!store || !BRIDGED.includes(call.namespace))
+      throw new Error('the store is not bridged to this thread');
+    const namespace = store[call.namespace] as unknown as Record<
+      string,
+      (...args: unknown[]) => Promise<unknown>
+    >;
+    const method = namespace[call.method];
+    if (typeof method !== 'function') throw new Error(`no store method ${call.namespace}.${call.method}`);
+    return method.apply(namespace, call.args);
+  };
+  run().then(
+    (value) => thread.postMessage({ type: 'storeResult', id: call.id, value } satisfies ToThread),
+    (error: unknown) =>
+      thread.postMessage({ type: 'storeError', id: call.id, error: toWire(error) } satisfies ToThread),
+  );
+}
+
+/** The thread's view of the starting thread's store: every call goes there as a message. */
+function bridgedStore(port: MessagePort): { store: Store; settle(message: ToThread): boolean } {
+  const calls = new Map<number, { resolve(value: unknown): void; reject(error: Error): void }>();
+  let nextId = 1;
+  const namespace = (name: Bridged) =>
+    new Proxy(
+      {},
+      {
+        get: (_target, method) => {
+          if (typeof method !== 'string' || method === 'then') return undefined;
+          return (...args: unknown[]) =>
+            new Promise((resolve, reject) => {
+              const id = nextId++;
+              calls.set(id, { resolve, reject });
+              port.postMessage({ type: 'store', id, namespace: name, method, args } satisfies FromThread);
+            });
+        },
+      },
+    );
+  const store = Object.fromEntries(BRIDGED.map((name) => [name, namespace(name)])) as unknown as Store;
+  return {
+    store,
+    settle(message) {
+      if (message.type !== 'storeResult' && message.type !== 'storeError') return false;
+      const call = calls.get(message.id);
+      calls.delete(message.id);
+      if (message.type === 'storeResult') call?.resolve(message.value);
+      else call?.reject(fromWire(message.error));
+      return true;
+    },
+  };
+}
+
 /** The thread's side; called by engine-thread-main.mjs. */
 export async function serveEngineThread(): Promise<void> {
   const port = parentPort as MessagePort;
-  const spec = workerData as EngineThreadSpec;
+  const spec = workerData as EngineThreadSpec & { bridged: boolean };
+  const bridge = spec.bridged ? bridgedStore(port) : null;
+  // Store answers can arrive while the factory still loads (it may read the store).
+  if (bridge) port.on('message', (message: ToThread) => bridge.settle(message));
   let engine: Engine;
   try {
     const module = await import(spec.module);
-    engine = await module[spec.exportName](spec.options);
+    const context: EngineThreadContext = { store: bridge?.store ?? null };
+    engine = await module[spec.exportName](spec.options, context);
   } catch (error) {
     port.postMessage({ type: 'startFailed', error: toWire(error) } satisfies FromThread);
     return;
   }
   const controllers = new Map<number, AbortController>();
   port.on('message', async (message: ToThread) => {
+    if (message.type === 'storeResult' || message.type === 'storeError') return;
     if (message.type === 'abort') {
       const reason = message.reason === 'shutdown' ? new WorkerShutdownError() : new JobCancelledError();
       controllers.get(message.id)?.abort(reason);

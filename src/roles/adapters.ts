@@ -72,16 +72,3 @@ export async function stopAdapters(adapters: RunningAdapter[], logger: Logger): 
     }
   });
 }
-
-/** Resolves on the first SIGTERM or SIGINT. */
-export function untilSignal(): Promise<NodeJS.Signals> {
-  return new Promise((resolve) => {
-    const stop = (signal: NodeJS.Signals) => {
-      process.off('SIGTERM', stop);
-      process.off('SIGINT', stop);
-      resolve(signal);
-    };
-    process.on('SIGTERM', stop);
-    process.on('SIGINT', stop);
-  });
-}

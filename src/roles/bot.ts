@@ -4,8 +4,12 @@ import { openBullJobQueue } from '../queue/bullmq.ts';
 import { startReconciler } from '../queue/reconcile.ts';
 import { openWhenAvailable, redactRedisUrl } from '../queue/redis.ts';
 import { connectWithRetry, describeDatabase } from '../store/index.ts';
-import { discordConfigured, slackConfigured, startAdapters, stopAdapters, untilSignal } from './adapters.ts';
+import { discordConfigured, slackConfigured, startAdapters, stopAdapters } from './adapters.ts';
 import { observe } from './observe.ts';
+import { watchShutdown } from './shutdown.ts';
+
+/** After the first signal the process ends within this, also when something fails to close. */
+const SHUTDOWN_DEADLINE_MS = 30_000;
 
 /**
  * `gill bot`: the platform adapters only. Jobs go to Redis for `gill worker` processes; replies are
@@ -28,15 +32,20 @@ export async function runBot(config: Config): Promise<void> {
   if (problems.length || !config.REDIS_URL) throw new ConfigError(problems);
   const redisUrl = config.REDIS_URL;
   const logger = createLogger(config.GILL_LOG_LEVEL).child({ role: 'bot' });
+  const shutdown = watchShutdown(logger, SHUTDOWN_DEADLINE_MS);
   const observer = await observe(config, 'bot', logger);
   const { metrics } = observer;
-  const store = await connectWithRetry(config, logger).catch(async (error: unknown) => {
-    await observer.close();
-    throw error;
-  });
+  const store = await connectWithRetry(config, logger, { signal: shutdown.signal }).catch(
+    async (error: unknown) => {
+      await observer.close();
+      throw error;
+    },
+  );
   observer.parts.store = store;
   try {
-    const queue = await openWhenAvailable(() => openBullJobQueue({ redisUrl, logger }), logger);
+    const queue = await openWhenAvailable(() => openBullJobQueue({ redisUrl, logger }), logger, {
+      signal: shutdown.signal,
+    });
     observer.parts.queue = queue;
     const reconciler = startReconciler({ store, queue, logger, metrics });
     try {
@@ -49,7 +58,7 @@ export async function runBot(config: Config): Promise<void> {
         },
         'bot is running',
       );
-      const signal = await untilSignal();
+      const signal = await shutdown.requested;
       logger.info({ signal }, 'shutting down');
       await stopAdapters(adapters, logger);
     } finally {

@@ -2,8 +2,10 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, loadConfig } from '../config.ts';
-import { discordConfigured, slackConfigured, untilSignal } from './adapters.ts';
+import { createLogger } from '../log.ts';
+import { discordConfigured, slackConfigured } from './adapters.ts';
 import { DEFAULT_METRICS_PORTS } from './observe.ts';
+import { watchShutdown } from './shutdown.ts';
 
 /**
  * `npm run cluster`: the topology of compose.yaml as local processes, for machines without containers:
@@ -97,6 +99,8 @@ export async function runCluster(argv: string[]): Promise<void> {
     const at = argv.indexOf(flag);
     return at >= 0 ? Number(argv[at + 1]) : undefined;
   };
+  // Heard from now, so a signal while the migrations run still stops the cluster once it has started.
+  const shutdown = watchShutdown(createLogger().child({ role: 'cluster' }), STOP_GRACE_MS + 5_000);
   const cluster = await startCluster({
     workers: value('--workers') ?? 2,
     metricsPort: value('--metrics-port'),
@@ -104,7 +108,7 @@ export async function runCluster(argv: string[]): Promise<void> {
   for (const member of cluster.members) {
     process.stdout.write(`cluster: ${member.name} (pid ${member.pid}) metrics at ${member.metricsUrl}\n`);
   }
-  const signal = await untilSignal();
+  const signal = await shutdown.requested;
   process.stdout.write(`cluster: ${signal}: stopping every process\n`);
   await cluster.stop();
   process.stdout.write('cluster: stopped\n');

@@ -10,6 +10,7 @@ import { runJobs } from '../queue/worker.ts';
 import { connect, connectWithRetry, describeDatabase } from '../store/index.ts';
 import type { Store } from '../store/types.ts';
 import { observe } from './observe.ts';
+import { type Shutdown, watchShutdown } from './shutdown.ts';
 
 /**
  * `gill worker`: the engine only. Takes jobs from Redis one at a time, runs the engine in a thread of its
@@ -19,6 +20,8 @@ import { observe } from './observe.ts';
  */
 
 const SHUTDOWN_GRACE_MS = 20_000;
+/** After the first signal the process ends within this, also when something fails to close. */
+const SHUTDOWN_DEADLINE_MS = SHUTDOWN_GRACE_MS + 10_000;
 
 export async function runWorker(config: Config): Promise<void> {
   const problems: string[] = [];
@@ -35,23 +38,20 @@ export async function runWorker(config: Config): Promise<void> {
   if (problems.length || !config.REDIS_URL) throw new ConfigError(problems);
   const redisUrl = config.REDIS_URL;
   const logger = createLogger(config.GILL_LOG_LEVEL).child({ role: 'worker' });
-  const observer = await observe(config, 'worker', logger);
-  const { metrics, parts } = observer;
 
   // A signal during start-up (waiting for Postgres or Redis) ends the wait.
-  const starting = new AbortController();
-  const stopStarting = () => starting.abort(new Error('stopped before the worker started'));
-  process.once('SIGTERM', stopStarting);
-  process.once('SIGINT', stopStarting);
+  const shutdown = watchShutdown(logger, SHUTDOWN_DEADLINE_MS);
+  const observer = await observe(config, 'worker', logger);
+  const { metrics, parts } = observer;
   let store: Store | undefined;
   let queue: JobQueue | undefined;
   let engine: Engine | undefined;
   try {
-    store = await connectWithRetry(config, logger, { signal: starting.signal });
+    store = await connectWithRetry(config, logger, { signal: shutdown.signal });
     parts.store = store;
     const lock = { lockDurationMs: config.GILL_JOB_LOCK_MS, stalledIntervalMs: config.GILL_JOB_LOCK_MS / 2 };
     queue = await openWhenAvailable(() => openBullJobQueue({ redisUrl, logger, ...lock }), logger, {
-      signal: starting.signal,
+      signal: shutdown.signal,
     });
     parts.queue = queue;
     const loading = performance.now();
@@ -67,18 +67,15 @@ export async function runWorker(config: Config): Promise<void> {
     parts.modelLoaded = true;
   } catch (error) {
     await Promise.allSettled([engine?.close(), queue?.close(), store?.close(), observer.close()]);
-    if (starting.signal.aborted) {
+    if (shutdown.signal.aborted) {
       logger.info('stopped while starting');
       return;
     }
     throw error;
-  } finally {
-    process.off('SIGTERM', stopStarting);
-    process.off('SIGINT', stopStarting);
   }
   logger.info({ database: describeDatabase(config), redis: redactRedisUrl(redisUrl) }, 'worker taking jobs');
   try {
-    await serveJobs({ queue, store, engine, logger, metrics, shutdownGraceMs: SHUTDOWN_GRACE_MS });
+    await serveJobs({ queue, store, engine, logger, metrics, shutdownGraceMs: SHUTDOWN_GRACE_MS }, shutdown);
   } finally {
     parts.modelLoaded = false;
     await Promise.allSettled([engine.close(), queue.close(), store.close(), observer.close()]);
@@ -86,29 +83,22 @@ export async function runWorker(config: Config): Promise<void> {
   logger.info('worker stopped');
 }
 
-/** Runs jobs until SIGTERM or SIGINT, then shuts down gracefully. */
-export async function serveJobs(options: {
-  queue: JobQueue;
-  store: Store;
-  engine: Engine;
-  logger: Logger;
-  shutdownGraceMs?: number;
-  metrics?: GillMetrics;
-}): Promise<void> {
+/** Runs jobs until SIGTERM or SIGINT (watched from now unless `shutdown` is given), then shuts down gracefully. */
+export async function serveJobs(
+  options: {
+    queue: JobQueue;
+    store: Store;
+    engine: Engine;
+    logger: Logger;
+    shutdownGraceMs?: number;
+    metrics?: GillMetrics;
+  },
+  shutdown: Shutdown = watchShutdown(options.logger, (options.shutdownGraceMs ?? 20_000) + 10_000),
+): Promise<void> {
   const handle = runJobs(options);
-  await new Promise<void>((resolve) => {
-    const stop = (signal: NodeJS.Signals) => {
-      process.off('SIGTERM', stop);
-      process.off('SIGINT', stop);
-      options.logger.info({ signal }, 'shutting down: finishing or releasing the running job');
-      handle.close().then(resolve, (error) => {
-        options.logger.error({ err: error }, 'unclean shutdown');
-        resolve();
-      });
-    };
-    process.on('SIGTERM', stop);
-    process.on('SIGINT', stop);
-  });
+  const signal = await shutdown.requested;
+  options.logger.info({ signal }, 'shutting down: finishing or releasing the running job');
+  await handle.close().catch((error: unknown) => options.logger.error({ err: error }, 'unclean shutdown'));
 }
 
 /** The engine thread's factory: its own store connection, then the engine over the model bundle. */

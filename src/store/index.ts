@@ -5,5 +5,5 @@ export {
   openDatabase,
   StoreConnectionError,
 } from './connect.ts';
-export { DeliveryClaimError } from './store.ts';
+export { DeliveryClaimError } from './jobs.ts';
 export * from './types.ts';

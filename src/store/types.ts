@@ -2,8 +2,9 @@ import type { CommunityRef, JobKind, JobPayload, JobResult, ReplyTarget } from '
 import type { SqlQuery } from './sql-client.ts';
 
 /**
- * The store's interface. One implementation (src/store/store.ts) serves both Postgres (`pg`, with
- * pgvector) and the embedded PGlite: only the SQL connection differs.
+ * The store's interface. One implementation (createStore in src/store/store.ts, one repository per
+ * file beside it) serves both Postgres (`pg`, with pgvector) and the embedded PGlite: only the SQL
+ * connection differs.
  */
 
 export interface Community {
@@ -40,6 +41,7 @@ export const DEFAULT_COMMUNITY_CONFIG: CommunityConfig = {
 };
 
 export interface ImageSource {
+  /** The channel it was posted in; for a post in a thread, the thread's parent channel. */
   channelId: string | null;
   messageId: string | null;
   authorId: string | null;
@@ -48,7 +50,30 @@ export interface ImageSource {
   title: string | null;
 }
 
-export interface ImageRecord extends ImageSource {
+/**
+ * Who may retrieve an image (issue: retrieval respects who can see the source channel). A public image
+ * is retrievable anywhere in its community; a private one only by a viewer in the same place: its
+ * channel when it has no thread, else its thread. An image from a public thread of a private channel is
+ * recorded with its thread and so stays inside that thread: narrower than who can see it, never wider.
+ */
+export type Visibility = 'public' | 'private';
+
+export interface ImagePlacement {
+  /** The thread it was posted in; null for a post in the channel itself. */
+  threadId: string | null;
+  visibility: Visibility;
+}
+
+/**
+ * Where a search is made from: the viewer's channel and, inside a thread, the thread (channelId is then
+ * the thread's parent channel, as in ImageSource). Without a scope a search sees public images only.
+ */
+export interface ViewerScope {
+  channelId: string;
+  threadId?: string | null;
+}
+
+export interface ImageRecord extends ImageSource, ImagePlacement {
   id: string;
   communityId: string;
   hash: string;
@@ -56,6 +81,8 @@ export interface ImageRecord extends ImageSource {
   width: number;
   height: number;
   hasEmbedding: boolean;
+  /** False once deleted (soft: the row stays until the retention sweep). */
+  live: boolean;
   createdAt: Date;
 }
 
@@ -106,25 +133,55 @@ export interface Store {
     get(hash: string): Promise<{ bytes: Uint8Array; mime: string } | null>;
   };
   images: {
-    /** Inserts or returns the existing row for (community, hash, message). */
+    /**
+     * Inserts or returns the existing row for (community, hash, message). Placement defaults to public,
+     * in the channel itself. A replay that says private makes a public row private (never the reverse).
+     */
     add(
       communityId: string,
       hash: string,
-      meta: { mime: string; width: number; height: number } & ImageSource,
+      meta: { mime: string; width: number; height: number; attachmentId?: string | null } & ImageSource &
+        Partial<ImagePlacement>,
     ): Promise<ImageRecord>;
     get(id: string): Promise<ImageRecord | null>;
     setEmbedding(id: string, embedding: Float32Array): Promise<void>;
-    /** k nearest by cosine within one community, excluding ids; returns k rows when k exist. */
+    /**
+     * k nearest by cosine among the images of one community that a viewer at `scope` may see (public
+     * only when scope is absent), excluding ids; returns k rows when k exist.
+     */
     search(
       communityId: string,
       embedding: Float32Array,
       k: number,
       excludeIds?: string[],
+      scope?: ViewerScope,
     ): Promise<ScoredImage[]>;
     count(communityId: string): Promise<number>;
-    /** Soft-deletes; returns how many rows were removed from the index. */
+    /**
+     * Soft-deletes a message's images; channelId is its channel or, for a message in a thread with a
+     * channel id of its own (Discord), that thread. Returns how many rows were removed from the index.
+     */
     deleteByMessage(communityId: string, channelId: string, messageId: string): Promise<number>;
     deleteByAuthor(communityId: string, authorId: string): Promise<number>;
+    /** Soft-deletes the images of a deleted channel or thread (as channel or as thread); returns how many. */
+    deleteByChannel(communityId: string, channelId: string): Promise<number>;
+    /** Soft-deletes the images of one platform file (Discord attachment id, Slack file id). */
+    deleteByAttachment(communityId: string, attachmentId: string): Promise<number>;
+    /** After an edit: soft-deletes the message's images whose file is no longer among keptAttachmentIds. */
+    deleteDroppedAttachments(
+      communityId: string,
+      channelId: string,
+      messageId: string,
+      keptAttachmentIds: string[],
+    ): Promise<number>;
+    /** `forget` opts a person out of indexing (true) until they opt back in (false). */
+    setOptedOut(communityId: string, authorId: string, optedOut: boolean): Promise<void>;
+    optedOut(communityId: string, authorId: string): Promise<boolean>;
+    /**
+     * Hard-deletes images soft-deleted at least retentionMs ago, and their blobs when no other image uses
+     * the bytes; returns how many of each.
+     */
+    purgeDeleted(retentionMs: number): Promise<{ images: number; blobs: number }>;
   };
   jobs: {
     /** Creates the job, or returns the existing one with the same idempotency key. */
@@ -149,13 +206,26 @@ export interface Store {
      * process holds an unexpired claim. A claim expires after leaseMs, so a crashed deliverer is replaced.
      */
     claimDelivery(id: string, owner: string, leaseMs: number): Promise<DeliveryClaim | null>;
+    /**
+     * Extends `owner`'s claim by leaseMs from now; false when another process has taken the job over or it
+     * was delivered, after which `owner` must post nothing more of the reply.
+     */
+    renewDelivery(id: string, owner: string, leaseMs: number): Promise<boolean>;
     markDelivered(id: string, owner: string, receipt: Record<string, unknown>): Promise<void>;
     /** Finished (completed or failed) jobs not yet delivered, oldest first. */
     listUndelivered(platform: ReplyTarget['platform'], limit: number): Promise<JobRecord[]>;
     /** Queued or running jobs, oldest first: re-enqueued at start after an embedded process restarts. */
     listUnfinished(limit: number): Promise<JobRecord[]>;
-    /** Unfinished jobs of a user or community, for concurrency caps. */
-    countActive(filter: { communityId: string; authorKey?: string }): Promise<number>;
+    /**
+     * Unfinished jobs of a user or community, for concurrency caps, in one lane: people's requests (the
+     * default) or indexing. Index jobs never count against the requests' caps, nor requests against
+     * indexing's (README, "Security and reliability").
+     */
+    countActive(filter: {
+      communityId: string;
+      authorKey?: string;
+      lane?: 'requests' | 'indexing';
+    }): Promise<number>;
   };
   rateLimits: {
     /**

@@ -1,5 +1,7 @@
 import pgvector from 'pgvector';
 import type { Row, SqlClient, SqlQuery } from './sql-client.ts';
+import type { ViewerScope } from './types.ts';
+import { isRowId, requireRowId } from './validate.ts';
 
 /**
  * Nearest-neighbour search over image embeddings with pgvector.
@@ -10,25 +12,38 @@ import type { Row, SqlClient, SqlQuery } from './sql-client.ts';
  * Queries repeat that expression and predicate (D inlined as a literal, so the planner can match them).
  * Embeddings are normalised on write and queries before searching, so the inner product is the cosine.
  *
- * Search scoped to one community uses pgvector 0.8's iterative index scans (Postgres and PGlite both
- * bundle ≥ 0.8): the scan keeps walking the graph until k rows pass the community filter, so a community
- * holding a small fraction of the table still gets k results. Iterative scans stop after
- * hnsw.max_scan_tuples; when that leaves fewer than k rows (a community too small for the graph walk to
- * reach), an exact search over the community's rows (B-tree on community_id) completes the answer.
+ * Every search is scoped to one community and to what the viewer may see (ImagePlacement): the public
+ * images, plus the private ones of the viewer's own channel or thread. The plan depends on the
+ * community's size (README, "Scaling: the gallery", has the measurements):
+ * - exact: a community with at most EXACT_SCAN_MAX_ROWS live images is scanned whole (B-tree on
+ *   community_id): exact, and at that size about as fast as a graph walk. A filtered walk of the shared
+ *   graph is what HNSW does worst for a small community: most of what it visits is other rows.
+ * - its own index: on Postgres, a community of more than COMMUNITY_INDEX_MIN_ROWS holding less than
+ *   half the table gets a partial HNSW index of its own (built in the background once it grows past
+ *   that), so its searches walk its own graph instead of discarding the other communities' rows.
+ * - the shared index otherwise, with pgvector 0.8's iterative scans (Postgres and PGlite both bundle
+ *   ≥ 0.8): the scan keeps walking until enough rows pass the filter. Iterative scans stop after
+ *   hnsw.max_scan_tuples; when that leaves fewer than k rows (a viewer's filter that admits few of a
+ *   large community's rows), the exact search answers instead.
+ * The community id is inlined as a literal so that the planner can match the partial index.
  */
 
 /** pgvector's limit for HNSW on the `vector` type. */
 export const MAX_INDEXED_DIM = 2000;
 
 /**
- * Defaults from `npm run bench:store` (100k × 256, clustered): hnsw.ef_search 100 gives recall@10 0.999
- * on a whole table (a community that is most of it), where 40 gives 0.989. Scoped to a community of 10%
- * of the rows, ef_search hardly matters (0.944 to 0.949 from 40 to 200) but over-fetching does: taking
- * 4k index-scan rows and keeping the best k lifts recall@10 to 0.978 at p95 ≈ 14 ms.
+ * From `npm run bench:store` (README, "Scaling: the gallery"): at 1M × 256 clustered rows, ef_search 100
+ * gives recall@10 0.975 over the whole table; a community whose nearest images are mostly unrelated
+ * ones (near-ties at low cosine) needs 400–800 for 0.935–0.985, at 3–10× the latency.
+ * Taking 4k index-scan rows and keeping the best k recovers neighbours relaxed_order returns late.
  */
 export const DEFAULT_EF_SEARCH = 100;
 /** Index-scan rows per result kept (see NearestOptions.candidates). */
 export const DEFAULT_CANDIDATES = 4;
+/** Communities with at most this many live images are searched exactly (see the top of this file). */
+export const EXACT_SCAN_MAX_ROWS = 5_000;
+/** Communities with more live images than this, if less than half the table, get their own index. */
+export const COMMUNITY_INDEX_MIN_ROWS = 50_000;
 
 export function indexName(dim: number): string {
   return `images_embedding_ip_${dim}`;
@@ -76,22 +91,26 @@ export async function ensureEmbeddingIndex(client: SqlClient, dim: number): Prom
   });
 }
 
+export type SearchPlan = 'hnsw' | 'exact';
+
 export interface NearestOptions {
-  /** Omit to search every community (benchmarks only: the store always scopes by community). */
+  /** Omit to search every image of every community, unfiltered (benchmarks only). */
   communityId?: string;
+  /** Where the viewer is; absent, only public images. Applies with communityId. */
+  scope?: ViewerScope;
   embedding: ArrayLike<number>;
   k: number;
   excludeIds?: string[];
   efSearch?: number;
-  /** Skip the index and scan exactly (benchmarks' ground truth, and the small-community fallback). */
-  exact?: boolean;
   /**
    * Rows the index scan returns before the final re-sort keeps the best k. relaxed_order emits rows
    * slightly out of order, so taking more than k and re-sorting recovers near neighbours found late.
    */
   candidates?: number;
-  /** Called when the index scan came back short and the exact search answered instead (benchmarks count it). */
-  onExactFallback?: () => void;
+  /** The plan, as the store's planner chose it or a benchmark forces it; by default counted now. */
+  plan?: SearchPlan;
+  /** Told which plan answered: 'hnsw', 'exact', or 'hnsw→exact' when the index scan came back short. */
+  onPlan?: (plan: string) => void;
 }
 
 export interface NearestRow extends Row {
@@ -99,29 +118,139 @@ export interface NearestRow extends Row {
   score: number;
 }
 
-const ID = /^[1-9]\d{0,18}$/;
+/** The viewer's filter: public images, and the private ones of the viewer's channel or thread. */
+function visibleTo(scope: ViewerScope | undefined, params: unknown[]): string {
+  if (scope === undefined) return "visibility = 'public'";
+  const { channelId, threadId = null } = scope;
+  if (typeof channelId !== 'string' || channelId.length < 1 || channelId.length > 200)
+    throw new RangeError(`scope.channelId must be 1 to 200 characters, got "${channelId}"`);
+  if (threadId !== null && (typeof threadId !== 'string' || threadId.length < 1 || threadId.length > 200))
+    throw new RangeError(`scope.threadId must be null or 1 to 200 characters, got "${threadId}"`);
+  params.push(channelId, threadId);
+  const [channel, thread] = [params.length - 1, params.length];
+  return `(visibility = 'public' OR (channel_id = $${channel} AND (thread_id IS NULL OR thread_id = $${thread}::text)))`;
+}
+
+/** The name of one community's own HNSW index for one dimension. */
+export function communityIndexName(dim: number, communityId: string): string {
+  return `${indexName(dim)}_c${communityId}`;
+}
 
 /**
- * The k most similar live images (cosine, best first), with `columns` selected from `images`.
- * Ids in excludeIds that are not image ids are ignored (they cannot match a row).
+ * Builds one community's own HNSW index if it is missing (Postgres only: PGlite would stall every query
+ * for the minutes a build takes). CONCURRENTLY, so images are written meanwhile; a failed build leaves an
+ * invalid index, dropped here so that the next call builds it again. Returns whether it built one.
+ */
+export async function ensureCommunityIndex(
+  client: SqlClient,
+  dim: number,
+  communityId: string,
+): Promise<boolean> {
+  if (!Number.isInteger(dim) || dim < 1 || dim > MAX_INDEXED_DIM)
+    throw new RangeError(`bad dimension ${dim}`);
+  requireRowId(communityId, 'community id');
+  const name = communityIndexName(dim, communityId);
+  const [state] = await client.query<{ valid: boolean; building: boolean }>(
+    `SELECT i.indisvalid AS valid,
+       EXISTS (SELECT 1 FROM pg_stat_progress_create_index p WHERE p.index_relid = i.indexrelid) AS building
+     FROM pg_index i WHERE i.indexrelid = to_regclass($1)`,
+    [name],
+  );
+  if (state?.valid || state?.building) return false;
+  if (state) await client.exec(`DROP INDEX CONCURRENTLY IF EXISTS ${name}`);
+  await client.exec(
+    `CREATE INDEX CONCURRENTLY IF NOT EXISTS ${name} ON images USING hnsw ((embedding::vector(${dim})) vector_ip_ops)
+     WHERE vector_dims(embedding) = ${dim} AND deleted_at IS NULL AND community_id = ${communityId}`,
+  );
+  return true;
+}
+
+/** Counts a community's live images, stopping past `limit`: classifying a large one costs no more. */
+async function liveImages(client: SqlClient, communityId: string, limit: number): Promise<number> {
+  const [row] = await client.query<{ n: number }>(
+    `SELECT count(*)::int AS n FROM
+       (SELECT 1 FROM images WHERE community_id = $1 AND deleted_at IS NULL LIMIT $2) AS live`,
+    [communityId, limit + 1],
+  );
+  return row!.n;
+}
+
+/** The plan for a community's search: exact when it has at most EXACT_SCAN_MAX_ROWS live images. */
+async function planFor(client: SqlClient, communityId: string): Promise<SearchPlan> {
+  return (await liveImages(client, communityId, EXACT_SCAN_MAX_ROWS)) <= EXACT_SCAN_MAX_ROWS
+    ? 'exact'
+    : 'hnsw';
+}
+
+/**
+ * Whether a community should have its own index: on Postgres, at least COMMUNITY_INDEX_MIN_ROWS live
+ * images and less than half of the table (a 1% sample of its pages): in its own graph a community's
+ * search walks only its own images, where the shared graph's filtered walk discards the others'.
+ */
+async function wantsOwnIndex(client: SqlClient, communityId: string): Promise<boolean> {
+  if (client.kind !== 'postgres') return false;
+  if ((await liveImages(client, communityId, COMMUNITY_INDEX_MIN_ROWS)) <= COMMUNITY_INDEX_MIN_ROWS)
+    return false;
+  const [sample] = await client.query<{ share: number | null }>(
+    `SELECT (count(*) FILTER (WHERE community_id = $1))::float8 / NULLIF(count(*), 0) AS share
+     FROM images TABLESAMPLE SYSTEM (1) WHERE deleted_at IS NULL`,
+    [communityId],
+  );
+  return sample?.share != null && sample.share < 0.5;
+}
+
+/**
+ * planFor, remembered per community for ttlMs: the count costs about as much as a search on PGlite,
+ * and a community's size changes slowly. A stale plan is only slower, never wrong: both plans are exact
+ * about who may see what, and a short index scan falls back to the exact one. On each count of a large
+ * community it also starts building the community's own index when it should have one (in the
+ * background: the search goes on with the shared index; a failed build is tried again a ttl later).
+ */
+export function planner(
+  client: SqlClient,
+  ttlMs = 60_000,
+): (communityId: string, dim: number) => Promise<SearchPlan> {
+  const known = new Map<string, { plan: SearchPlan; until: number }>();
+  return async (communityId, dim) => {
+    const now = Date.now();
+    const key = `${communityId}:${dim}`;
+    const cached = known.get(key);
+    if (cached && cached.until > now) return cached.plan;
+    const plan = await planFor(client, communityId);
+    known.set(key, { plan, until: now + ttlMs });
+    if (plan === 'hnsw') {
+      void wantsOwnIndex(client, communityId)
+        .then((wanted) => wanted && ensureCommunityIndex(client, dim, communityId))
+        .catch(() => {});
+    }
+    return plan;
+  };
+}
+
+/**
+ * The k most similar images (cosine, best first) the viewer may see, with `columns` selected from
+ * `images`. Ids in excludeIds that are not image ids are ignored (they cannot match a row).
  */
 export async function nearest<T extends NearestRow>(
   client: SqlClient,
   columns: string,
   options: NearestOptions,
 ): Promise<T[]> {
-  const { k } = options;
+  const { k, communityId } = options;
   if (!Number.isInteger(k) || k < 1 || k > 1000)
     throw new RangeError(`k must be a whole number from 1 to 1000, got ${k}`);
   const dim = options.embedding.length;
   const query = normalisedVector(options.embedding, 'query embedding');
-  const exclude = (options.excludeIds ?? []).filter((id) => ID.test(id));
+  const exclude = (options.excludeIds ?? []).filter(isRowId);
   const candidates = Math.max(k, Math.min(1000, Math.trunc(options.candidates ?? DEFAULT_CANDIDATES * k)));
   const params: unknown[] = [query, exclude, candidates, k];
   const filters = [`vector_dims(embedding) = ${dim}`, 'deleted_at IS NULL', 'id <> ALL ($2::bigint[])'];
-  if (options.communityId !== undefined) {
-    params.push(options.communityId);
-    filters.push(`community_id = $${params.length}`);
+  if (communityId !== undefined) {
+    // A literal, not a parameter, so the planner can match the community's own partial index.
+    filters.push(
+      `community_id = ${requireRowId(communityId, 'community id')}`,
+      visibleTo(options.scope, params),
+    );
   }
   // The indexed expression (a cast to vector(D)) makes the planner use the HNSW index; the exact search
   // orders by the uncast column, which no index matches, so it scans the community's rows.
@@ -133,16 +262,24 @@ export async function nearest<T extends NearestRow>(
       WHERE ${filters.join(' AND ')}
       ORDER BY ${distance} LIMIT $3)
     SELECT *, -distance AS score FROM candidates ORDER BY distance LIMIT $4`;
-  if (options.exact) return clean(await client.query<T>(sqlFor(exactDistance), params));
+  const exact = async (plan: string) => {
+    options.onPlan?.(plan);
+    return clean(await client.query<T>(sqlFor(exactDistance), params));
+  };
+
+  const plan = options.plan ?? (communityId === undefined ? 'hnsw' : await planFor(client, communityId));
+  if (plan === 'exact') return exact('exact');
   const ef = Math.min(1000, Math.max(Math.trunc(options.efSearch ?? DEFAULT_EF_SEARCH), candidates)); // pgvector allows 1..1000
   const rows = await client.transaction(async (tx) => {
     await tx.query(`SET LOCAL hnsw.ef_search = ${ef}`);
     await tx.query('SET LOCAL hnsw.iterative_scan = relaxed_order');
     return tx.query<T>(sqlFor(indexedDistance), params);
   });
-  if (rows.length >= k || options.communityId === undefined) return clean(rows);
-  options.onExactFallback?.();
-  return clean(await client.query<T>(sqlFor(exactDistance), params));
+  if (rows.length >= k || communityId === undefined || options.plan === 'hnsw') {
+    options.onPlan?.('hnsw');
+    return clean(rows);
+  }
+  return exact('hnsw→exact');
 }
 
 function clean<T extends NearestRow>(rows: T[]): T[] {

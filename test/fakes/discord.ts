@@ -18,6 +18,9 @@ import { WebSocket, WebSocketServer } from 'ws';
 export const MESSAGE_CONTENT_INTENT = 1 << 15;
 const PERMISSION_ADMINISTRATOR = 1n << 3n;
 const PERMISSION_MANAGE_GUILD = 1n << 5n;
+const PERMISSION_VIEW_CHANNEL = 1n << 10n;
+const THREAD_PUBLIC = 11;
+const THREAD_PRIVATE = 12;
 const EVERYONE_PERMISSIONS = 0x0006_3584_0e40n.toString();
 
 export interface RecordedCall {
@@ -168,14 +171,20 @@ export class FakeDiscord {
 
   // ----- world ---------------------------------------------------------------------------------------
 
-  addChannel(name: string): Json {
+  /**
+   * A text channel. A private one denies View Channel to @everyone (a permission overwrite for the role
+   * whose id is the guild's), as Discord's "Private Channel" switch does.
+   */
+  addChannel(name: string, options: { private?: boolean } = {}): Json {
     const channel = {
       id: snowflake(),
       type: 0,
       guild_id: this.guildId,
       name,
       position: this.channels.size,
-      permission_overwrites: [],
+      permission_overwrites: options.private
+        ? [{ id: this.guildId, type: 0, allow: '0', deny: PERMISSION_VIEW_CHANNEL.toString() }]
+        : [],
       parent_id: null,
       nsfw: false,
       rate_limit_per_user: 0,
@@ -188,12 +197,49 @@ export class FakeDiscord {
     return channel;
   }
 
-  /** A person starts a public thread in a channel (not from a message); dispatched as THREAD_CREATE. */
-  addThread(parentId: string, owner: FakeUser, name: string): Json {
+  /**
+   * A person starts a thread in a channel (not from a message), public (type 11) or private (type 12: only
+   * its members and moderators see it; the bot is taken to be a member); dispatched as THREAD_CREATE.
+   */
+  addThread(parentId: string, owner: FakeUser, name: string, options: { private?: boolean } = {}): Json {
     if (!this.channels.has(parentId)) throw new Error(`no channel ${parentId}`);
-    const thread = this.createThread(snowflake(), parentId, owner.id, name, 1440);
+    const type = options.private ? THREAD_PRIVATE : THREAD_PUBLIC;
+    const thread = this.createThread(snowflake(), parentId, owner.id, name, 1440, type);
     this.dispatch('THREAD_CREATE', { ...thread, newly_created: true });
     return thread;
+  }
+
+  /** A thread or channel is deleted with its messages: THREAD_DELETE or CHANNEL_DELETE, as Discord sends them. */
+  deleteChannel(channelId: string): void {
+    const channel = this.channels.get(channelId);
+    if (!channel) throw new Error(`no channel ${channelId}`);
+    this.channels.delete(channelId);
+    this.messages.delete(channelId);
+    if (channel.type === THREAD_PUBLIC || channel.type === THREAD_PRIVATE) {
+      const { id, guild_id, parent_id, type } = channel;
+      this.dispatch('THREAD_DELETE', { id, guild_id, parent_id, type });
+    } else {
+      this.dispatch('CHANNEL_DELETE', channel);
+    }
+  }
+
+  /** The author edits a message, keeping only some attachments; dispatched as MESSAGE_UPDATE (the full message). */
+  userEditsMessage(
+    channelId: string,
+    messageId: string,
+    edit: { content?: string; keepAttachments?: string[] },
+  ): Json {
+    const message = this.messages.get(channelId)?.find((m) => m.id === messageId);
+    if (!message) throw new Error(`no message ${messageId} in ${channelId}`);
+    if (edit.content !== undefined) message.content = edit.content;
+    if (edit.keepAttachments)
+      message.attachments = (message.attachments as Json[]).filter((a) =>
+        edit.keepAttachments!.includes(a.id as string),
+      );
+    message.edited_timestamp = new Date().toISOString();
+    const author = message.author as FakeUser;
+    this.dispatch('MESSAGE_UPDATE', { ...this.visible(message), member: this.member(author) });
+    return message;
   }
 
   addUser(username: string, options: { admin?: boolean } = {}): FakeUser {
@@ -538,7 +584,8 @@ export class FakeDiscord {
         application: { id: this.applicationId, flags: 0 },
       },
     });
-    const threads = [...this.channels.values()].filter((c) => c.type === 11);
+    const isThread = (c: Json) => c.type === THREAD_PUBLIC || c.type === THREAD_PRIVATE;
+    const threads = [...this.channels.values()].filter(isThread);
     this.send(ws, {
       op: 0,
       t: 'GUILD_CREATE',
@@ -566,7 +613,7 @@ export class FakeDiscord {
         ],
         emojis: [],
         stickers: [],
-        channels: [...this.channels.values()].filter((c) => c.type !== 11),
+        channels: [...this.channels.values()].filter((c) => !isThread(c)),
         threads,
         members: [{ ...this.member(this.botUser), user: this.botUser }],
         presences: [],
@@ -888,11 +935,18 @@ export class FakeDiscord {
     apiError(res, 405, 0, '405: Method Not Allowed');
   }
 
-  /** A public thread channel (type 11), registered with an empty message list. */
-  private createThread(id: string, parentId: string, ownerId: string, name: string, autoArchive: number) {
+  /** A thread channel (public unless given type 12), registered with an empty message list. */
+  private createThread(
+    id: string,
+    parentId: string,
+    ownerId: string,
+    name: string,
+    autoArchive: number,
+    type = THREAD_PUBLIC,
+  ) {
     const thread = {
       id,
-      type: 11,
+      type,
       guild_id: this.guildId,
       parent_id: parentId,
       owner_id: ownerId,

@@ -105,6 +105,12 @@ export class FakeSlack {
   private readonly pendingUploads = new Map<string, PendingUpload>();
   private readonly rateLimits = new Map<string, { retryAfter: number; times: number }>();
   private readonly failures = new Map<string, { error: string; times: number }>();
+  private readonly delays = new Map<string, { ms: number; times: number }>();
+  /**
+   * Most messages conversations.replies and conversations.history answer per call, whatever `limit` asks
+   * (Slack may answer fewer than asked and a cursor for the rest).
+   */
+  pageSize = 1000;
   private readonly waiters = new Set<() => void>();
   private server!: Server;
   private readonly sockets = new Set<WebSocket>();
@@ -167,12 +173,13 @@ export class FakeSlack {
     servedType?: string;
     denied?: boolean;
     size?: number;
+    title?: string;
   }): SlackFileObject {
     const id = `F${this.nextId()}`;
     const object: SlackFileObject = {
       id,
       name: input.name,
-      title: input.name,
+      title: input.title ?? input.name,
       mimetype: input.mimetype,
       filetype: input.name.split('.').pop() ?? 'binary',
       size: input.size ?? input.bytes.length,
@@ -212,13 +219,23 @@ export class FakeSlack {
 
   /**
    * A person edits their message: it changes here (conversations.replies sees the edit). Returns the
-   * `message_changed` event Slack sends for it (under the message.* subscriptions).
+   * `message_changed` event Slack sends for it (under the message.* subscriptions). `keepFiles` removes
+   * the message's other files, as deleting a file from a message in Slack's client does.
    */
-  editMessage(message: FakeMessage, text: string): Record<string, unknown> {
+  editMessage(
+    message: FakeMessage,
+    text: string,
+    options: { keepFiles?: string[] } = {},
+  ): Record<string, unknown> {
     const stored = this.stored(message);
     const before = { ...stored };
     const ts = this.nextTs();
     stored.text = text;
+    if (options.keepFiles) {
+      const kept = (stored.files ?? []).filter((f) => options.keepFiles!.includes(f.id));
+      if (kept.length) stored.files = kept;
+      else delete stored.files;
+    }
     stored.edited = { user: stored.user ?? '', ts };
     this.notify();
     return {
@@ -270,6 +287,18 @@ export class FakeSlack {
     };
   }
 
+  /** A file is deleted from the workspace; returns the `file_deleted` event Slack sends for it. */
+  deleteFile(fileId: string): Record<string, unknown> {
+    if (!this.files.delete(fileId)) throw new Error(`no file ${fileId}`);
+    for (const m of this.messages) {
+      if (!m.files?.some((f) => f.id === fileId)) continue;
+      m.files = m.files.filter((f) => f.id !== fileId);
+      if (!m.files.length) delete m.files;
+    }
+    this.notify();
+    return { type: 'file_deleted', file_id: fileId, event_ts: this.nextTs() };
+  }
+
   private stored(message: FakeMessage): FakeMessage {
     const stored = this.messages.find((m) => m.channel === message.channel && m.ts === message.ts);
     if (!stored) throw new Error(`no message ${message.channel}/${message.ts}`);
@@ -279,6 +308,14 @@ export class FakeSlack {
   /** The next `times` calls of `method` answer HTTP 429 with Retry-After. */
   rateLimit(method: string, retryAfterSeconds: number, times = 1): void {
     this.rateLimits.set(method, { retryAfter: retryAfterSeconds, times });
+  }
+
+  /**
+   * The next `times` calls of `method` are answered after `ms` (and take effect only then), as when Slack
+   * or the network is slow.
+   */
+  slowNext(method: string, ms: number, times = 1): void {
+    this.delays.set(method, { ms, times });
   }
 
   /** The next `times` calls of `method` answer `{ok:false, error}`. */
@@ -414,6 +451,12 @@ export class FakeSlack {
           ? params.token
           : null;
       this.calls.push({ method, params, token, at: Date.now() });
+      const delay = this.delays.get(method);
+      if (delay && delay.times > 0) {
+        delay.times -= 1;
+        await new Promise((resolve) => setTimeout(resolve, delay.ms));
+        if (res.destroyed) return; // the client gave up waiting
+      }
       const limited = this.rateLimits.get(method);
       if (limited && limited.times > 0) {
         limited.times -= 1;
@@ -520,8 +563,7 @@ export class FakeSlack {
         .filter((m) => m.channel === channel && (m.ts === ts || m.thread_ts === ts))
         .sort((a, b) => Number(a.ts) - Number(b.ts));
       if (thread.length === 0) throw new Error('thread_not_found');
-      const all = withMetadata(p.include_all_metadata);
-      return { messages: thread.slice(0, limit).map(all), has_more: thread.length > limit };
+      return this.page(thread, limit, p);
     },
     'conversations.history': (p) => {
       // Newest first; top-level messages only (thread replies stay in their thread); ts > oldest, < latest.
@@ -538,8 +580,7 @@ export class FakeSlack {
             Number(m.ts) < latest,
         )
         .sort((a, b) => Number(b.ts) - Number(a.ts));
-      const all = withMetadata(p.include_all_metadata);
-      return { messages: list.slice(0, limit).map(all), has_more: list.length > limit };
+      return this.page(list, limit, p);
     },
     'files.getUploadURLExternal': (p) => {
       const length = Number(p.length);
@@ -560,6 +601,7 @@ export class FakeSlack {
         this.pendingUploads.delete(item.id);
         const object = this.addFile({
           name: pending.filename,
+          ...(item.title ? { title: item.title } : {}),
           mimetype: mimeOf(pending.filename),
           bytes: pending.bytes,
         });
@@ -592,6 +634,18 @@ export class FakeSlack {
       return { files: done.map((f) => ({ id: f.id, title: f.title, name: f.name })) };
     },
   };
+
+  /** One page of `list` from the request's cursor (an offset here), at most `limit` and pageSize messages. */
+  private page(list: FakeMessage[], limit: number, p: Record<string, unknown>): Record<string, unknown> {
+    const from = p.cursor ? Number(p.cursor) : 0;
+    const to = from + Math.min(limit, this.pageSize);
+    const more = list.length > to;
+    return {
+      messages: list.slice(from, to).map(withMetadata(p.include_all_metadata)),
+      has_more: more,
+      response_metadata: { next_cursor: more ? String(to) : '' },
+    };
+  }
 
   private serveFile(req: IncomingMessage, res: ServerResponse, url: URL): void {
     const match = /^\/files-pri\/[^/]+-(F\d+)\//.exec(url.pathname);
@@ -817,11 +871,20 @@ export function messageEnvelope(fake: FakeSlack, message: FakeMessage, eventId: 
     fake,
     {
       type: 'message',
-      channel_type: message.channel.startsWith('G') ? 'group' : 'channel',
+      channel_type: channelType(message.channel),
       ...messageFields(message),
     },
     eventId,
   );
+}
+
+/**
+ * A message event's channel_type, from the channel id's first letter as Slack assigned them: D a direct
+ * message ('im'), G a private channel ('group'; private channels' ids may start with C too, but their
+ * events say 'group'), M a group direct message ('mpim'), else a public channel.
+ */
+function channelType(channel: string): string {
+  return { D: 'im', G: 'group', M: 'mpim' }[channel[0]!] ?? 'channel';
 }
 
 function messageFields(message: FakeMessage) {

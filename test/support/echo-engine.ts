@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import sharp from 'sharp';
-import type { Engine, JobContext, JobPayload, JobResult } from '../../src/jobs.ts';
+import type { Engine, JobContext, JobPayload, JobResult, ResultImage } from '../../src/jobs.ts';
 import type { Store } from '../../src/store/types.ts';
 import { JobGate } from './job-gate.ts';
 
@@ -55,10 +55,13 @@ export class EchoEngine implements Engine {
         const hashes = payload.context.flatMap((item) => (item.type === 'image' ? [item.hash] : []));
         const last = payload.context.filter((item) => item.type === 'text').at(-1);
         const said = last?.type === 'text' ? last.text : '';
+        // "show me …" retrieves from the gallery, as the decision head choosing retrieval would.
+        const wanted = /^show me (.+)/i.exec(said)?.[1];
+        const found = wanted ? await this.search(payload, wanted, 4, payload.excludeImageIds) : [];
         return {
           kind: 'chat',
           text: `echo: ${said} | images: ${hashes.length ? hashes.join(',') : 'none'}`,
-          images: [],
+          images: found,
           decision: null,
           notes: [],
         };
@@ -82,36 +85,14 @@ export class EchoEngine implements Engine {
           seed: payload.seed ?? 7,
         };
       }
-      case 'find': {
-        const community = await this.store.communities.ensure(payload.community);
-        const found = await this.store.images.search(
-          community.id,
-          embedText(payload.query),
-          payload.k,
-          payload.excludeImageIds,
-        );
+      case 'find':
         return {
           kind: 'find',
           text: '',
-          images: found.map((image) => ({
-            kind: 'retrieved' as const,
-            hash: image.hash,
-            mime: image.mime,
-            width: image.width,
-            height: image.height,
-            score: image.score,
-            source: {
-              imageId: image.id,
-              permalink: image.permalink,
-              authorId: image.authorId,
-              channelId: image.channelId,
-              messageId: image.messageId,
-            },
-          })),
+          images: await this.search(payload, payload.query, payload.k, payload.excludeImageIds),
           decision: null,
           notes: [],
         };
-      }
       case 'index': {
         const image = await this.store.images.get(payload.imageId);
         await this.store.images.setEmbedding(payload.imageId, embedText(image?.title ?? ''));
@@ -121,6 +102,32 @@ export class EchoEngine implements Engine {
   }
 
   async close(): Promise<void> {}
+
+  /** The store's real search, from where the payload says the viewer is (its scope). */
+  private async search(
+    payload: Extract<JobPayload, { kind: 'chat' | 'find' }>,
+    query: string,
+    k: number,
+    exclude: string[],
+  ): Promise<ResultImage[]> {
+    const community = await this.store.communities.ensure(payload.community);
+    const found = await this.store.images.search(community.id, embedText(query), k, exclude, payload.scope);
+    return found.map((image) => ({
+      kind: 'retrieved' as const,
+      hash: image.hash,
+      mime: image.mime,
+      width: image.width,
+      height: image.height,
+      score: image.score,
+      source: {
+        imageId: image.id,
+        permalink: image.permalink,
+        authorId: image.authorId,
+        channelId: image.channelId,
+        messageId: image.messageId,
+      },
+    }));
+  }
 }
 
 export function png(color: string, size = 24): Promise<Buffer> {

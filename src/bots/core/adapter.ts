@@ -1,5 +1,6 @@
 import type { JobProgress } from '../../jobs.ts';
-import type { DeliveryClaim, JobRecord } from '../../store/types.ts';
+import type { HeldClaim } from '../../queue/delivery.ts';
+import type { JobRecord } from '../../store/types.ts';
 import type { Eta } from './eta.ts';
 import type { Platform } from './turn.ts';
 
@@ -32,9 +33,15 @@ export interface PlatformAdapter {
    * Sends the reply of a finished (completed or failed) chat, imagine or find job; render it with
    * renderReply. Called once per job under a delivery claim; throwing leaves it to be retried. When
    * `claim.redelivery` is set, an earlier attempt may have posted some or all of the reply before it
-   * died: the adapter must not post those parts again.
+   * died: the adapter must not post those parts again. `claim.confirm()` is called before posting each
+   * part (it throws when another process took the delivery over).
    */
-  deliver(job: JobRecord, claim?: DeliveryClaim): Promise<DeliveryReceipt>;
+  deliver(job: JobRecord, claim?: HeldClaim): Promise<DeliveryReceipt>;
+  /**
+   * When delivering kept failing (src/queue/delivery.ts, MAX_DELIVERY_ATTEMPTS): one text-only message
+   * telling the person who asked that their reply could not be posted.
+   */
+  giveUp?(job: JobRecord, text: string): Promise<DeliveryReceipt>;
   /**
    * Shows progress (render it with renderProgress, and `eta` with renderEta when there is one), with the
    * Cancel button (PROGRESS_BUTTONS). Called at most once a second per job.

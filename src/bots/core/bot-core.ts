@@ -8,7 +8,17 @@ import { answerConfig } from './config-commands.ts';
 import { type ContextBudget, DEFAULT_CONTEXT_BUDGET } from './context.ts';
 import type { CoreDeps } from './deps.ts';
 import type { ImageIngest } from './images.ts';
-import { forgetImages, indexImages, isIndexedChannel, removeMessage } from './indexing.ts';
+import {
+  forgetImages,
+  indexImages,
+  isIndexedChannel,
+  removeAttachment,
+  removeChannel,
+  removeDroppedAttachments,
+  removeMessage,
+  setIndexMe,
+} from './indexing.ts';
+import { type IndexingLimits, indexingLimits } from './limits.ts';
 import { RefusalMemory, startJob } from './submission.ts';
 import type { InboundTurn, PostedImages } from './turn.ts';
 
@@ -71,8 +81,20 @@ export interface BotCore {
    * thread belongs to; null when it is not.
    */
   indexImages(post: PostedImages): Promise<IndexOutcome | null>;
-  /** Removes a deleted message's images from the index; returns how many. */
+  /**
+   * Removes a deleted message's images from the index (also one still downloading: it is stored
+   * deleted); returns how many.
+   */
   removeMessage(community: CommunityRef, channelId: string, messageId: string): Promise<number>;
+  /** Removes the images of a deleted channel or thread. */
+  removeChannel(community: CommunityRef, channelId: string): Promise<number>;
+  /** Removes the images of one deleted file (Discord attachment id, Slack file id). */
+  removeAttachment(community: CommunityRef, attachmentId: string): Promise<number>;
+  /** After an edit, removes the message's images whose files it no longer has. */
+  removeDroppedAttachments(
+    community: CommunityRef,
+    edit: { channelId: string; messageId: string; keptAttachmentIds: string[] },
+  ): Promise<number>;
   /** Whether posted images in the channel are indexed (lets adapters skip work for other channels). */
   isIndexedChannel(community: CommunityRef, channelId: string): Promise<boolean>;
 }
@@ -82,6 +104,8 @@ export interface BotCoreOptions {
   queue: JobQueue;
   logger: Logger;
   images: ImageIngest;
+  /** Indexing's own cap and per-person rate (indexingLimits of the configuration); defaults when left out. */
+  indexing?: IndexingLimits;
   /** Token and image budget of a chat context; the message count comes from the community config. */
   contextBudget?: Partial<Omit<ContextBudget, 'maxMessages'>>;
   /** How a channel id is written in the platform's markup, for configuration answers. */
@@ -98,6 +122,7 @@ export function createBotCore(options: BotCoreOptions): BotCore {
     queue: options.queue,
     logger: options.logger,
     images: options.images,
+    indexing: options.indexing ?? indexingLimits({}),
     budget: { ...DEFAULT_CONTEXT_BUDGET, ...options.contextBudget },
     channelMention: options.channelMention ?? ((id) => `#${id}`),
     userMention: options.userMention ?? ((_id, name) => name || 'the person who asked'),
@@ -110,12 +135,16 @@ export function createBotCore(options: BotCoreOptions): BotCore {
       const config = await deps.store.communities.getConfig(community.id);
       const command = turn.command;
       if (command.kind === 'forget') return forgetImages(deps, turn, community.id);
+      if (command.kind === 'index-me') return setIndexMe(deps, turn, community.id, command.enabled);
       if (command.kind === 'config') return answerConfig(deps, turn, command.change, community, config);
       return startJob(deps, refused, turn, community, config);
     },
     cancel: (request) => cancelRequest(deps, request),
     indexImages: (post) => indexImages(deps, post),
     removeMessage: (ref, channelId, messageId) => removeMessage(deps, ref, channelId, messageId),
+    removeChannel: (ref, channelId) => removeChannel(deps, ref, channelId),
+    removeAttachment: (ref, attachmentId) => removeAttachment(deps, ref, attachmentId),
+    removeDroppedAttachments: (ref, edit) => removeDroppedAttachments(deps, ref, edit),
     isIndexedChannel: (ref, channelId) => isIndexedChannel(deps, ref, channelId),
   };
 }

@@ -1,5 +1,5 @@
 import { type JobPayload, type JobPayloadInput, UserInputError } from '../../jobs.ts';
-import type { JobRecord } from '../../store/types.ts';
+import type { JobRecord, ViewerScope } from '../../store/types.ts';
 import type { ButtonAction } from './turn.ts';
 
 /**
@@ -65,8 +65,21 @@ function shownImageIds(job: JobRecord): string[] {
   return (job.result?.images ?? []).flatMap((image) => (image.source ? [image.source.imageId] : []));
 }
 
-/** The payload of the new job a button asks for, derived from the original job. */
-export function payloadForButton(original: JobRecord, action: ButtonAction, seed: number): JobPayloadInput {
+/**
+ * The payload of the new job a button asks for, derived from the original job. Its retrieval is scoped to
+ * where the button was pressed (`scope`; absent: public images only), whatever the original said.
+ */
+export function payloadForButton(
+  original: JobRecord,
+  action: ButtonAction,
+  seed: number,
+  scope?: ViewerScope,
+): JobPayloadInput {
+  const derived = derivedPayload(original, action, seed);
+  return derived.kind === 'chat' || derived.kind === 'find' ? { ...derived, scope } : derived;
+}
+
+function derivedPayload(original: JobRecord, action: ButtonAction, seed: number): JobPayloadInput {
   const payload: JobPayload = original.payload;
   switch (payload.kind) {
     case 'chat':

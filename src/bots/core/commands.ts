@@ -20,8 +20,9 @@ export const GILL_SUBCOMMANDS: readonly SubcommandSpec[] = [
   { name: 'show', usage: 'show', description: 'show the current settings', adminOnly: true },
   {
     name: 'indexing',
-    usage: 'indexing on|off [#channel]',
-    description: 'index images posted in a channel (default: this one) for retrieval',
+    usage: 'indexing on|off [#channel] [purge]',
+    description:
+      "index a channel's images (default: this one) for retrieval; off with purge removes those indexed",
     adminOnly: true,
   },
   { name: 'generation', usage: 'generation on|off', description: 'allow generating images', adminOnly: true },
@@ -49,7 +50,18 @@ export const GILL_SUBCOMMANDS: readonly SubcommandSpec[] = [
     description: 'jobs per user per minute, concurrent jobs per user and per community',
     adminOnly: true,
   },
-  { name: 'forget', usage: 'forget', description: 'remove your own images from the index', adminOnly: false },
+  {
+    name: 'forget',
+    usage: 'forget',
+    description: 'remove your own images from the index, and index none of yours until index-me on',
+    adminOnly: false,
+  },
+  {
+    name: 'index-me',
+    usage: 'index-me on|off',
+    description: 'let your posted images be indexed again (on), or stop it (off)',
+    adminOnly: false,
+  },
 ];
 
 export const CONFIG_RANGES = {
@@ -150,15 +162,21 @@ export function parseGillText(text: string, channelId: string): Command {
       return { kind: 'config', change: { setting: 'show' } };
     case 'forget':
       return { kind: 'forget' };
-    case 'indexing':
+    case 'index-me':
+      return { kind: 'index-me', enabled: onOff(args[0], 'index-me') };
+    case 'indexing': {
+      const purge = args.slice(1).some((a) => a.toLowerCase() === 'purge');
+      const channel = args.slice(1).find((a) => a.toLowerCase() !== 'purge');
       return {
         kind: 'config',
         change: {
           setting: 'indexing',
           enabled: onOff(args[0], 'indexing'),
-          channelId: args[1] ? channelRef(args[1]) : channelId,
+          channelId: channel ? channelRef(channel) : channelId,
+          ...(purge ? { purge } : {}),
         },
       };
+    }
     case 'generation':
     case 'retrieval':
       return { kind: 'config', change: { setting: sub, enabled: onOff(args[0], sub) } };

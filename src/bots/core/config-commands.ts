@@ -38,5 +38,22 @@ export async function answerConfig(
   }
   const updated = await store.communities.updateConfig(community.id, configPatch(config, change));
   logger.info(context, 'config changed');
-  return { status: 'answered', text: `Settings updated.\n${describeConfig(updated, channelMention)}` };
+  const text = `Settings updated.\n${describeConfig(updated, channelMention)}`;
+  if (change.setting !== 'indexing' || change.enabled) return { status: 'answered', text };
+  return { status: 'answered', text: `${text}\n${await indexingOff(deps, community.id, change)}` };
+}
+
+/** Indexing turned off for a channel: purges its images when asked, else says how to. */
+async function indexingOff(
+  deps: CoreDeps,
+  communityId: string,
+  change: Extract<ConfigChange, { setting: 'indexing' }>,
+): Promise<string> {
+  const where = deps.channelMention(change.channelId);
+  if (!change.purge) {
+    return `Images already indexed from ${where} stay retrievable; turn indexing off again with purge to remove them.`;
+  }
+  const removed = await deps.store.images.deleteByChannel(communityId, change.channelId);
+  deps.logger.info({ channelId: change.channelId, removed }, 'indexed images purged');
+  return `Removed ${removed} image${removed === 1 ? '' : 's'} indexed from ${where}.`;
 }

@@ -182,6 +182,11 @@ export function startAdapterDelivery(options: AdapterDeliveryOptions): AdapterDe
       // may postdate `job`.
       return adapter.deliver((await store.jobs.get(job.id)) ?? job, claim);
     },
+    async giveUp(job, _claim, reason) {
+      logger.error({ jobId: job.id, reason }, 'giving up on delivering the reply');
+      const text = 'Sorry, I could not post the answer to this request; please try again.';
+      return adapter.giveUp ? adapter.giveUp(job, text) : { gaveUp: true };
+    },
     onProgress(job, progress) {
       if (job.kind !== 'index') throttle.push(job, progress);
     },

@@ -4,6 +4,7 @@ import type { JobQueue } from '../../queue/queue.ts';
 import type { Store } from '../../store/types.ts';
 import type { ContextBudget } from './context.ts';
 import type { ImageIngest } from './images.ts';
+import type { IndexingLimits } from './limits.ts';
 
 /** What every part of the core (submission, config commands, cancel, indexing) works with. */
 export interface CoreDeps {
@@ -11,6 +12,8 @@ export interface CoreDeps {
   queue: JobQueue;
   logger: Logger;
   images: ImageIngest;
+  /** Indexing's own cap and per-person rate. */
+  indexing: IndexingLimits;
   /** Token and image budget of a chat context; the message count comes from the community config. */
   budget: Omit<ContextBudget, 'maxMessages'>;
   /** How a channel id is written in the platform's markup, for configuration answers. */

@@ -1,4 +1,5 @@
 import { hostname } from 'node:os';
+import { DEFAULT_RETENTION_DAYS } from '../../config.ts';
 import type { Logger } from '../../log.ts';
 import type { GillMetrics } from '../../metrics/metrics.ts';
 import type { JobQueue } from '../../queue/queue.ts';
@@ -14,6 +15,7 @@ import {
   type SubmitOutcome,
 } from './bot-core.ts';
 import { startAdapterDelivery } from './delivery.ts';
+import { startRetentionSweep } from './retention.ts';
 import type { InboundTurn } from './turn.ts';
 
 /**
@@ -33,6 +35,10 @@ export interface BotOptions {
   sweepIntervalMs?: number;
   /** Deliveries and rate-limit refusals are counted here when given. */
   metrics?: GillMetrics;
+  /** Days deleted images are kept before the retention sweep removes them (GILL_RETENTION_DAYS). */
+  retentionDays?: number;
+  /** Between retention sweeps (tests shorten it). */
+  retentionSweepIntervalMs?: number;
 }
 
 export interface Bot {
@@ -65,6 +71,13 @@ export function startBot(options: BotOptions): Bot {
     owner: `${hostname()}:${process.pid}:${adapter.platform}`,
     sweepIntervalMs: options.sweepIntervalMs,
     metrics: options.metrics,
+  });
+
+  const retention = startRetentionSweep({
+    store,
+    logger,
+    retentionDays: options.retentionDays ?? DEFAULT_RETENTION_DAYS,
+    intervalMs: options.retentionSweepIntervalMs,
   });
 
   async function announce(
@@ -109,6 +122,9 @@ export function startBot(options: BotOptions): Bot {
       if (outcome.status === 'cancelled') await delivery.cancelled(outcome.job, outcome.progressText);
       return outcome;
     },
-    stop: () => delivery.close(),
+    async stop() {
+      retention.stop();
+      await delivery.close();
+    },
   };
 }

@@ -66,6 +66,7 @@ async function payloadFor(
         retrieveBias: config.retrieveBias,
         allowGeneration: config.generationEnabled,
         allowRetrieval: config.retrievalEnabled,
+        scope: turn.scope,
       };
     }
     case 'imagine':
@@ -77,7 +78,7 @@ async function payloadFor(
         steps: command.steps,
       };
     case 'find':
-      return { kind: 'find', community: ref, query: command.query, k: command.k };
+      return { kind: 'find', community: ref, query: command.query, k: command.k, scope: turn.scope };
     case 'button': {
       const original = await store.jobs.get(command.jobId);
       if (!original || original.communityId !== community.id) {
@@ -86,7 +87,8 @@ async function payloadFor(
           'not_found',
         );
       }
-      return payloadForButton(original, command.action, randomInt(2 ** 31 - 1));
+      // Retrieval for a button is scoped to where it was pressed, not where the original was asked.
+      return payloadForButton(original, command.action, randomInt(2 ** 31 - 1), turn.scope);
     }
     default:
       throw new Error(`not a job command: ${command.kind}`);

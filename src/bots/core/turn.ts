@@ -1,4 +1,5 @@
 import type { CommunityRef, ReplyTarget } from '../../jobs.ts';
+import type { ViewerScope, Visibility } from '../../store/types.ts';
 
 /**
  * The platform-neutral Turn: everything an adapter learned from one event (a mention, a thread message,
@@ -42,7 +43,8 @@ export interface ThreadMessage {
 
 export type ConfigChange =
   | { setting: 'show' }
-  | { setting: 'indexing'; channelId: string; enabled: boolean }
+  /** purge: when turning indexing off, also remove the images already indexed from the channel. */
+  | { setting: 'indexing'; channelId: string; enabled: boolean; purge?: boolean }
   | { setting: 'generation'; enabled: boolean }
   | { setting: 'retrieval'; enabled: boolean }
   | { setting: 'bias'; value: number }
@@ -65,8 +67,10 @@ export type Command =
   | { kind: 'find'; query: string; k?: number }
   /** An admin-only change (or display) of the community configuration. */
   | { kind: 'config'; change: ConfigChange }
-  /** Remove the user's own images from the community index (any user). */
+  /** Remove the user's own images from the community index and stop indexing theirs (any user). */
   | { kind: 'forget' }
+  /** Opt back in to (or out of) having one's posted images indexed (any user). */
+  | { kind: 'index-me'; enabled: boolean }
   | { kind: 'button'; action: ButtonAction; jobId: string };
 
 export interface InboundTurn {
@@ -76,6 +80,11 @@ export interface InboundTurn {
   user: TurnUser;
   channelId: string;
   threadId?: string;
+  /**
+   * Where the asker is, in the store's terms (a thread's parent channel and the thread): retrieval for
+   * this turn shows public images and the private ones of this place only. Absent: public images only.
+   */
+  scope?: ViewerScope;
   command: Command;
   /**
    * The conversation, oldest first, ending with the message being answered. Used by 'chat' (and to
@@ -114,14 +123,22 @@ export function buildTurn(platform: Platform, fields: TurnFields, data: object):
  */
 export interface PostedImages {
   community: CommunityRef;
-  /** Where the message is (a Discord thread has its own channel id); stored with the image. */
+  /** Where the message is (a Discord thread has its own channel id). */
   channelId: string;
-  /** The channel a thread belongs to, when the message is in a thread with its own channel id. */
+  /**
+   * The channel a thread belongs to, when the message is in a thread with its own channel id: the image
+   * is then stored under this channel with channelId as its thread.
+   */
   parentChannelId?: string;
   messageId: string;
   authorId: string;
   /** Link to the message, shown with retrieved results. */
   permalink: string | null;
+  /**
+   * Who can see the message: 'private' for a private channel or thread (retrievable only there), 'public'
+   * when everyone in the community can. Adapters never offer direct messages.
+   */
+  visibility: Visibility;
   attachments: Attachment[];
 }
 

@@ -73,12 +73,18 @@ export function discordCommands(): RESTPostAPIChatInputApplicationCommandsJSONBo
     .setDefaultMemberPermissions(PermissionFlagsBits.ManageGuild)
     .addSubcommand((s) => s.setName('show').setDescription(describe('show')))
     .addSubcommand((s) =>
-      onOff(s.setName('indexing').setDescription(describe('indexing'))).addChannelOption((o) =>
-        o
-          .setName('channel')
-          .setDescription('Channel (default: this one)')
-          .addChannelTypes(ChannelType.GuildText, ChannelType.GuildAnnouncement),
-      ),
+      onOff(s.setName('indexing').setDescription(describe('indexing')))
+        .addChannelOption((o) =>
+          o
+            .setName('channel')
+            .setDescription('Channel (default: this one)')
+            .addChannelTypes(ChannelType.GuildText, ChannelType.GuildAnnouncement),
+        )
+        .addBooleanOption((o) =>
+          o
+            .setName('purge')
+            .setDescription('With off: also remove the images already indexed from the channel'),
+        ),
     )
     .addSubcommand((s) => onOff(s.setName('generation').setDescription(describe('generation'))))
     .addSubcommand((s) => onOff(s.setName('retrieval').setDescription(describe('retrieval'))))
@@ -115,7 +121,13 @@ export function discordCommands(): RESTPostAPIChatInputApplicationCommandsJSONBo
     .setDescription('Remove the images you posted from GILL’s index of this server')
     .setContexts(InteractionContextType.Guild);
 
-  return [imagine, find, gill, forget].map((c) => c.toJSON());
+  const indexMe = new SlashCommandBuilder()
+    .setName('gill-index-me')
+    .setDescription('Let GILL index the images you post (after /gill-forget), or stop it')
+    .setContexts(InteractionContextType.Guild)
+    .addBooleanOption((o) => o.setName('enabled').setDescription('on or off').setRequired(true));
+
+  return [imagine, find, gill, forget, indexMe].map((c) => c.toJSON());
 }
 
 /** Reads a chat-input interaction as a core Command; throws UserInputError for anything unknown. */
@@ -137,6 +149,8 @@ export function commandFromInteraction(interaction: ChatInputCommandInteraction)
       };
     case 'gill-forget':
       return { kind: 'forget' };
+    case 'gill-index-me':
+      return { kind: 'index-me', enabled: options.getBoolean('enabled', true) };
     case 'gill': {
       const sub = options.getSubcommand(false);
       if (sub === 'forget') return { kind: 'forget' };
@@ -144,7 +158,7 @@ export function commandFromInteraction(interaction: ChatInputCommandInteraction)
     }
     default:
       throw new UserInputError(
-        `Unknown command /${interaction.commandName}. The commands are /imagine, /find, /gill and /gill-forget; run \`gill discord register\` after an update.`,
+        `Unknown command /${interaction.commandName}. The commands are /imagine, /find, /gill, /gill-forget and /gill-index-me; run \`gill discord register\` after an update.`,
         'unknown_command',
       );
   }
@@ -160,6 +174,7 @@ function configChange(interaction: ChatInputCommandInteraction, sub: string | nu
         setting: 'indexing',
         enabled: options.getBoolean('enabled', true),
         channelId: options.getChannel('channel')?.id ?? interaction.channelId,
+        purge: options.getBoolean('purge') ?? undefined,
       };
     case 'generation':
     case 'retrieval':

@@ -15,6 +15,8 @@ export const THREAD_ALREADY_CREATED = 160004;
 export const ALREADY_ACKNOWLEDGED = 40060;
 export const UNKNOWN_INTERACTION = 10062;
 export const TOO_MANY_OLD_EDITS = 30046;
+export const INVALID_FORM_BODY = 50035;
+export const REQUEST_TOO_LARGE = 40005;
 
 export function discordCode(error: unknown): number | null {
   return error instanceof DiscordAPIError && typeof error.code === 'number' ? error.code : null;

@@ -1,5 +1,6 @@
 import {
   type ButtonInteraction,
+  type Channel,
   type ChatInputCommandInteraction,
   type Client,
   type Interaction,
@@ -11,6 +12,7 @@ import {
 import type { Config } from '../../config.ts';
 import { UserInputError } from '../../jobs.ts';
 import type { Logger } from '../../log.ts';
+import type { ViewerScope } from '../../store/types.ts';
 import { parseButtonId } from '../core/buttons.ts';
 import type { Bot } from '../core/start.ts';
 import { buildTurn, type Command, type ThreadMessage, type TurnFields } from '../core/turn.ts';
@@ -24,6 +26,7 @@ import {
 } from './errors.ts';
 import { attachmentsOf, isAdmin, parentChannelOf, threadHistory, toThreadMessage } from './history.ts';
 import type { DiscordTargetData } from './outbound.ts';
+import { scopeOf, visibilityOf } from './visibility.ts';
 
 /**
  * Gateway events become Turns for the core. An @mention in a channel is answered in a new thread started
@@ -103,6 +106,7 @@ export class DiscordInbound {
         messageId: message.id,
         authorId: message.author.id,
         permalink: message.url,
+        visibility: visibilityOf(message.channel),
         attachments: attachmentsOf(message),
       });
       if (outcome?.refused.length) {
@@ -114,11 +118,13 @@ export class DiscordInbound {
     let messages: ThreadMessage[];
     let data: DiscordTargetData = { mode: 'thread', userId: message.author.id };
     let channelId: string;
+    let scope: ViewerScope;
     if (channel.isThread()) {
       // Without the Message Content intent only mentions carry text, so unmentioned follow-ups are skipped.
       const ours = channel.ownerId === botId && config.DISCORD_MESSAGE_CONTENT;
       if (!mentioned && !ours) return;
       channelId = channel.id;
+      scope = scopeOf(channel);
       messages = await threadHistory(channel, message, botId);
     } else {
       if (!mentioned) return;
@@ -126,8 +132,10 @@ export class DiscordInbound {
       messages = [toThreadMessage(message, botId)];
       if (threadId) {
         channelId = threadId;
+        scope = { channelId: message.channelId, threadId };
       } else {
         channelId = message.channelId;
+        scope = scopeOf(channel);
         data = { ...data, replyToMessageId: message.id };
       }
     }
@@ -143,6 +151,7 @@ export class DiscordInbound {
           },
           channelId,
           threadId: data.replyToMessageId ? undefined : channelId,
+          scope,
           command: { kind: 'chat' },
           messages,
           idempotencyKey: `discord:message:${message.id}`,
@@ -200,6 +209,10 @@ export class DiscordInbound {
           },
           channelId: interaction.channelId,
           threadId: interaction.channel?.isThread() ? interaction.channelId : undefined,
+          // An uncached channel gives no parent: the channel alone (a thread's private images stay hidden).
+          scope: interaction.channel
+            ? scopeOf(interaction.channel)
+            : { channelId: interaction.channelId, threadId: null },
           command: parsed,
           messages: [],
           idempotencyKey: `discord:interaction:${interaction.id}`,
@@ -232,7 +245,7 @@ export class DiscordInbound {
   async interaction(interaction: Interaction): Promise<void> {
     if (!interaction.inGuild()) return;
     if (interaction.isChatInputCommand()) {
-      const ephemeral = interaction.commandName === 'gill' || interaction.commandName === 'gill-forget';
+      const ephemeral = ['gill', 'gill-forget', 'gill-index-me'].includes(interaction.commandName);
       await this.commandOrButton(interaction, () => commandFromInteraction(interaction), ephemeral);
     } else if (interaction.isButton()) {
       const button = parseButtonId(interaction.customId);
@@ -241,6 +254,25 @@ export class DiscordInbound {
       if (action === 'cancel') await this.cancel(interaction, jobId);
       else await this.commandOrButton(interaction, () => ({ kind: 'button', action, jobId }), false);
     }
+  }
+
+  /** A deleted channel or thread: its images leave the index. */
+  async channelDeleted(channel: Channel): Promise<void> {
+    if (channel.isDMBased()) return;
+    await this.deps.bot.core.removeChannel({ platform: 'discord', externalId: channel.guildId }, channel.id);
+  }
+
+  /** An edited message: the images of attachments it no longer has leave the index. */
+  async edited(message: Message | PartialMessage): Promise<void> {
+    if (!message.guildId || message.partial) return;
+    await this.deps.bot.core.removeDroppedAttachments(
+      { platform: 'discord', externalId: message.guildId },
+      {
+        channelId: message.channelId,
+        messageId: message.id,
+        keptAttachmentIds: [...message.attachments.keys()],
+      },
+    );
   }
 
   /** A deleted message's images leave the index. */

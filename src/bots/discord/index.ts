@@ -8,6 +8,7 @@ import type { JobQueue } from '../../queue/queue.ts';
 import type { Store } from '../../store/types.ts';
 import { createFetchGuard } from '../core/fetch-guard.ts';
 import { createImageIngest } from '../core/images.ts';
+import { indexingLimits } from '../core/limits.ts';
 import { startBot } from '../core/start.ts';
 import { DiscordInbound } from './inbound.ts';
 import { gatewayIntents } from './intents.ts';
@@ -65,9 +66,11 @@ export async function startDiscord(options: StartDiscordOptions): Promise<Discor
       images: createImageIngest({ store, guard: createFetchGuard({ allowed: attachmentOrigins(config) }) }),
       channelMention: (id) => `<#${id}>`,
       userMention: (id) => `<@${id}>`,
+      indexing: indexingLimits(config),
     },
     sweepIntervalMs: options.sweepIntervalMs,
     metrics: options.metrics,
+    retentionDays: config.GILL_RETENTION_DAYS,
   });
   const inbound = new DiscordInbound({ client, bot, config, logger });
 
@@ -87,6 +90,18 @@ export async function startDiscord(options: StartDiscordOptions): Promise<Discor
   client.on(
     Events.MessageDelete,
     guarded('message delete', (message: Message | PartialMessage) => inbound.deleted(message)),
+  );
+  client.on(
+    Events.MessageUpdate,
+    guarded('message edit', (_before, after: Message | PartialMessage) => inbound.edited(after)),
+  );
+  client.on(
+    Events.ThreadDelete,
+    guarded('thread delete', (thread) => inbound.channelDeleted(thread)),
+  );
+  client.on(
+    Events.ChannelDelete,
+    guarded('channel delete', (channel) => inbound.channelDeleted(channel)),
   );
   client.on(
     Events.MessageBulkDelete,

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { type APIMessage, MessageFlags, type RawFile, type REST, Routes } from 'discord.js';
 import type { JobProgress } from '../../jobs.ts';
 import type { Logger } from '../../log.ts';
+import type { HeldClaim } from '../../queue/delivery.ts';
 import type { JobRecord, Store } from '../../store/types.ts';
 import type { DeliveryReceipt, PlatformAdapter } from '../core/adapter.ts';
 import { PROGRESS_BUTTONS } from '../core/buttons.ts';
@@ -17,9 +18,11 @@ import {
 import { buttonRow } from './components.ts';
 import {
   discordCode,
+  INVALID_FORM_BODY,
   INVALID_WEBHOOK_TOKEN,
   isUndeliverable,
   permissionProblem,
+  REQUEST_TOO_LARGE,
   TOO_MANY_OLD_EDITS,
   UNKNOWN_MESSAGE,
   UNKNOWN_WEBHOOK,
@@ -35,7 +38,9 @@ import {
  * index, with enforce_nonce: Discord then answers a repeated creation (a delivery retried after the bot
  * died between posting and recording it) with the message it already made, for a few minutes. Edits
  * (the progress message, an interaction's @original) are idempotent by themselves. Interaction
- * follow-ups (the parts after the first of a reply sent through the interaction webhook) take no nonce.
+ * follow-ups (webhook messages) take no nonce, so the parts after an interaction's first go out as
+ * channel messages with their nonce too. Each part is recorded with the job once posted, and the
+ * delivery claim is confirmed before each, so a retried delivery continues where the last one stopped.
  */
 
 /** What a Discord reply target keeps in its `data`. */
@@ -52,6 +57,9 @@ export interface DiscordTargetData {
   replyToMessageId?: string;
   /** Largest upload the channel accepts (the interaction's attachment_size_limit). */
   maxUploadBytes?: number;
+  /** Reply parts posted so far and their message ids (a retried delivery starts after them). */
+  sentParts?: number;
+  messageIds?: string[];
 }
 
 export const DISCORD_STYLE: RenderStyle = {
@@ -63,6 +71,13 @@ export const DISCORD_STYLE: RenderStyle = {
 const TOKEN_MARGIN_MS = 60_000;
 const DEFAULT_MAX_UPLOAD = 10 * 1024 * 1024;
 const NO_PINGS = { parse: [] as never[] };
+/** Webhook edit errors after which the reply goes out through the channel instead. */
+const WEBHOOK_FALLBACK = new Set([
+  INVALID_WEBHOOK_TOKEN,
+  UNKNOWN_WEBHOOK,
+  INVALID_FORM_BODY,
+  REQUEST_TOO_LARGE,
+]);
 
 interface Body {
   content: string;
@@ -134,21 +149,36 @@ export class DiscordAdapter implements PlatformAdapter {
     return bodies;
   }
 
-  async deliver(job: JobRecord): Promise<DeliveryReceipt> {
+  async deliver(job: JobRecord, claim?: HeldClaim): Promise<DeliveryReceipt> {
     const data = targetData(job);
     const log = this.deps.logger.child({ jobId: job.id, channelId: job.replyTarget.channelId });
     const bodies = await this.bodies(job);
+    const ids = [...(data.messageIds ?? [])];
+    let webhook = data.mode === 'interaction' && this.tokenValid(data);
     try {
-      if (data.mode === 'interaction' && this.tokenValid(data)) {
-        try {
-          return await this.viaWebhook(data, bodies);
-        } catch (error) {
-          const code = discordCode(error);
-          if (code !== INVALID_WEBHOOK_TOKEN && code !== UNKNOWN_WEBHOOK) throw error;
-          log.info({ code }, 'interaction token no longer valid; replying through the channel');
+      for (let part = data.sentParts ?? 0; part < bodies.length; part++) {
+        await claim?.confirm();
+        let id: string | null = null;
+        if (webhook && part === 0) {
+          try {
+            id = await this.editOriginal(data, bodies[0]!);
+          } catch (error) {
+            const code = discordCode(error);
+            if (code === null || !WEBHOOK_FALLBACK.has(code)) throw error;
+            // A dead token, or a body Discord refuses there: the channel route, mentioning the asker.
+            log.warn({ err: error }, 'interaction response not editable; replying through the channel');
+            webhook = false;
+          }
         }
+        id ??= await this.postPart(job, data, bodies[part]!, part, webhook);
+        ids.push(id);
+        // The ledger: a retried delivery starts after the parts recorded here.
+        await this.remember(job, { sentParts: part + 1, messageIds: ids });
       }
-      return await this.viaChannel(job, data, bodies);
+      // The interaction's response still says "thinking" unless it became the reply's first part.
+      if (data.mode === 'interaction' && ids[0] !== data.progressMessageId)
+        await this.tidyOriginal(job, data);
+      return { via: webhook ? 'webhook' : 'channel', messageIds: ids };
     } catch (error) {
       if (!isUndeliverable(error)) throw error;
       const problem = permissionProblem(error, 'Send Messages (and Send Messages in Threads, Attach Files)');
@@ -157,89 +187,132 @@ export class DiscordAdapter implements PlatformAdapter {
     }
   }
 
-  private async viaWebhook(data: DiscordTargetData, bodies: Body[]): Promise<DeliveryReceipt> {
-    const { rest, applicationId } = this.deps;
-    const token = data.interactionToken!;
-    const ids: string[] = [];
-    const [first, ...rest_] = bodies;
-    const original = (await rest.patch(Routes.webhookMessage(applicationId, token, '@original'), {
-      body: { content: first!.content, components: first!.components ?? [], allowed_mentions: NO_PINGS },
-      files: first!.files,
-      auth: false,
+  /** One text-only message saying the reply could not be posted, through whichever route still works. */
+  async giveUp(job: JobRecord, text: string): Promise<DeliveryReceipt> {
+    const data = targetData(job);
+    const body = { content: `<@${data.userId}> ${text}` };
+    if (data.mode === 'interaction' && this.tokenValid(data)) {
+      try {
+        return { gaveUp: true, messageIds: [await this.editOriginal(data, { content: text })] };
+      } catch (error) {
+        this.deps.logger.warn({ err: error, jobId: job.id }, 'failure notice not posted as the response');
+      }
+    }
+    const message = (await this.deps.rest.post(Routes.channelMessages(job.replyTarget.channelId), {
+      body: {
+        ...body,
+        nonce: replyNonce(job.id, -1),
+        enforce_nonce: true,
+        allowed_mentions: { users: [data.userId] },
+      },
     })) as APIMessage;
-    ids.push(original.id);
-    for (const body of rest_) {
-      const message = (await rest.post(Routes.webhook(applicationId, token), {
+    return { gaveUp: true, messageIds: [message.id] };
+  }
+
+  /** Edits the interaction's response into the reply's first part (idempotent by itself). */
+  private async editOriginal(data: DiscordTargetData, body: Body): Promise<string> {
+    const { rest, applicationId } = this.deps;
+    const original = (await rest.patch(
+      Routes.webhookMessage(applicationId, data.interactionToken!, '@original'),
+      {
         body: { content: body.content, components: body.components ?? [], allowed_mentions: NO_PINGS },
         files: body.files,
         auth: false,
-      })) as APIMessage;
-      ids.push(message.id);
-    }
-    return { via: 'webhook', messageIds: ids };
+      },
+    )) as APIMessage;
+    return original.id;
   }
 
-  private async viaChannel(
+  /**
+   * Posts part `part` of the reply as a channel message with its nonce (a thread's progress message is
+   * edited into the first part instead). Interaction follow-ups go this way too, since webhook follow-ups
+   * take no nonce; only where the bot may not post in the channel do they fall back to the webhook. A
+   * body Discord refuses (50035 invalid form, 40005 too large) is sent again without its files, saying so.
+   */
+  private async postPart(
     job: JobRecord,
     data: DiscordTargetData,
-    bodies: Body[],
-  ): Promise<DeliveryReceipt> {
-    const { rest } = this.deps;
+    body: Body,
+    part: number,
+    webhook: boolean,
+  ): Promise<string> {
     const channelId = job.replyTarget.channelId;
-    const ids: string[] = [];
-    const late = data.mode === 'interaction';
-    let pending = bodies;
-    if (late) {
-      // The interaction's response can no longer be edited through its token: answer below it, naming the asker.
-      pending = bodies.map((body, i) =>
-        i === 0
-          ? { ...body, content: `<@${data.userId}> ${body.content}`.slice(0, DISCORD_MAX_CHARS) }
-          : body,
-      );
-    } else if (data.progressMessageId) {
-      const [first, ...others] = bodies;
-      try {
-        const edited = (await rest.patch(Routes.channelMessage(channelId, data.progressMessageId), {
-          body: { content: first!.content, components: first!.components ?? [], allowed_mentions: NO_PINGS },
-          files: first!.files,
-        })) as APIMessage;
-        ids.push(edited.id);
-        pending = others;
-      } catch (error) {
-        const code = discordCode(error);
-        if (code !== UNKNOWN_MESSAGE && code !== TOO_MANY_OLD_EDITS) throw error;
+    const late = data.mode === 'interaction' && !webhook;
+    const first = part === 0;
+    const send = async (content: string, files?: RawFile[]): Promise<string> => {
+      if (first && !late && data.mode === 'thread' && data.progressMessageId) {
+        try {
+          const edited = (await this.deps.rest.patch(
+            Routes.channelMessage(channelId, data.progressMessageId),
+            {
+              body: { content, components: body.components ?? [], allowed_mentions: NO_PINGS },
+              files,
+            },
+          )) as APIMessage;
+          return edited.id;
+        } catch (error) {
+          const code = discordCode(error);
+          if (code !== UNKNOWN_MESSAGE && code !== TOO_MANY_OLD_EDITS) throw error;
+        }
       }
+      const replyTo = late
+        ? data.progressMessageId
+        : data.mode === 'thread'
+          ? data.replyToMessageId
+          : undefined;
+      try {
+        const message = (await this.deps.rest.post(Routes.channelMessages(channelId), {
+          body: {
+            nonce: replyNonce(job.id, part),
+            enforce_nonce: true,
+            content: late && first ? `<@${data.userId}> ${content}`.slice(0, DISCORD_MAX_CHARS) : content,
+            components: body.components ?? [],
+            allowed_mentions: late && first ? { users: [data.userId] } : NO_PINGS,
+            ...(first && replyTo
+              ? { message_reference: { message_id: replyTo, fail_if_not_exists: false } }
+              : {}),
+          },
+          files,
+        })) as APIMessage;
+        return message.id;
+      } catch (error) {
+        if (!webhook || !isUndeliverable(error)) throw error;
+        const message = (await this.deps.rest.post(
+          Routes.webhook(this.deps.applicationId, data.interactionToken!),
+          {
+            body: { content, components: body.components ?? [], allowed_mentions: NO_PINGS },
+            files,
+            auth: false,
+          },
+        )) as APIMessage;
+        return message.id;
+      }
+    };
+    try {
+      return await send(body.content, body.files);
+    } catch (error) {
+      const code = discordCode(error);
+      if (!body.files?.length || (code !== INVALID_FORM_BODY && code !== REQUEST_TOO_LARGE)) throw error;
+      this.deps.logger.warn(
+        { err: error, jobId: job.id, part },
+        'Discord refused the files; sending the text',
+      );
+      const note = `_The images could not be attached: Discord refused them (error ${code})._`;
+      const content = body.content === '\u200b' ? note : `${body.content}\n${note}`;
+      return send(content.length > DISCORD_MAX_CHARS ? note : content);
     }
-    const replyTo = late ? data.progressMessageId : ids.length ? undefined : data.replyToMessageId;
-    // Parts are numbered over the whole reply, so a part keeps its nonce whether or not the first was an edit.
-    const offset = bodies.length - pending.length;
-    for (const [i, body] of pending.entries()) {
-      const message = (await rest.post(Routes.channelMessages(channelId), {
-        body: {
-          nonce: replyNonce(job.id, offset + i),
-          enforce_nonce: true,
-          content: body.content,
-          components: body.components ?? [],
-          allowed_mentions: late && i === 0 ? { users: [data.userId] } : NO_PINGS,
-          ...(i === 0 && replyTo
-            ? { message_reference: { message_id: replyTo, fail_if_not_exists: false } }
-            : {}),
-        },
-        files: body.files,
-      })) as APIMessage;
-      ids.push(message.id);
-    }
-    if (late && data.progressMessageId) {
-      // Best effort: the "thinking" response would otherwise stay forever.
-      await rest
-        .patch(Routes.channelMessage(channelId, data.progressMessageId), {
-          body: { content: 'Finished; the answer is below.', components: [] },
-        })
-        .catch((error) =>
-          this.deps.logger.debug({ err: error, jobId: job.id }, 'could not tidy the old response'),
-        );
-    }
-    return { via: 'channel', messageIds: ids };
+  }
+
+  /** Best effort: the interaction's "thinking" response would otherwise stay when the reply went below it. */
+  private async tidyOriginal(job: JobRecord, data: DiscordTargetData): Promise<void> {
+    if (!data.progressMessageId) return;
+    await this.deps.rest
+      .patch(Routes.channelMessage(job.replyTarget.channelId, data.progressMessageId), {
+        body: { content: 'Finished; the answer is below.', components: [] },
+      })
+      .catch((error) =>
+        this.deps.logger.debug({ err: error, jobId: job.id }, 'could not tidy the old response'),
+      );
   }
 
   async announce(job: JobRecord, progress: JobProgress): Promise<void> {

@@ -126,10 +126,12 @@ export function playgroundTurn(
     'playground',
     {
       community: deps.community,
-      // The person at this machine runs the playground, so they may change its settings.
+      // Only the person at this machine, or beyond loopback a holder of GILL_PLAYGROUND_TOKEN (server.ts),
+      // reaches the playground: they run it, so they may change its settings.
       user: { id: user.id, displayName: user.name, isAdmin: true },
       channelId: deps.channelId,
       threadId,
+      scope: { channelId: deps.channelId, threadId: null },
       command,
       messages,
       idempotencyKey,
@@ -252,6 +254,8 @@ export class PlaygroundInbound {
       messageId: message.id,
       authorId: user.id,
       permalink: `/?thread=${threadId}#m${message.id}`,
+      // The playground is one channel everyone on the page sees.
+      visibility: 'public',
       attachments: attachments.map((image) => uploads.attachment(image)),
     });
     return outcome?.refused.length

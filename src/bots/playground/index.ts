@@ -1,6 +1,6 @@
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
-import type { Config } from '../../config.ts';
+import { type Config, ConfigError } from '../../config.ts';
 import type { CommunityRef } from '../../jobs.ts';
 import type { Logger } from '../../log.ts';
 import type { GillMetrics } from '../../metrics/metrics.ts';
@@ -9,19 +9,21 @@ import type { Store } from '../../store/types.ts';
 import type { BotCore } from '../core/bot-core.ts';
 import { createFetchGuard, DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS } from '../core/fetch-guard.ts';
 import { createImageIngest } from '../core/images.ts';
+import { indexingLimits } from '../core/limits.ts';
 import { startBot } from '../core/start.ts';
 import { EventHub } from './events.ts';
 import { PlaygroundInbound } from './inbound.ts';
 import { PlaygroundMessages } from './messages.ts';
 import { PlaygroundAdapter } from './outbound.ts';
 import { PLAYGROUND_COMMUNITY } from './seed-gallery.ts';
-import { createPlaygroundServer } from './server.ts';
+import { createPlaygroundServer, isLoopback } from './server.ts';
 import { UploadShelf } from './uploads.ts';
 
 /**
  * The local playground: a chat channel with threads in the browser, served on loopback by `gill start`,
- * on the same core, queue, engine and exactly-once delivery as Discord and Slack. Nothing to configure:
- * no tokens, and the page loads nothing from outside this server.
+ * on the same core, queue, engine and exactly-once delivery as Discord and Slack. Nothing to configure on
+ * loopback, and the page loads nothing from outside this server. Served beyond loopback it needs
+ * GILL_PLAYGROUND_TOKEN, and every request must carry it (server.ts).
  */
 
 export { PLAYGROUND_COMMUNITY, seedGallery } from './seed-gallery.ts';
@@ -30,7 +32,10 @@ export { PLAYGROUND_COMMUNITY, seedGallery } from './seed-gallery.ts';
 export const PLAYGROUND_CHANNEL = 'playground';
 
 export interface PlaygroundOptions {
-  config: Pick<Config, 'GILL_HOST' | 'GILL_PORT'>;
+  config: Pick<Config, 'GILL_HOST' | 'GILL_PORT' | 'GILL_PLAYGROUND_TOKEN'> &
+    Partial<
+      Pick<Config, 'GILL_INDEX_MAX_PENDING' | 'GILL_INDEX_PER_USER_PER_MINUTE' | 'GILL_RETENTION_DAYS'>
+    >;
   store: Store;
   queue: JobQueue;
   /**
@@ -62,6 +67,14 @@ function reachable(address: string): string {
 
 export async function startPlayground(options: PlaygroundOptions): Promise<PlaygroundHandle> {
   const { store, queue } = options;
+  const host = options.listen?.host ?? options.config.GILL_HOST;
+  const token = options.config.GILL_PLAYGROUND_TOKEN;
+  // Whoever reaches the playground may change its settings: beyond this machine, only with the token.
+  if (!token && !isLoopback(host)) {
+    throw new ConfigError([
+      `GILL_PLAYGROUND_TOKEN: required when the playground listens beyond this machine (GILL_HOST=${host}); set it to a long random string, then open the playground once at /?token=<it>`,
+    ]);
+  }
   const logger = options.logger.child({ platform: 'playground' });
   const communityRef = options.community ?? PLAYGROUND_COMMUNITY;
   const community = await store.communities.ensure(communityRef);
@@ -86,11 +99,11 @@ export async function startPlayground(options: PlaygroundOptions): Promise<Playg
     communityId: community.id,
     channelId: PLAYGROUND_CHANNEL,
     limits,
-    hostAllowed: (host) =>
-      allowedHosts === null || (host !== undefined && allowedHosts.has(host.toLowerCase())),
+    hostAllowed: (name) =>
+      allowedHosts === null || (name !== undefined && allowedHosts.has(name.toLowerCase())),
+    ...(token ? { token } : {}),
   });
 
-  const host = options.listen?.host ?? options.config.GILL_HOST;
   server.listen(options.listen?.port ?? options.config.GILL_PORT, host);
   await Promise.race([
     once(server, 'listening'),
@@ -132,9 +145,11 @@ export async function startPlayground(options: PlaygroundOptions): Promise<Playg
       channelMention: (id) => `#${id}`,
       // The page's default name is "you", which would read wrongly in someone else's refusal.
       userMention: (_id, name) => (name && name !== 'you' ? name : 'the person who asked'),
+      indexing: indexingLimits(options.config),
     },
     sweepIntervalMs: options.sweepIntervalMs,
     metrics: options.metrics,
+    retentionDays: options.config.GILL_RETENTION_DAYS,
   });
 
   ready(

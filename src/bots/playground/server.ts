@@ -1,5 +1,7 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { BlockList, isIP } from 'node:net';
 import path from 'node:path';
 import type { Logger } from '../../log.ts';
 import type { Store } from '../../store/types.ts';
@@ -40,6 +42,44 @@ export interface ServerDeps {
    * name is pointed at 127.0.0.1 (DNS rebinding) can't read or post through a visitor's browser.
    */
   hostAllowed(host: string | undefined): boolean;
+  /**
+   * GILL_PLAYGROUND_TOKEN: when set, every request must carry it (the TOKEN_HEADER header, or the cookie
+   * that opening `/?token=…` sets), since whoever reaches the playground may change its settings.
+   */
+  token?: string;
+}
+
+/** The header, and the cookie, that carry GILL_PLAYGROUND_TOKEN. */
+export const TOKEN_HEADER = 'x-gill-playground-token';
+export const TOKEN_COOKIE = 'gill_playground_token';
+
+const LOOPBACK = new BlockList();
+LOOPBACK.addSubnet('127.0.0.0', 8, 'ipv4');
+LOOPBACK.addAddress('::1', 'ipv6');
+
+/** Whether a listen address is reachable from this machine only. */
+export function isLoopback(host: string): boolean {
+  if (host.toLowerCase() === 'localhost') return true;
+  const address = host.replace(/^\[(.*)\]$/, '$1');
+  const family = isIP(address);
+  return family !== 0 && LOOPBACK.check(address, family === 4 ? 'ipv4' : 'ipv6');
+}
+
+function digest(value: string): Buffer {
+  return createHash('sha256').update(value).digest();
+}
+
+/** Compares in constant time, so the token can't be guessed a character at a time. */
+function sameToken(given: string | undefined, token: string): boolean {
+  return given !== undefined && timingSafeEqual(digest(given), digest(token));
+}
+
+function cookie(request: IncomingMessage, name: string): string | undefined {
+  for (const part of (request.headers.cookie ?? '').split(';')) {
+    const [key, ...value] = part.trim().split('=');
+    if (key === name) return decodeURIComponent(value.join('='));
+  }
+  return undefined;
 }
 
 const PUBLIC_DIR = path.join(import.meta.dirname, 'public');
@@ -253,6 +293,36 @@ export function createPlaygroundServer(deps: ServerDeps): Server {
     send(response, 404, { error: 'Not found.' });
   }
 
+  /** With a token: true when the request may go on; otherwise it has been answered (401, or the cookie set). */
+  function admitted(request: IncomingMessage, response: ServerResponse, url: URL): boolean {
+    const token = deps.token;
+    // Uploads are fetched back by the bot itself, each under a one-time random name.
+    if (!token || url.pathname.startsWith(UPLOADS_PATH)) return true;
+    const offered = url.searchParams.get('token');
+    if (request.method === 'GET' && url.pathname === '/' && offered !== null) {
+      request.resume();
+      if (!sameToken(offered, token)) {
+        send(response, 401, { error: 'That is not this playground’s token.' });
+        return false;
+      }
+      // The page's own requests carry it from now on; the token leaves the address bar.
+      response.writeHead(303, {
+        location: '/',
+        'set-cookie': `${TOKEN_COOKIE}=${encodeURIComponent(token)}; HttpOnly; SameSite=Strict; Path=/`,
+        'cache-control': 'no-store',
+      });
+      response.end();
+      return false;
+    }
+    const header = request.headers[TOKEN_HEADER];
+    if (sameToken(typeof header === 'string' ? header : cookie(request, TOKEN_COOKIE), token)) return true;
+    request.resume();
+    send(response, 401, {
+      error: 'This playground needs its token: open it once at /?token=<GILL_PLAYGROUND_TOKEN>.',
+    });
+    return false;
+  }
+
   const server = createServer((request, response) => {
     if (!deps.hostAllowed(request.headers.host)) {
       request.resume();
@@ -264,6 +334,7 @@ export function createPlaygroundServer(deps: ServerDeps): Server {
     } catch {
       return send(response, 400, { error: 'Bad URL.' });
     }
+    if (!admitted(request, response, url)) return;
     route(request, response, url).catch((error: unknown) => {
       if (error instanceof PlaygroundRefusal) {
         logger.info({ path: url.pathname, status: error.status, reason: error.message }, 'request refused');

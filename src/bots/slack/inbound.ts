@@ -1,6 +1,7 @@
 import type { App, BlockAction, RespondFn, ButtonAction as SlackButton, SlashCommand } from '@slack/bolt';
 import { type CommunityRef, UserInputError } from '../../jobs.ts';
 import type { Logger } from '../../log.ts';
+import type { Visibility } from '../../store/types.ts';
 import { BUTTON_LABELS, parseButtonId } from '../core/buttons.ts';
 import { gillHelp, parseGillText } from '../core/commands.ts';
 import type { Bot } from '../core/start.ts';
@@ -8,7 +9,7 @@ import { parseFind, parseImagine } from '../core/text-commands.ts';
 import { buildTurn, type Command, type ThreadMessage, type TurnFields } from '../core/turn.ts';
 import type { SlackAdmins } from './admins.ts';
 import type { SlackTargetData } from './outbound.ts';
-import { escapeText, mentionsUser, plainText, toAttachment } from './text.ts';
+import { escapeText, mentionsUser, plainText, slackAttachmentId, toAttachment } from './text.ts';
 import { fromApi, type SlackMessage, type ThreadCache } from './threads.ts';
 
 /**
@@ -58,9 +59,22 @@ function shorten(text: string, max: number): string {
   return text.length > max ? `${text.slice(0, max - 1)}…` : text;
 }
 
-/** The one place a Slack Turn is made: answered in the channel (and thread) it came from. */
-export function slackTurn(fields: TurnFields, data: SlackTargetData) {
-  return buildTurn('slack', fields, data);
+/**
+ * The one place a Slack Turn is made: answered in the channel (and thread) it came from. Everyone in a
+ * channel sees its threads, so retrieval is scoped to the channel.
+ */
+export function slackTurn(fields: Omit<TurnFields, 'scope'>, data: SlackTargetData) {
+  return buildTurn('slack', { ...fields, scope: { channelId: fields.channelId, threadId: null } }, data);
+}
+
+/**
+ * Who can see a message event's channel, from its channel_type: 'channel' is public, 'group' a private
+ * channel; direct messages ('im', 'mpim') and anything else are never indexed (null).
+ */
+function visibilityOfEvent(raw: Record<string, unknown>): Visibility | null {
+  if (raw.channel_type === 'channel') return 'public';
+  if (raw.channel_type === 'group') return 'private';
+  return null;
 }
 
 export class SlackInbound {
@@ -74,6 +88,7 @@ export class SlackInbound {
     const { app } = this.deps;
     app.event('app_mention', (args) => this.mention(args.event, args.body));
     app.event('message', (args) => this.message(args.event as unknown as Record<string, unknown>, args.body));
+    app.event('file_deleted', (args) => this.fileDeleted(args.event.file_id, args.body));
     this.jobCommand('/imagine', parseImagine);
     this.jobCommand('/find', parseFind);
     app.command('/gill', (args) => this.gill(args.command, args.ack, args.respond));
@@ -159,6 +174,22 @@ export class SlackInbound {
     // The bot's own messages are recorded as it posts them; its progress edits are not conversation.
     if (after.bot_id || !after.user || message.fromBot) return;
     this.deps.threads.edit(channel, message);
+    // Files the edit took out of the message leave the index.
+    await this.deps.bot.core.removeDroppedAttachments(this.community(teamId), {
+      channelId: channel,
+      messageId: message.ts,
+      keptAttachmentIds: message.files.map((file) => slackAttachmentId(file.id)),
+    });
+  }
+
+  /** A file deleted from the workspace leaves the index. */
+  private async fileDeleted(fileId: string, body: unknown) {
+    const teamId = (body as { team_id?: string }).team_id;
+    try {
+      await this.deps.bot.core.removeAttachment(this.community(teamId), slackAttachmentId(fileId));
+    } catch (error) {
+      this.deps.logger.error({ err: error, fileId }, 'file_deleted failed');
+    }
   }
 
   private async message(raw: Record<string, unknown>, body: unknown) {
@@ -202,7 +233,8 @@ export class SlackInbound {
     const { app, bot } = this.deps;
     const channel = String(raw.channel);
     const ref = this.community(teamId);
-    if (!(await bot.core.isIndexedChannel(ref, channel))) return;
+    const visibility = visibilityOfEvent(raw);
+    if (!visibility || !(await bot.core.isIndexedChannel(ref, channel))) return;
     const link = await app.client.chat
       .getPermalink({ channel, message_ts: message.ts })
       .catch(() => undefined);
@@ -212,6 +244,7 @@ export class SlackInbound {
       messageId: message.ts,
       authorId: message.userId,
       permalink: link?.permalink ?? null,
+      visibility,
       attachments: message.files.map(toAttachment),
     });
     if (outcome?.refused.length) {

@@ -7,12 +7,14 @@ import type { GillMetrics } from '../../metrics/metrics.ts';
 import type { JobQueue } from '../../queue/queue.ts';
 import type { Store } from '../../store/types.ts';
 import { createImageIngest } from '../core/images.ts';
+import { indexingLimits } from '../core/limits.ts';
 import { startBot } from '../core/start.ts';
 import { SlackAdmins } from './admins.ts';
 import { boltLogger } from './bolt-logger.ts';
 import { slackFileGuard } from './files.ts';
 import { SlackInbound } from './inbound.ts';
 import { SlackAdapter } from './outbound.ts';
+import { refuseFutureDatedRequests } from './signature.ts';
 import { ThreadCache } from './threads.ts';
 
 /**
@@ -46,14 +48,31 @@ export interface SlackHandle {
 
 export const SLACK_EVENTS_PATH = '/slack/events';
 
+/** How long one Web API request may take before it is abandoned (and retried). */
+export const SLACK_API_TIMEOUT_MS = 20_000;
+
+/**
+ * The Web API client's settings: a timeout per request and a few quick retries (WebClient's default is
+ * no timeout and ten retries over about half an hour), so one slow call cannot hold a delivery for long;
+ * the delivery loop tries again later.
+ */
+export function slackClientOptions(
+  slackApiUrl: string | undefined,
+  timeoutMs = SLACK_API_TIMEOUT_MS,
+): webApi.WebClientOptions {
+  return {
+    ...(slackApiUrl ? { slackApiUrl } : {}),
+    timeout: timeoutMs,
+    retryConfig: { retries: 2, factor: 2, minTimeout: 500, maxTimeout: 5000 },
+  };
+}
+
 export async function startSlack(options: SlackOptions): Promise<SlackHandle> {
   const { config, store, queue } = options;
   const logger = options.logger.child({ platform: 'slack' });
   const token = config.SLACK_BOT_TOKEN;
   if (!token) throw new Error('SLACK_BOT_TOKEN is not set');
-  const clientOptions: webApi.WebClientOptions = config.SLACK_API_URL
-    ? { slackApiUrl: config.SLACK_API_URL }
-    : {};
+  const clientOptions = slackClientOptions(config.SLACK_API_URL);
   const boltLog = boltLogger(logger);
 
   let receiver: Receiver;
@@ -65,11 +84,13 @@ export async function startSlack(options: SlackOptions): Promise<SlackHandle> {
     });
   } else {
     if (!config.SLACK_SIGNING_SECRET) throw new Error('SLACK_SIGNING_SECRET is required for HTTP mode');
-    receiver = new HTTPReceiver({
+    const http = new HTTPReceiver({
       signingSecret: config.SLACK_SIGNING_SECRET,
       endpoints: SLACK_EVENTS_PATH,
       logger: boltLog,
     });
+    refuseFutureDatedRequests(http);
+    receiver = http;
   }
   const app = new App({ token, receiver, logger: boltLog, clientOptions });
   app.error(async (error) => {
@@ -97,9 +118,11 @@ export async function startSlack(options: SlackOptions): Promise<SlackHandle> {
       images: createImageIngest({ store, guard: slackFileGuard(token, config.SLACK_API_URL) }),
       channelMention: (id) => `<#${id}>`,
       userMention: (id) => `<@${id}>`,
+      indexing: indexingLimits(config),
     },
     sweepIntervalMs: options.sweepIntervalMs,
     metrics: options.metrics,
+    retentionDays: config.GILL_RETENTION_DAYS,
   });
   new SlackInbound({
     app,

@@ -1,7 +1,8 @@
 import type { webApi } from '@slack/bolt';
 import type { JobProgress } from '../../jobs.ts';
 import type { Logger } from '../../log.ts';
-import type { DeliveryClaim, JobRecord, Store } from '../../store/types.ts';
+import type { HeldClaim } from '../../queue/delivery.ts';
+import type { JobRecord, Store } from '../../store/types.ts';
 import type { DeliveryReceipt, PlatformAdapter } from '../core/adapter.ts';
 import { PROGRESS_BUTTONS } from '../core/buttons.ts';
 import type { Eta } from '../core/eta.ts';
@@ -19,10 +20,11 @@ import type { SlackMessage } from './threads.ts';
  * retried after a crash continues where it stopped instead of posting twice.
  *
  * chat.postMessage has no idempotency key, so every reply part carries message metadata naming its job
- * and part (REPLY_EVENT). When the delivery loop says an earlier attempt died before marking the job
- * delivered, the part may be posted though not recorded: the thread (conversations.replies) or channel
- * (conversations.history) is read once, with include_all_metadata, and the parts found are not posted
- * again. That read is paid only on such a re-delivery.
+ * and part (REPLY_EVENT), and every uploaded file's name starts with the job id (its title stays the
+ * plain file name). When the delivery loop says an earlier attempt died before marking the job
+ * delivered, a part or the files may be posted though not recorded: the thread (conversations.replies)
+ * or channel (conversations.history) is read, every page, with include_all_metadata, and what is found is
+ * not posted again. That read is paid only on such a re-delivery.
  */
 
 type WebClient = webApi.WebClient;
@@ -40,6 +42,12 @@ export interface SlackTargetData {
   sentParts?: number;
   messageTs?: string[];
   filesUploaded?: boolean;
+}
+
+/** What a re-delivery finds already posted: reply parts (part index → ts) and whether the files are there. */
+interface Posted {
+  parts: Map<number, string>;
+  files: boolean;
 }
 
 export const SLACK_STYLE: RenderStyle = { maxChars: SLACK_MAX_CHARS, link: slackLink };
@@ -134,10 +142,10 @@ export class SlackAdapter implements PlatformAdapter {
     }
   }
 
-  async deliver(job: JobRecord, claim?: DeliveryClaim): Promise<DeliveryReceipt> {
+  async deliver(job: JobRecord, claim?: HeldClaim): Promise<DeliveryReceipt> {
     const log = this.deps.logger.child({ jobId: job.id, channelId: job.replyTarget.channelId });
     try {
-      return await this.send(job, claim?.redelivery ?? false);
+      return await this.send(job, claim);
     } catch (error) {
       const code = slackErrorCode(error);
       if (!code || !UNDELIVERABLE.has(code)) throw error;
@@ -147,7 +155,23 @@ export class SlackAdapter implements PlatformAdapter {
     }
   }
 
-  private async send(job: JobRecord, redelivery: boolean): Promise<DeliveryReceipt> {
+  /** One text-only message saying the reply could not be posted: in the thread, or to the asker alone. */
+  async giveUp(job: JobRecord, text: string): Promise<DeliveryReceipt> {
+    try {
+      const posted = await this.deps.client.chat.postMessage({
+        channel: job.replyTarget.channelId,
+        ...(job.replyTarget.threadId ? { thread_ts: job.replyTarget.threadId } : {}),
+        text: `<@${targetData(job).userId}> ${text}`,
+      });
+      return { gaveUp: true, messageTs: [String(posted.ts)] };
+    } catch (error) {
+      this.deps.logger.warn({ err: error, jobId: job.id }, 'could not post the failure notice');
+      await this.tellAsker(targetData(job), text);
+      return { gaveUp: true };
+    }
+  }
+
+  private async send(job: JobRecord, claim: HeldClaim | undefined): Promise<DeliveryReceipt> {
     const { client, store } = this.deps;
     const data = targetData(job);
     const channel = job.replyTarget.channelId;
@@ -155,15 +179,20 @@ export class SlackAdapter implements PlatformAdapter {
     const reply = renderReply(escaped(job), SLACK_STYLE);
     const messageTs = [...(data.messageTs ?? [])];
     const from = data.sentParts ?? 0;
-    const found = redelivery && from < reply.chunks.length ? await this.postedParts(job) : new Map();
+    const filesDue = !data.filesUploaded && reply.images.length > 0;
+    const found: Posted =
+      claim?.redelivery && (from < reply.chunks.length || filesDue)
+        ? await this.alreadyPosted(job)
+        : { parts: new Map(), files: false };
 
     for (let i = from; i < reply.chunks.length; i++) {
       const text = reply.chunks[i]!;
       const last = i === reply.chunks.length - 1;
       const blocks = partBlocks(text, i === 0 ? data.header : undefined, last ? reply.buttons : [], job.id);
       const metadata = replyMetadata(job.id, i);
-      let ts: string | undefined = found.get(i);
+      let ts: string | undefined = found.parts.get(i);
       if (ts) this.deps.logger.info({ jobId: job.id, part: i, ts }, 'reply part already posted; not again');
+      else await claim?.confirm();
       if (!ts && i === 0 && data.progressTs) {
         try {
           await client.chat.update({ channel, ts: data.progressTs, text, blocks, metadata });
@@ -198,15 +227,22 @@ export class SlackAdapter implements PlatformAdapter {
     }
 
     let files = 0;
-    if (!data.filesUploaded && reply.images.length) {
+    if (filesDue && found.files) {
+      this.deps.logger.info({ jobId: job.id }, 'reply files already shared; not again');
+    } else if (filesDue) {
       const uploads: { file: Buffer; filename: string; title: string }[] = [];
       for (const image of reply.images) {
         const blob = await store.blobs.get(image.hash);
         if (blob)
-          uploads.push({ file: Buffer.from(blob.bytes), filename: image.fileName, title: image.fileName });
+          uploads.push({
+            file: Buffer.from(blob.bytes),
+            filename: `${job.id}-${image.fileName}`,
+            title: image.fileName,
+          });
         else this.deps.logger.warn({ jobId: job.id, hash: image.hash }, 'result image is no longer stored');
       }
       if (uploads.length) {
+        await claim?.confirm();
         await client.files.uploadV2({
           channel_id: channel,
           ...(threadTs ? { thread_ts: threadTs } : {}),
@@ -214,37 +250,50 @@ export class SlackAdapter implements PlatformAdapter {
         });
         files = uploads.length;
       }
-      await this.remember(job, { filesUploaded: true });
     }
+    if (filesDue) await this.remember(job, { filesUploaded: true });
     return { messageTs, files };
   }
 
   /**
-   * The reply parts of this job already in its thread or channel (part index → ts), from their metadata.
-   * One read of the thread (a page of up to 1000 replies), or of the channel's messages (up to 999) since
-   * shortly before the job was created.
+   * What of this job's reply is already in its thread, or in its channel since shortly before the job was
+   * created: parts by their metadata, files by their name. Every page is read (Slack may answer fewer
+   * messages than asked for and a cursor for the rest).
    */
-  private async postedParts(job: JobRecord): Promise<Map<number, string>> {
+  private async alreadyPosted(job: JobRecord): Promise<Posted> {
     const { client } = this.deps;
     const channel = job.replyTarget.channelId;
     const threadTs = job.replyTarget.threadId;
-    const answer = threadTs
-      ? await client.conversations.replies({ channel, ts: threadTs, limit: 1000, include_all_metadata: true })
-      : await client.conversations.history({
-          channel,
-          oldest: String(Math.floor(job.createdAt.getTime() / 1000) - LOOKBACK_MARGIN_S),
-          limit: 999,
-          include_all_metadata: true,
-        });
-    const parts = new Map<number, string>();
-    for (const message of answer.messages ?? []) {
-      const metadata = message.metadata;
-      const payload = metadata?.event_payload as { job_id?: unknown; part?: unknown } | undefined;
-      if (metadata?.event_type !== REPLY_EVENT || payload?.job_id !== job.id) continue;
-      if (typeof payload.part === 'number' && message.ts && !parts.has(payload.part))
-        parts.set(payload.part, message.ts);
-    }
-    return parts;
+    const posted: Posted = { parts: new Map(), files: false };
+    let cursor: string | undefined;
+    do {
+      const page = threadTs
+        ? await client.conversations.replies({
+            channel,
+            ts: threadTs,
+            limit: 1000,
+            include_all_metadata: true,
+            ...(cursor ? { cursor } : {}),
+          })
+        : await client.conversations.history({
+            channel,
+            oldest: String(Math.floor(job.createdAt.getTime() / 1000) - LOOKBACK_MARGIN_S),
+            limit: 999,
+            include_all_metadata: true,
+            ...(cursor ? { cursor } : {}),
+          });
+      for (const message of page.messages ?? []) {
+        const metadata = message.metadata;
+        const payload = metadata?.event_payload as { job_id?: unknown; part?: unknown } | undefined;
+        if (metadata?.event_type === REPLY_EVENT && payload?.job_id === job.id) {
+          if (typeof payload.part === 'number' && message.ts && !posted.parts.has(payload.part))
+            posted.parts.set(payload.part, message.ts);
+        }
+        if (message.files?.some((file) => file.name?.startsWith(`${job.id}-`))) posted.files = true;
+      }
+      cursor = page.response_metadata?.next_cursor || undefined;
+    } while (cursor);
+    return posted;
   }
 
   /** An ephemeral note to the person who asked, when the command's response_url is known. */

@@ -37,11 +37,16 @@ export function mentionsUser(text: string, userId: string): boolean {
   return new RegExp(`<@${userId}(?:\\|[^>]*)?>`).test(text);
 }
 
+/** The core's attachment id of a Slack file (its images are found by it when the file is deleted). */
+export function slackAttachmentId(fileId: string): string {
+  return `slack:${fileId}`;
+}
+
 /** A shared file as the core's Attachment. The download URL needs the bot token (files:read). */
 export function toAttachment(file: SlackFile): Attachment {
   const name = file.name ?? file.title ?? file.id;
   return {
-    id: `slack:${file.id}`,
+    id: slackAttachmentId(file.id),
     url: file.url_private_download ?? file.url_private ?? '',
     name,
     ...(file.size !== undefined ? { size: file.size } : {}),
