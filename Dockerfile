@@ -10,6 +10,7 @@ RUN npm ci --omit=dev && npm cache clean --force
 
 COPY bin ./bin
 COPY src ./src
+COPY migrations ./migrations
 COPY tsconfig.json ./
 COPY models/gill-tiny ./models/gill-tiny
 
