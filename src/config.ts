@@ -44,13 +44,17 @@ const envSchema = z.object({
   GILL_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   GILL_THREADS: z.coerce.number().int().min(1, 'must be at least 1').max(256).optional(),
   GILL_EXECUTION_PROVIDER: z.enum(['cpu', 'cuda']).default('cpu'),
-  /** Indexing's own lane (src/bots/core/limits.ts): unfinished index jobs per community, images per person per minute. */
+  /** /metrics, /healthz, /readyz: a port, or `off`; unset, each role's default (src/roles/observe.ts). */
+  GILL_METRICS_PORT: z.union([z.literal('off'), port]).optional(),
+  /** How long a worker's lock on its job lasts unrenewed: a killed worker's job moves on after about this. */
+  GILL_JOB_LOCK_MS: z.coerce.number().int().min(1000, 'must be at least 1000').default(60_000),
   /** Days a deleted image (and its bytes) is kept before the retention sweep removes it. */
   GILL_RETENTION_DAYS: z.coerce
     .number()
     .min(0, 'must be at least 0')
     .max(3650)
     .default(DEFAULT_RETENTION_DAYS),
+  /** Indexing's own lane (src/bots/core/limits.ts): unfinished index jobs per community, images per person per minute. */
   GILL_INDEX_MAX_PENDING: z.coerce
     .number()
     .int('must be a whole number')

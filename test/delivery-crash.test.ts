@@ -13,6 +13,7 @@ import { restOptions } from '../src/bots/discord/rest.ts';
 import { REPLY_EVENT, SlackAdapter } from '../src/bots/slack/outbound.ts';
 import type { ReplyTarget, ResultImage } from '../src/jobs.ts';
 import { createLogger } from '../src/log.ts';
+import { createMetrics, type GillMetrics } from '../src/metrics/metrics.ts';
 import { MAX_DELIVERY_ATTEMPTS } from '../src/queue/delivery.ts';
 import { MemoryJobQueue } from '../src/queue/memory.ts';
 import { connect } from '../src/store/connect.ts';
@@ -157,7 +158,7 @@ function claimsSeen(): { store: Store; claims: (DeliveryClaim | null)[] } {
   return { store: { ...store, jobs }, claims };
 }
 
-function deliverer(adapter: PlatformAdapter, storeOf: Store, owner: string) {
+function deliverer(adapter: PlatformAdapter, storeOf: Store, owner: string, metrics?: GillMetrics) {
   return startAdapterDelivery({
     store: storeOf,
     queue,
@@ -166,6 +167,7 @@ function deliverer(adapter: PlatformAdapter, storeOf: Store, owner: string) {
     owner,
     leaseMs: LEASE_MS,
     sweepIntervalMs: 50,
+    metrics,
   });
 }
 
@@ -348,9 +350,14 @@ describe('Discord: a reply posted by a bot that died before recording it is not 
     const poisoned = (call: { body: Record<string, unknown> | null }) =>
       String(call.body?.content).includes('part 0');
     fake.failNext('POST', /^\/channels\/\d+\/messages$/, 400, 0, 'Bad Request', 1000, poisoned);
-    const bot = deliverer(adapterWith(store), store, 'bot-poisoned');
+    const metrics = createMetrics({ role: 'bot', defaultMetrics: false });
+    const bot = deliverer(adapterWith(store), store, 'bot-poisoned', metrics);
     const done = await delivered(job.id, 30_000);
     await bot.close();
+    const outcomes = Object.fromEntries(
+      (await metrics.deliveries.get()).values.map((v) => [v.labels.outcome, v.value]),
+    );
+    expect(outcomes).toEqual({ failed: MAX_DELIVERY_ATTEMPTS, gave_up: 1 });
     expect(done.replyTarget.data).toBeDefined();
     const notice = fake.botMessages(channelId).filter((m) => String(m.content).startsWith('<@9>'));
     expect(notice).toHaveLength(1);

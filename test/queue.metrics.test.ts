@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { checkIndexingLimits, checkLimits } from '../src/bots/core/limits.ts';
 import { createLogger } from '../src/log.ts';
 import { createMetrics } from '../src/metrics/metrics.ts';
 import { startMetricsServer } from '../src/metrics/server.ts';
@@ -138,5 +139,47 @@ describe.skipIf(!pgUp)('queue metrics', () => {
     } finally {
       await ready.close();
     }
+  });
+
+  it('counts rate-limit refusals by the limit that refused', async () => {
+    const metrics = createMetrics({ role: 'bot', defaultMetrics: false });
+    const community = await store.communities.ensure({
+      platform: 'cli',
+      externalId: `limits-${randomUUID()}`,
+    });
+    const config = { ...(await store.communities.getConfig(community.id)), userJobsPerMinute: 1 };
+    const check = { store, communityId: community.id, authorKey: 'cli:alice', config, metrics };
+    expect(await checkLimits(check)).toBeNull();
+    expect(await checkLimits(check)).toMatch(/per minute/);
+    expect(await checkLimits({ ...check, config: { ...config, userConcurrentJobs: 0 } })).toMatch(
+      /in progress/,
+    );
+    const text = await metrics.registry.metrics();
+    expect(sample(text, 'gill_rate_limit_refusals_total', { limit: 'per_minute' })).toBe(1);
+    expect(sample(text, 'gill_rate_limit_refusals_total', { limit: 'user_concurrent' })).toBe(1);
+  });
+
+  it("counts indexing's own refusals apart from the request limits", async () => {
+    const metrics = createMetrics({ role: 'bot', defaultMetrics: false });
+    const community = await store.communities.ensure({
+      platform: 'cli',
+      externalId: `index-limits-${randomUUID()}`,
+    });
+    const check = {
+      store,
+      communityId: community.id,
+      posterKey: 'cli:alice',
+      limits: { pendingPerCommunity: 10, imagesPerUserPerMinute: 1 },
+      metrics,
+    };
+    expect(await checkIndexingLimits(check)).toBeNull();
+    expect(await checkIndexingLimits(check)).toMatch(/a minute are added/);
+    expect(
+      await checkIndexingLimits({ ...check, limits: { pendingPerCommunity: 0, imagesPerUserPerMinute: 1 } }),
+    ).toMatch(/index is busy/);
+    const text = await metrics.registry.metrics();
+    expect(sample(text, 'gill_rate_limit_refusals_total', { limit: 'index_per_minute' })).toBe(1);
+    expect(sample(text, 'gill_rate_limit_refusals_total', { limit: 'index_pending' })).toBe(1);
+    expect(sample(text, 'gill_rate_limit_refusals_total', { limit: 'per_minute' })).toBeUndefined();
   });
 });

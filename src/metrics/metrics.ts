@@ -31,11 +31,11 @@ export interface GillMetrics {
   readonly retries: Counter<'kind'>;
   /** Jobs the reconciler added to the queue again. */
   readonly requeued: Counter;
-  /** Replies delivered, by platform and outcome (delivered, failed, skipped). */
+  /** Replies delivered, by platform and outcome (delivered, failed, gave_up: the asker told the reply failed). */
   readonly deliveries: Counter<'platform' | 'outcome'>;
   /** How long loading a model took, by model part. */
   readonly modelLoadSeconds: Gauge<'part'>;
-  /** Requests refused by a limit: user_concurrent, community_concurrent, per_minute. */
+  /** Requests refused by a limit (user_concurrent, community_concurrent, per_minute) and images not indexed by one (index_pending, index_per_minute). */
   readonly rateLimitRefusals: Counter<'limit'>;
   /** Reads the queue depth per lane at each scrape. */
   setQueueDepthSource(source: () => Promise<Record<Lane, number>>): void;
@@ -56,7 +56,9 @@ export function createMetrics(options: { role: string; defaultMetrics?: boolean 
       registers,
       async collect() {
         if (!depthSource) return;
-        const depth = await depthSource();
+        // A queue that cannot answer leaves the series out rather than failing the whole scrape.
+        const depth = await depthSource().catch(() => null);
+        if (!depth) return this.reset();
         for (const [lane, count] of Object.entries(depth)) this.set({ lane }, count);
       },
     }),
@@ -105,7 +107,7 @@ export function createMetrics(options: { role: string; defaultMetrics?: boolean 
     }),
     rateLimitRefusals: new Counter({
       name: 'gill_rate_limit_refusals_total',
-      help: 'Requests refused by a limit (user_concurrent, community_concurrent, per_minute).',
+      help: 'Requests refused by a limit (user_concurrent, community_concurrent, per_minute), and images not indexed by one (index_pending, index_per_minute).',
       labelNames: ['limit'],
       registers,
     }),

@@ -72,6 +72,8 @@ interface JobData {
 
 /** Prefix of failure reasons meant for the user; BullMQ carries one string per failure. */
 const USER_FACING = 'user-facing: ';
+/** How long past the grace period a worker's close may take before its connections are cut. */
+const HARD_STOP_MS = 5000;
 
 export function encodeFailure(failure: JobFailure): string {
   return failure.userFacing ? `${USER_FACING}${failure.message}` : failure.message;
@@ -279,7 +281,17 @@ export class BullJobQueue implements JobQueue {
           const grace = setTimeout(() => {
             for (const controller of running.values()) controller.abort(new WorkerShutdownError());
           }, graceMs);
-          await worker.close();
+          // The wait is bounded: after a Redis reconnect worker.close() can wait on a blocking read that
+          // never returns, and a worker that cannot stop holds up a deploy. Its jobs are in the queue.
+          let hardStop: NodeJS.Timeout | undefined;
+          const stuck = new Promise<'stuck'>((resolve) => {
+            hardStop = setTimeout(() => resolve('stuck'), graceMs + HARD_STOP_MS);
+          });
+          if ((await Promise.race([worker.close(running.size === 0), stuck])) === 'stuck') {
+            this.options.logger?.warn('the job worker did not close in time; disconnecting it');
+            await worker.disconnect().catch(() => {});
+          }
+          clearTimeout(hardStop);
           clearTimeout(grace);
           await subscribed.catch(() => {});
           subscriber.disconnect();

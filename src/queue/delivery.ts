@@ -1,5 +1,6 @@
 import type { JobProgress, ReplyTarget } from '../jobs.ts';
 import type { Logger } from '../log.ts';
+import type { GillMetrics } from '../metrics/metrics.ts';
 import type { DeliveryClaim, JobRecord, Store } from '../store/types.ts';
 import type { JobQueue } from './queue.ts';
 
@@ -75,6 +76,7 @@ export interface DeliveryOptions extends Deliverer {
   leaseMs?: number;
   sweepIntervalMs?: number;
   logger?: Logger;
+  metrics?: GillMetrics;
 }
 
 export interface DeliveryHandle {
@@ -116,13 +118,14 @@ export function startDelivery(options: DeliveryOptions): DeliveryHandle {
       const taken = await store.jobs.claimDelivery(jobId, owner, leaseMs);
       if (!taken) return;
       claim = holdClaim(jobId, taken);
-      const receipt =
-        failed && failed.count >= MAX_DELIVERY_ATTEMPTS && options.giveUp
-          ? await options.giveUp(job, claim, `the reply failed ${failed.count} times`)
-          : await options.deliver(job, claim);
+      const givingUp = failed && failed.count >= MAX_DELIVERY_ATTEMPTS && options.giveUp;
+      const receipt = givingUp
+        ? await givingUp(job, claim, `the reply failed ${failed.count} times`)
+        : await options.deliver(job, claim);
       await claim.confirm();
       await store.jobs.markDelivered(jobId, owner, receipt);
       failures.delete(jobId);
+      options.metrics?.deliveries.inc({ platform, outcome: givingUp ? 'gave_up' : 'delivered' });
     } catch (error) {
       if (error instanceof DeliveryClaimLostError) {
         logger?.warn({ jobId }, error.message);
@@ -133,6 +136,7 @@ export function startDelivery(options: DeliveryOptions): DeliveryHandle {
       failures.set(jobId, { count, retryAt: Date.now() + backoff });
       if (failures.size > PROGRESS_CACHE) failures.delete(failures.keys().next().value!);
       // The claim lapses after leaseMs and a later sweep tries again.
+      options.metrics?.deliveries.inc({ platform, outcome: 'failed' });
       logger?.error({ err: error, jobId, attempts: count }, 'delivery failed; will retry');
     } finally {
       claim?.release();

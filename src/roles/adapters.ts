@@ -1,5 +1,6 @@
 import type { Config } from '../config.ts';
 import type { Logger } from '../log.ts';
+import type { GillMetrics } from '../metrics/metrics.ts';
 import type { JobQueue } from '../queue/queue.ts';
 import type { Store } from '../store/types.ts';
 
@@ -29,23 +30,31 @@ export async function startAdapters(options: {
   queue: JobQueue;
   logger: Logger;
   playground: boolean;
+  metrics?: GillMetrics;
 }): Promise<RunningAdapter[]> {
-  const { config, store, queue, logger } = options;
+  const { config, store, queue, logger, metrics } = options;
   const running: RunningAdapter[] = [];
   try {
     if (discordConfigured(config)) {
       const { startDiscord } = await import('../bots/discord/index.ts');
-      const bot = await startDiscord({ config, store, queue, logger });
+      const bot = await startDiscord({ config, store, queue, logger, metrics });
       running.push({ name: 'discord', stop: () => bot.stop() });
     }
     if (slackConfigured(config)) {
       const { startSlack } = await import('../bots/slack/index.ts');
-      const slack = await startSlack({ config, store, queue, logger, listen: { port: config.SLACK_PORT } });
+      const slack = await startSlack({
+        config,
+        store,
+        queue,
+        logger,
+        metrics,
+        listen: { port: config.SLACK_PORT },
+      });
       running.push({ name: 'slack', url: slack.eventsUrl, stop: () => slack.stop() });
     }
     if (options.playground) {
       const { startPlayground } = await import('../bots/playground/index.ts');
-      const playground = await startPlayground({ config, store, queue, logger });
+      const playground = await startPlayground({ config, store, queue, logger, metrics });
       running.push({ name: 'playground', url: playground.url, stop: () => playground.stop() });
     }
   } catch (error) {

@@ -5,6 +5,7 @@ import { startReconciler } from '../queue/reconcile.ts';
 import { openWhenAvailable, redactRedisUrl } from '../queue/redis.ts';
 import { connectWithRetry, describeDatabase } from '../store/index.ts';
 import { discordConfigured, slackConfigured, startAdapters, stopAdapters } from './adapters.ts';
+import { observe } from './observe.ts';
 import { watchShutdown } from './shutdown.ts';
 
 /** After the first signal the process ends within this, also when something fails to close. */
@@ -32,14 +33,23 @@ export async function runBot(config: Config): Promise<void> {
   const redisUrl = config.REDIS_URL;
   const logger = createLogger(config.GILL_LOG_LEVEL).child({ role: 'bot' });
   const shutdown = watchShutdown(logger, SHUTDOWN_DEADLINE_MS);
-  const store = await connectWithRetry(config, logger, { signal: shutdown.signal });
+  const observer = await observe(config, 'bot', logger);
+  const { metrics } = observer;
+  const store = await connectWithRetry(config, logger, { signal: shutdown.signal }).catch(
+    async (error: unknown) => {
+      await observer.close();
+      throw error;
+    },
+  );
+  observer.parts.store = store;
   try {
     const queue = await openWhenAvailable(() => openBullJobQueue({ redisUrl, logger }), logger, {
       signal: shutdown.signal,
     });
-    const reconciler = startReconciler({ store, queue, logger });
+    observer.parts.queue = queue;
+    const reconciler = startReconciler({ store, queue, logger, metrics });
     try {
-      const adapters = await startAdapters({ config, store, queue, logger, playground: false });
+      const adapters = await startAdapters({ config, store, queue, logger, playground: false, metrics });
       logger.info(
         {
           database: describeDatabase(config),
@@ -57,5 +67,6 @@ export async function runBot(config: Config): Promise<void> {
     }
   } finally {
     await store.close();
+    await observer.close();
   }
 }

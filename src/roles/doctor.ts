@@ -1,7 +1,7 @@
 import { freemem, totalmem } from 'node:os';
 import type { Config } from '../config.ts';
 import { createLogger } from '../log.ts';
-import { checkRedis, redactRedisUrl } from '../queue/redis.ts';
+import { checkRedis, redactRedisUrl, redisEvictionPolicy } from '../queue/redis.ts';
 import { connect, describeDatabase } from '../store/index.ts';
 import { discordConfigured, slackConfigured } from './adapters.ts';
 
@@ -35,7 +35,17 @@ async function checkQueue(config: Config): Promise<Check> {
   }
   try {
     await checkRedis(config.REDIS_URL);
-    return { name: 'queue', ok: true, lines: [`Redis at ${redactRedisUrl(config.REDIS_URL)}: reachable`] };
+    // Another policy lets Redis drop queued jobs under memory pressure: said, not failed, as the
+    // reconciler puts such jobs back (README, "Scaling").
+    const eviction = await redisEvictionPolicy(config.REDIS_URL);
+    return {
+      name: 'queue',
+      ok: true,
+      lines: [
+        `Redis at ${redactRedisUrl(config.REDIS_URL)}: reachable`,
+        eviction.ok ? eviction.message : `warning: ${eviction.message}`,
+      ],
+    };
   } catch (error) {
     return { name: 'queue', ok: false, lines: [errorText(error)] };
   }

@@ -15,6 +15,7 @@ import { openWhenAvailable } from '../queue/redis.ts';
 import { runJobs } from '../queue/worker.ts';
 import { connectWithRetry, describeDatabase } from '../store/index.ts';
 import { type RunningAdapter, startAdapters, stopAdapters } from './adapters.ts';
+import { type Observer, observe } from './observe.ts';
 import { watchShutdown } from './shutdown.ts';
 import { openEngine as openWorkerEngine } from './worker.ts';
 
@@ -41,6 +42,8 @@ export interface EmbeddedOptions {
   engine?: Omit<EngineThreadSpec, 'options'>;
   /** Stops start-up early (a signal). */
   signal?: AbortSignal;
+  /** Metrics to record into and readiness to report, as each part opens (src/roles/observe.ts). */
+  observer?: Pick<Observer, 'metrics' | 'parts'>;
 }
 
 export interface Embedded {
@@ -62,13 +65,17 @@ export async function startEmbedded(
   logger: Logger,
   options: EmbeddedOptions = {},
 ): Promise<Embedded> {
+  const metrics = options.observer?.metrics;
+  const parts = options.observer?.parts ?? {};
   const store = await connectWithRetry(config, logger, { signal: options.signal });
+  parts.store = store;
   let queue: JobQueue | undefined;
   let engine: Engine | undefined;
   let worker: WorkerHandle | undefined;
   let reconciler: Reconciler | undefined;
   let adapters: RunningAdapter[] = [];
   const stop = async () => {
+    parts.modelLoaded = false;
     await stopAdapters(adapters, logger);
     await worker?.close();
     await reconciler?.close();
@@ -82,6 +89,8 @@ export async function startEmbedded(
           signal: options.signal,
         })
       : new MemoryJobQueue();
+    parts.queue = queue;
+    const loading = performance.now();
     engine = await startEngineThread(
       { ...ENGINE_THREAD, ...options.engine, options: config },
       (error) => {
@@ -91,13 +100,15 @@ export async function startEmbedded(
       },
       config.DATABASE_URL ? {} : { store },
     );
-    worker = runJobs({ queue, store, engine, logger, shutdownGraceMs: SHUTDOWN_GRACE_MS });
+    metrics?.modelLoadSeconds.set({ part: 'engine' }, (performance.now() - loading) / 1000);
+    parts.modelLoaded = true;
+    worker = runJobs({ queue, store, engine, logger, metrics, shutdownGraceMs: SHUTDOWN_GRACE_MS });
     if (queue.kind === 'memory') {
       const recovered = await recoverUnfinished(store, queue, logger);
       if (recovered) logger.info({ recovered }, 'resumed jobs left unfinished by the last run');
     }
-    reconciler = startReconciler({ store, queue, logger });
-    adapters = await startAdapters({ config, store, queue, logger, playground: true });
+    reconciler = startReconciler({ store, queue, logger, metrics });
+    adapters = await startAdapters({ config, store, queue, logger, playground: true, metrics });
     const { seedGallery } = await import('../bots/playground/seed-gallery.ts');
     void seedGallery({ store, queue, logger }).catch((error: unknown) =>
       logger.warn({ err: error }, 'could not seed the playground gallery'),
@@ -121,10 +132,13 @@ export async function startEmbedded(
 export async function runStart(config: Config): Promise<void> {
   const logger = createLogger(config.GILL_LOG_LEVEL).child({ role: 'start' });
   const shutdown = watchShutdown(logger, SHUTDOWN_DEADLINE_MS);
+  // Served only when GILL_METRICS_PORT is set (src/roles/observe.ts).
+  const observer = await observe(config, 'start', logger);
   let embedded: Embedded;
   try {
-    embedded = await startEmbedded(config, logger, { signal: shutdown.signal });
+    embedded = await startEmbedded(config, logger, { signal: shutdown.signal, observer });
   } catch (error) {
+    await observer.close();
     if (!shutdown.signal.aborted) throw error;
     logger.info('stopped while starting');
     return;
@@ -137,5 +151,6 @@ export async function runStart(config: Config): Promise<void> {
     logger.info({ signal }, 'shutting down');
   } finally {
     await embedded.stop();
+    await observer.close();
   }
 }

@@ -1,6 +1,7 @@
 import { type Config, ConfigError } from '../config.ts';
 import type { Engine } from '../jobs.ts';
 import { createLogger, type Logger } from '../log.ts';
+import type { GillMetrics } from '../metrics/metrics.ts';
 import { openBullJobQueue } from '../queue/bullmq.ts';
 import { startEngineThread } from '../queue/engine-thread.ts';
 import type { JobQueue } from '../queue/queue.ts';
@@ -8,6 +9,7 @@ import { openWhenAvailable, redactRedisUrl } from '../queue/redis.ts';
 import { runJobs } from '../queue/worker.ts';
 import { connect, connectWithRetry, describeDatabase } from '../store/index.ts';
 import type { Store } from '../store/types.ts';
+import { observe } from './observe.ts';
 import { type Shutdown, watchShutdown } from './shutdown.ts';
 
 /**
@@ -39,14 +41,20 @@ export async function runWorker(config: Config): Promise<void> {
 
   // A signal during start-up (waiting for Postgres or Redis) ends the wait.
   const shutdown = watchShutdown(logger, SHUTDOWN_DEADLINE_MS);
+  const observer = await observe(config, 'worker', logger);
+  const { metrics, parts } = observer;
   let store: Store | undefined;
   let queue: JobQueue | undefined;
   let engine: Engine | undefined;
   try {
     store = await connectWithRetry(config, logger, { signal: shutdown.signal });
-    queue = await openWhenAvailable(() => openBullJobQueue({ redisUrl, logger }), logger, {
+    parts.store = store;
+    const lock = { lockDurationMs: config.GILL_JOB_LOCK_MS, stalledIntervalMs: config.GILL_JOB_LOCK_MS / 2 };
+    queue = await openWhenAvailable(() => openBullJobQueue({ redisUrl, logger, ...lock }), logger, {
       signal: shutdown.signal,
     });
+    parts.queue = queue;
+    const loading = performance.now();
     engine = await startEngineThread(
       { module: import.meta.url, exportName: 'openEngine', options: config },
       (error) => {
@@ -55,8 +63,10 @@ export async function runWorker(config: Config): Promise<void> {
         process.kill(process.pid, 'SIGTERM');
       },
     );
+    metrics.modelLoadSeconds.set({ part: 'engine' }, (performance.now() - loading) / 1000);
+    parts.modelLoaded = true;
   } catch (error) {
-    await Promise.allSettled([engine?.close(), queue?.close(), store?.close()]);
+    await Promise.allSettled([engine?.close(), queue?.close(), store?.close(), observer.close()]);
     if (shutdown.signal.aborted) {
       logger.info('stopped while starting');
       return;
@@ -65,9 +75,10 @@ export async function runWorker(config: Config): Promise<void> {
   }
   logger.info({ database: describeDatabase(config), redis: redactRedisUrl(redisUrl) }, 'worker taking jobs');
   try {
-    await serveJobs({ queue, store, engine, logger, shutdownGraceMs: SHUTDOWN_GRACE_MS }, shutdown);
+    await serveJobs({ queue, store, engine, logger, metrics, shutdownGraceMs: SHUTDOWN_GRACE_MS }, shutdown);
   } finally {
-    await Promise.allSettled([engine.close(), queue.close(), store.close()]);
+    parts.modelLoaded = false;
+    await Promise.allSettled([engine.close(), queue.close(), store.close(), observer.close()]);
   }
   logger.info('worker stopped');
 }
@@ -80,6 +91,7 @@ export async function serveJobs(
     engine: Engine;
     logger: Logger;
     shutdownGraceMs?: number;
+    metrics?: GillMetrics;
   },
   shutdown: Shutdown = watchShutdown(options.logger, (options.shutdownGraceMs ?? 20_000) + 10_000),
 ): Promise<void> {

@@ -1,5 +1,6 @@
 import type { CommunityRef } from '../../jobs.ts';
 import type { Logger } from '../../log.ts';
+import type { GillMetrics } from '../../metrics/metrics.ts';
 import type { JobQueue } from '../../queue/queue.ts';
 import type { JobRecord, Store } from '../../store/types.ts';
 import { cancelRequest } from './cancel.ts';
@@ -127,6 +128,8 @@ export interface BotCoreOptions {
   channelMention?: (channelId: string) => string;
   /** How a user is named in the platform's markup (Discord and Slack `<@id>`), for Cancel answers. */
   userMention?: (userId: string, displayName: string | undefined) => string;
+  /** Counts rate-limit refusals when given. */
+  metrics?: GillMetrics;
 }
 
 export function createBotCore(options: BotCoreOptions): BotCore {
@@ -139,6 +142,7 @@ export function createBotCore(options: BotCoreOptions): BotCore {
     budget: { ...DEFAULT_CONTEXT_BUDGET, ...options.contextBudget },
     channelMention: options.channelMention ?? ((id) => `#${id}`),
     userMention: options.userMention ?? ((_id, name) => name || 'the person who asked'),
+    metrics: options.metrics,
   };
   const refused = new RefusalMemory();
   return {

@@ -1,5 +1,6 @@
 import type { JobProgress } from '../../jobs.ts';
 import type { Logger } from '../../log.ts';
+import type { GillMetrics } from '../../metrics/metrics.ts';
 import { type Deliverer, type DeliveryHandle, startDelivery } from '../../queue/delivery.ts';
 import type { JobQueue } from '../../queue/queue.ts';
 import type { JobRecord, Store } from '../../store/types.ts';
@@ -47,6 +48,7 @@ export interface AdapterDeliveryOptions {
   positionRefreshMs?: number;
   /** Learns run times from the queue's events; one of its own when not given. */
   estimator?: EtaEstimator;
+  metrics?: GillMetrics;
 }
 
 /** Waiting jobs watched at most, so a queue that never drains cannot grow the map without bound. */
@@ -197,6 +199,7 @@ export function startAdapterDelivery(options: AdapterDeliveryOptions): AdapterDe
     logger,
     sweepIntervalMs: options.sweepIntervalMs,
     leaseMs: options.leaseMs,
+    metrics: options.metrics,
   });
 
   return {

@@ -1,4 +1,5 @@
 import type { Logger } from '../../log.ts';
+import type { GillMetrics } from '../../metrics/metrics.ts';
 import type { JobQueue } from '../../queue/queue.ts';
 import type { Store } from '../../store/types.ts';
 import type { ContextBudget } from './context.ts';
@@ -19,4 +20,5 @@ export interface CoreDeps {
   channelMention(channelId: string): string;
   /** How a user is named in the platform's markup (Discord and Slack `<@id>`), for Cancel answers. */
   userMention(userId: string, displayName: string | undefined): string;
+  metrics?: GillMetrics;
 }

@@ -47,6 +47,7 @@ export async function indexImages(deps: CoreDeps, post: PostedImages): Promise<I
       communityId: community.id,
       posterKey,
       limits: deps.indexing,
+      metrics: deps.metrics,
     });
     if (limited) {
       logger.info({ messageId: post.messageId, channelId: post.channelId, limited }, 'image not indexed');

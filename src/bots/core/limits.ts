@@ -1,4 +1,5 @@
 import type { Config } from '../../config.ts';
+import type { GillMetrics } from '../../metrics/metrics.ts';
 import type { CommunityConfig, Store } from '../../store/types.ts';
 
 /**
@@ -17,6 +18,8 @@ export interface LimitCheck {
   config: CommunityConfig;
   /** Jobs of this very request already recorded in the store (so counted by countActive), not counted against it. */
   recordedSelf?: number;
+  /** Counts each refusal by the limit that refused it. */
+  metrics?: GillMetrics;
 }
 
 /**
@@ -25,14 +28,24 @@ export interface LimitCheck {
  */
 export async function checkLimits(check: LimitCheck): Promise<string | null> {
   const { store, communityId, authorKey, config } = check;
+  const refuse = (limit: 'user_concurrent' | 'community_concurrent' | 'per_minute', message: string) => {
+    check.metrics?.rateLimitRefusals.inc({ limit });
+    return message;
+  };
   const self = check.recordedSelf ?? 0;
   const mine = (await store.jobs.countActive({ communityId, authorKey })) - self;
   if (mine >= config.userConcurrentJobs) {
-    return `You already have ${mine} request${mine === 1 ? '' : 's'} in progress (the limit is ${config.userConcurrentJobs}). Please wait for ${mine === 1 ? 'it' : 'one'} to finish.`;
+    return refuse(
+      'user_concurrent',
+      `You already have ${mine} request${mine === 1 ? '' : 's'} in progress (the limit is ${config.userConcurrentJobs}). Please wait for ${mine === 1 ? 'it' : 'one'} to finish.`,
+    );
   }
   const all = (await store.jobs.countActive({ communityId })) - self;
   if (all >= config.communityConcurrentJobs) {
-    return `This community already has ${all} requests in progress (the limit is ${config.communityConcurrentJobs}). Please try again in a moment.`;
+    return refuse(
+      'community_concurrent',
+      `This community already has ${all} requests in progress (the limit is ${config.communityConcurrentJobs}). Please try again in a moment.`,
+    );
   }
   const rate = await store.rateLimits.take({
     communityId,
@@ -41,7 +54,10 @@ export async function checkLimits(check: LimitCheck): Promise<string | null> {
     windowMs: RATE_WINDOW_MS,
   });
   if (!rate.allowed) {
-    return `You can start ${config.userJobsPerMinute} request${config.userJobsPerMinute === 1 ? '' : 's'} per minute. Please try again in ${Math.ceil(rate.retryAfterMs / 1000)} s.`;
+    return refuse(
+      'per_minute',
+      `You can start ${config.userJobsPerMinute} request${config.userJobsPerMinute === 1 ? '' : 's'} per minute. Please try again in ${Math.ceil(rate.retryAfterMs / 1000)} s.`,
+    );
   }
   return null;
 }
@@ -72,11 +88,17 @@ export async function checkIndexingLimits(check: {
   /** The poster, as authorKey() writes them. */
   posterKey: string;
   limits: IndexingLimits;
+  /** Counts each refusal by the limit that refused it. */
+  metrics?: GillMetrics;
 }): Promise<string | null> {
   const { store, communityId, limits } = check;
+  const refuse = (limit: 'index_pending' | 'index_per_minute', message: string) => {
+    check.metrics?.rateLimitRefusals.inc({ limit });
+    return message;
+  };
   const pending = await store.jobs.countActive({ communityId, lane: 'indexing' });
   if (pending >= limits.pendingPerCommunity) {
-    return `the image index is busy (${pending} images waiting); it was not added`;
+    return refuse('index_pending', `the image index is busy (${pending} images waiting); it was not added`);
   }
   const rate = await store.rateLimits.take({
     communityId,
@@ -86,7 +108,10 @@ export async function checkIndexingLimits(check: {
     windowMs: RATE_WINDOW_MS,
   });
   if (!rate.allowed) {
-    return `only ${limits.imagesPerUserPerMinute} of your images a minute are added to the index; it was not added`;
+    return refuse(
+      'index_per_minute',
+      `only ${limits.imagesPerUserPerMinute} of your images a minute are added to the index; it was not added`,
+    );
   }
   return null;
 }

@@ -1,6 +1,7 @@
 import { hostname } from 'node:os';
 import { DEFAULT_RETENTION_DAYS } from '../../config.ts';
 import type { Logger } from '../../log.ts';
+import type { GillMetrics } from '../../metrics/metrics.ts';
 import type { JobQueue } from '../../queue/queue.ts';
 import { cancelJob } from '../../queue/submit.ts';
 import type { Store } from '../../store/types.ts';
@@ -32,6 +33,8 @@ export interface BotOptions {
   core: BotCore | Omit<BotCoreOptions, 'store' | 'queue' | 'logger'>;
   /** Delivery sweep interval (tests shorten it). */
   sweepIntervalMs?: number;
+  /** Deliveries and rate-limit refusals are counted here when given. */
+  metrics?: GillMetrics;
   /** Days deleted images are kept before the retention sweep removes them (GILL_RETENTION_DAYS). */
   retentionDays?: number;
   /** Between retention sweeps (tests shorten it). */
@@ -57,7 +60,9 @@ function isCore(core: BotOptions['core']): core is BotCore {
 
 export function startBot(options: BotOptions): Bot {
   const { store, queue, logger, adapter } = options;
-  const core = isCore(options.core) ? options.core : createBotCore({ store, queue, logger, ...options.core });
+  const core = isCore(options.core)
+    ? options.core
+    : createBotCore({ store, queue, logger, metrics: options.metrics, ...options.core });
   const delivery = startAdapterDelivery({
     store,
     queue,
@@ -65,6 +70,7 @@ export function startBot(options: BotOptions): Bot {
     adapter,
     owner: `${hostname()}:${process.pid}:${adapter.platform}`,
     sweepIntervalMs: options.sweepIntervalMs,
+    metrics: options.metrics,
   });
 
   const retention = startRetentionSweep({

@@ -171,6 +171,7 @@ export async function startJob(
     authorKey: key,
     config,
     recordedSelf: 1,
+    metrics: deps.metrics,
   });
   if (limited) {
     await store.jobs.cancel(job.id);

@@ -13,6 +13,7 @@ import {
 import type { Config } from '../../config.ts';
 import { UserInputError } from '../../jobs.ts';
 import type { Logger } from '../../log.ts';
+import type { GillMetrics } from '../../metrics/metrics.ts';
 import type { JobQueue } from '../../queue/queue.ts';
 import type { Store } from '../../store/types.ts';
 import { createFetchGuard } from '../core/fetch-guard.ts';
@@ -40,6 +41,8 @@ export interface StartDiscordOptions {
   store: Store;
   queue: JobQueue;
   logger: Logger;
+  /** Deliveries and rate-limit refusals are counted here when given. */
+  metrics?: GillMetrics;
   /** Milliseconds between sweeps for undelivered replies (tests shorten it). */
   sweepIntervalMs?: number;
 }
@@ -78,6 +81,7 @@ export async function startDiscord(options: StartDiscordOptions): Promise<Discor
       indexing: indexingLimits(config),
     },
     sweepIntervalMs: options.sweepIntervalMs,
+    metrics: options.metrics,
     retentionDays: config.GILL_RETENTION_DAYS,
   });
   const inbound = new DiscordInbound({ client, bot, config, logger });

@@ -3,6 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { type Config, ConfigError } from '../../config.ts';
 import type { CommunityRef } from '../../jobs.ts';
 import type { Logger } from '../../log.ts';
+import type { GillMetrics } from '../../metrics/metrics.ts';
 import type { JobQueue } from '../../queue/queue.ts';
 import type { Store } from '../../store/types.ts';
 import type { BotCore } from '../core/bot-core.ts';
@@ -48,6 +49,8 @@ export interface PlaygroundOptions {
   community?: CommunityRef;
   /** Delivery sweep interval (tests shorten it). */
   sweepIntervalMs?: number;
+  /** Deliveries and rate-limit refusals are counted here when given. */
+  metrics?: GillMetrics;
 }
 
 export interface PlaygroundHandle {
@@ -145,6 +148,7 @@ export async function startPlayground(options: PlaygroundOptions): Promise<Playg
       indexing: indexingLimits(options.config),
     },
     sweepIntervalMs: options.sweepIntervalMs,
+    metrics: options.metrics,
     retentionDays: options.config.GILL_RETENTION_DAYS,
   });
 

@@ -3,6 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { App, HTTPReceiver, type Receiver, SocketModeReceiver, type webApi } from '@slack/bolt';
 import type { Config } from '../../config.ts';
 import type { Logger } from '../../log.ts';
+import type { GillMetrics } from '../../metrics/metrics.ts';
 import type { JobQueue } from '../../queue/queue.ts';
 import type { Store } from '../../store/types.ts';
 import { createImageIngest } from '../core/images.ts';
@@ -28,6 +29,8 @@ export interface SlackOptions {
   store: Store;
   queue: JobQueue;
   logger: Logger;
+  /** Deliveries and rate-limit refusals are counted here when given. */
+  metrics?: GillMetrics;
   /**
    * Where the HTTP receiver listens: all interfaces by default (Slack must reach it, usually through a
    * reverse proxy), never "localhost", which may resolve to ::1 only. Port 0 picks a free one.
@@ -118,6 +121,7 @@ export async function startSlack(options: SlackOptions): Promise<SlackHandle> {
       indexing: indexingLimits(config),
     },
     sweepIntervalMs: options.sweepIntervalMs,
+    metrics: options.metrics,
     retentionDays: config.GILL_RETENTION_DAYS,
   });
   new SlackInbound({
