@@ -157,8 +157,8 @@ describe.skipIf(missing !== null)('model training smoke run', () => {
 import sys, torch
 sys.path.insert(0, ${JSON.stringify(path.resolve('models/training'))})
 from pathlib import Path
-from gill_tiny import gill, stages
-from gill_tiny.presets import PRESETS
+from gill_tiny import gill, gill_train, stages
+from gill_tiny.presets import PRESETS, gill_config
 for p in (${JSON.stringify(path.join(dir, 'missing.png'))}, ${JSON.stringify(corrupt)}):
     try:
         gill.load_image(Path(p)); print("no error for", p)
@@ -166,9 +166,9 @@ for p in (${JSON.stringify(path.join(dir, 'missing.png'))}, ${JSON.stringify(cor
         print("ERR", e)
 ctx = stages.Context(PRESETS["smoke"], torch.device("cpu"), Path(${JSON.stringify(work)}), Path("."), Path("."))
 st = dict(ctx.load("gill")); st["shapes"] = {**st["shapes"], "lm_hidden": 999}
-b = gill.backbones(ctx)
+b = gill_train.backbones(ctx)
 try:
-    gill.load_gill_state(st, gill.GillModel(b, gill.build_heads(gill.gill_config("smoke"), b)), Path("gill.pt"))
+    gill_train.load_gill_state(st, gill.GillModel(b, gill.build_heads(gill_config("smoke"), b)), Path("gill.pt"))
     print("no error for checkpoint")
 except ValueError as e:
     print("ERR", e)

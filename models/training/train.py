@@ -21,9 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gill_tiny import evaluate, fixtures, gill, stages  # noqa: E402
+from gill_tiny import evaluate, fixtures, gill_train, stages  # noqa: E402
 from gill_tiny.export import Backbones, export_bundle  # noqa: E402
-from gill_tiny.presets import PRESETS  # noqa: E402
+from gill_tiny.presets import PRESETS, gill_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def stage_export(ctx: stages.Context) -> None:
     tok = ctx.tokenizer()
     b = Backbones(tok, ctx.lm(), ctx.clip(), ctx.vae(), ctx.unet())
-    checks = export_bundle(ctx.out, b, gill.export_heads(ctx, b))  # also writes the trained [IMG] rows into b.lm
+    checks = export_bundle(ctx.out, b, gill_train.export_heads(ctx, b))  # also writes the trained [IMG] rows into b.lm
     checks_path = ctx.work / "export_checks.json"
     checks_path.write_text(json.dumps(checks))
     size = sum(p.stat().st_size for p in ctx.out.iterdir() if p.is_file())
@@ -57,9 +57,9 @@ STAGES = [
     ("vae", stages.stage_vae),
     ("latents", stages.stage_latents),
     ("unet", stages.stage_unet),
-    ("gill", gill.stage_gill),
-    ("retrieval", gill.stage_retrieval),
-    ("decision", gill.stage_decision),
+    ("gill", gill_train.stage_gill),
+    ("retrieval", gill_train.stage_retrieval),
+    ("decision", gill_train.stage_decision),
     ("export", stage_export),
     ("fixtures", fixtures.stage_fixtures),
     ("eval", evaluate.stage_eval),
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--gill expects KEY=VALUE, got {item!r}")
         overrides[key.strip()] = value.strip()
     try:
-        gill.gill_config(preset.name, overrides)
+        gill_config(preset.name, overrides)
     except ValueError as e:
         ap.error(str(e))
     ctx = stages.Context(preset, torch.device(args.device), work, args.out, args.emoji_dir,

@@ -26,7 +26,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import data as D
-from .gill import GillPipeline, backbones, gill_config, gill_model, to_pixels
+from .gill import to_pixels
+from .gill_train import backbones, gill_model
+from .pipeline import GillPipeline
+from .presets import gill_config
 
 ATTRS = {"colour": list(D.COLOURS), "shape": list(D.SHAPES), "size": list(D.SIZES), "position": list(D.POSITIONS)}
 

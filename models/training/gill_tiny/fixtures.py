@@ -18,7 +18,10 @@ import torch
 from PIL import Image
 
 from . import data as D
-from .gill import GEN, IMG_SUFFIX, GillPipeline, backbones, gill_config, gill_model, to_pixels, to_uint8
+from .gill import GEN, IMG_SUFFIX, to_pixels
+from .gill_train import backbones, gill_model
+from .pipeline import GillPipeline, to_uint8
+from .presets import gill_config
 
 FORMAT = "gill-fixtures/1"
 # Prompts decoded greedily; each segment is a string or {"image": name of a fixture image}.
