@@ -20,7 +20,7 @@ import { imageToPixelValues } from '../src/engine/images.ts';
 import { IN_CI } from './support/services.ts';
 
 /**
- * Parity of the TypeScript GILL path with the PyTorch reference (models/training/gill_tiny/gill.py
+ * Parity of the TypeScript GILL path with the PyTorch reference (models/training/gill_tiny/pipeline.py
  * GillPipeline) on the tiny bundle's golden fixtures (<bundle>/fixtures/fixtures.json, gill_tiny/fixtures.py):
  * token ids, the image path, the [IMG] hidden states and every head on them, and greedy decoding.
  */

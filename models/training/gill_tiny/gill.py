@@ -1,4 +1,4 @@
-"""The GILL model (gill-method.md §1-§3) on top of the frozen stand-in backbones: the modules the GILL stage adds,
+"""The GILL model (docs/gill-method.md §1-§3) on top of the frozen stand-in backbones: the modules the GILL stage adds,
 the losses, and `GillModel`, which runs the three training forward passes (captioning, retrieval, generation).
 
 Trainable, as in the paper: the r [IMG] rows of the LM's tied embedding matrix (gradient masked to those rows,

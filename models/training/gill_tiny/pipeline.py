@@ -1,4 +1,4 @@
-"""The PyTorch reference of the engine's GILL path (gill-method.md §3): prompt embedding, GILL's decoding loop,
+"""The PyTorch reference of the engine's GILL path (docs/gill-method.md §3): prompt embedding, GILL's decoding loop,
 retrieval, decision, mapper + diffusion. The golden fixtures, the evaluation, the decision labels and the
 benchmark run it.
 """

@@ -6,7 +6,7 @@ import type { InboundTurn, ThreadMessage } from './turn.ts';
 /**
  * What the model reads of a conversation, the same on every platform and whatever the timing: people's
  * messages as the platform gives them, and the bot's own turns as the store recorded them — the text the
- * model answered and the images it produced (GILL conditions on its earlier outputs, gill-method.md §3) —
+ * model answered and the images it produced (GILL conditions on its earlier outputs, docs/gill-method.md §3) —
  * each right after the message it answered. The bot's rendered messages are never read back: they carry
  * progress lines, decision lines, captions, notes and buttons, and whether they are posted or edited yet
  * depends on timing.

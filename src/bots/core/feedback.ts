@@ -8,7 +8,7 @@ import { authorKey, type InboundTurn } from './turn.ts';
  * image, and "Retrieve instead" / "Generate instead", each push the community's retrieve/generate bias
  * one step. The steps decay with age and their sum is bounded, so a burst of votes cannot pin the decision
  * and old taste fades; the admin's `/gill bias` is added on top, and `/gill feedback reset` forgets it all.
- * The bias is added to the decision head's retrieve logit (gill-method.md §3 step 6), as `/gill bias` is.
+ * The bias is added to the decision head's retrieve logit (docs/gill-method.md §3 step 6), as `/gill bias` is.
  */
 
 /** Logit added per event (before the bound): about a dozen agreeing events outweigh a 90/10 decision. */
