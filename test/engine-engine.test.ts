@@ -177,29 +177,49 @@ describe.skipIf(!torchUp)('GillEngine on a random bundle and a real store', () =
     expect(ctx.events.map((e) => e.stage)).toEqual(['thinking', 'retrieving']);
   });
 
-  it("generates instead when its own choice to retrieve finds nothing above the bundle's similarity floor", async () => {
+  it("generates instead when its own choice to retrieve finds nothing above the bundle's similarity floor, unless the community leans toward retrieval", async () => {
     const defaults = engine.model.bundle.manifest.defaults;
     const retScale = defaults.retScaleFactor;
     defaults.retScaleFactor = 1e5; // the paper's evaluation trick: [IMG0] first, so there is a decision
-    const chat = (floor: number) => {
+    const chat = (text: string, floor: number, retrieveBias: number) => {
       defaults.minRetrieveSimilarity = floor;
       const payload = parsePayload({
         kind: 'chat',
         community: here,
-        context: [{ type: 'text', role: 'user', text: 'show me something green' }],
-        retrieveBias: 10, // the decision head chooses "retrieve"
+        context: [{ type: 'text', role: 'user', text }],
+        retrieveBias,
         seed: 4,
       });
       return engine.run(payload, context());
     };
     try {
-      const above = await chat(-1);
-      expect(above.decision?.choice).toBe('retrieve');
+      // A prompt whose retrieve the random decision head chooses by itself (no bias).
+      const prompts = [
+        'show me something green',
+        'a red square',
+        'the blue one',
+        'find a star',
+        'that picture',
+        'hello there',
+      ];
+      let own: string | undefined;
+      for (const text of prompts) {
+        if ((await chat(text, -1, 0)).decision?.choice === 'retrieve') {
+          own = text;
+          break;
+        }
+      }
+      expect(own, 'a prompt the head retrieves for on its own').toBeDefined();
+      const above = await chat(own!, -1, 0);
       expect(above.images.map((i) => i.kind)).toEqual(['retrieved']);
-      const below = await chat(1);
+      const below = await chat(own!, 1, 0);
       expect(below.decision?.choice).toBe('generate');
       expect(below.images.map((i) => i.kind)).toEqual(['generated']);
       expect(below.notes.join(' ')).toMatch(/not close enough \(similarity -?\d\.\d\d\)/);
+      // A community leaning toward retrieval (a positive bias, set or learned) gets the closest image.
+      const leaning = await chat(own!, 1, 10);
+      expect(leaning.decision?.choice).toBe('retrieve');
+      expect(leaning.images.map((i) => i.kind)).toEqual(['retrieved']);
     } finally {
       delete defaults.minRetrieveSimilarity;
       defaults.retScaleFactor = retScale;

@@ -293,11 +293,14 @@ export class GillModel {
 
     if (choice === 'retrieve') {
       turn.retrieved = found ?? (await this.searchGallery(request, embedding));
+      // The floor guards the model's own choice; a community leaning toward retrieval (its /gill bias or
+      // what its feedback taught) gets the gallery's closest image.
       const floor = this.bundle.manifest.defaults.minRetrieveSimilarity;
       const best = turn.retrieved[0]?.score;
       if (
         request.imageMode === 'auto' &&
         request.allowGeneration &&
+        request.retrieveBias <= 0 &&
         floor !== undefined &&
         best !== undefined &&
         best < floor
