@@ -4,6 +4,7 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { COLOURS as PALETTE } from '../bench/threads/attributes.ts';
 import type { GillEngine } from '../src/engine/gill-engine.ts';
 import { createEngine } from '../src/engine/index.ts';
 import type { JobContext } from '../src/jobs.ts';
@@ -29,18 +30,6 @@ if (!TRAINED) {
     `\n*** SKIPPING tiny-bundle end-to-end tests: ${BUNDLE} is not trained with the full preset yet (EVAL.md) ***\n`,
   );
 }
-
-/** The shapes world's palette (models/training/gill_tiny/data.py). */
-const PALETTE: Record<string, [number, number, number]> = {
-  red: [220, 35, 35],
-  orange: [245, 140, 20],
-  yellow: [240, 215, 30],
-  green: [40, 165, 60],
-  blue: [40, 85, 225],
-  purple: [135, 55, 190],
-  pink: [245, 125, 200],
-  black: [30, 30, 30],
-};
 
 /** Share of each palette colour among the pixels that are not background (white). */
 async function colourShares(png: Uint8Array): Promise<Record<string, number>> {
