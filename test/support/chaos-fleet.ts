@@ -85,7 +85,7 @@ export class ChaosFleet {
   }
 
   /** The first worker to log that it started a job from now on. */
-  async workerRunning(timeoutMs = 60_000): Promise<GillProcess> {
+  async workerRunning(timeoutMs = 30_000): Promise<GillProcess> {
     const deadline = Date.now() + timeoutMs;
     const seen = new Map(this.workers.map((w) => [w, w.output.join('').length]));
     while (Date.now() < deadline) {
