@@ -7,6 +7,7 @@ import { startMetricsServer } from '../src/metrics/server.ts';
 import { MemoryJobQueue } from '../src/queue/memory.ts';
 import { submitJob } from '../src/queue/submit.ts';
 import { runJobs } from '../src/queue/worker.ts';
+import { type RoleParts, readinessChecks } from '../src/roles/observe.ts';
 import { connect, type Store } from '../src/store/index.ts';
 import { FakeEngine, type FakeScript, fakeIndexPayload, fakePayload } from './support/fake-engine.ts';
 import { createTempDatabase, probePostgres, serviceAvailable } from './support/services.ts';
@@ -181,5 +182,17 @@ describe.skipIf(!pgUp)('queue metrics', () => {
     expect(sample(text, 'gill_rate_limit_refusals_total', { limit: 'index_per_minute' })).toBe(1);
     expect(sample(text, 'gill_rate_limit_refusals_total', { limit: 'index_pending' })).toBe(1);
     expect(sample(text, 'gill_rate_limit_refusals_total', { limit: 'per_minute' })).toBeUndefined();
+  });
+});
+
+describe('bot readiness', () => {
+  it('is not ready until its platform adapters are connected, whatever the store and queue say', async () => {
+    const parts: RoleParts = { queue: new MemoryJobQueue() };
+    const checks = readinessChecks(parts, 'bot');
+    expect(Object.keys(checks).sort()).toEqual(['platforms', 'queue', 'store']);
+    expect(() => checks.platforms!()).toThrow('not connected yet');
+    parts.platforms = ['discord'];
+    expect(checks.platforms!()).toBe(true);
+    expect(readinessChecks(parts, 'worker')).not.toHaveProperty('platforms');
   });
 });

@@ -50,6 +50,7 @@ export async function runBot(config: Config): Promise<void> {
     const reconciler = startReconciler({ store, queue, logger, metrics });
     try {
       const adapters = await startAdapters({ config, store, queue, logger, playground: false, metrics });
+      observer.parts.platforms = adapters.map((a) => a.name);
       logger.info(
         {
           database: describeDatabase(config),

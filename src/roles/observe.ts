@@ -28,6 +28,8 @@ export interface RoleParts {
   queue?: JobQueue;
   /** Workers only: whether the engine has loaded its model. */
   modelLoaded?: boolean;
+  /** Bots only: the platform adapters connected so far (Discord's gateway ready, Slack's app started). */
+  platforms?: string[];
 }
 
 export function readinessChecks(parts: RoleParts, role: Role): Record<string, ReadinessCheck> {
@@ -44,6 +46,13 @@ export function readinessChecks(parts: RoleParts, role: Role): Record<string, Re
     },
   };
   if (role !== 'bot') checks.model = () => parts.modelLoaded === true;
+  // A bot that answers before its gateway session is up would lose the interactions sent meanwhile.
+  if (role === 'bot') {
+    checks.platforms = () => {
+      if (!parts.platforms?.length) throw new Error('not connected yet');
+      return true;
+    };
+  }
   return checks;
 }
 
