@@ -189,6 +189,29 @@ describe.skipIf(!(await torchAvailable()))('GILL on a random bundle', () => {
     return decode(bundle, model.tokenizer, seq, first.logits, decodeOptions(options));
   }
 
+  it('with imgAtReplyStart, reads the block right after the prompt and decodes the text as without it', async () => {
+    const prompt = 'a picture of a cat';
+    const r = model.tokenizer.imgIds.length;
+    const withImage = await decodeFrom(prompt, {
+      genScaleFactor: 1e5,
+      imgAtReplyStart: true,
+      maxNewTokens: 6,
+    });
+    const without = await decodeFrom(prompt, { imgAtReplyStart: true, maxImages: 0, maxNewTokens: 6 });
+    expect(without.images).toEqual([]);
+    expect(withImage.ids).toEqual([...model.tokenizer.imgIds, ...without.ids]);
+    expect(withImage.images).toHaveLength(1);
+    expect(withImage.images[0]!.position).toBe(0);
+    expect(withImage.forcedImage).toBe(false);
+    const ids = [...model.tokenizer.encodeText(prompt, { bos: true }), ...model.tokenizer.imgIds];
+    const direct = await new LmSequence(bundle).feed(await embedTokens(bundle, ids));
+    const H = bundle.manifest.lm.hiddenSize;
+    const expected = direct.hidden.slice((ids.length - r) * H);
+    for (let i = 0; i < r * H; i += 7) expect(withImage.images[0]!.hidden[i]).toBeCloseTo(expected[i]!, 4);
+    // [IMG0] is never weighed after the first token, however large the factor.
+    expect(withImage.ids.slice(r).some((id) => model.tokenizer.isImgToken(id))).toBe(false);
+  });
+
   it('forces [IMG1..] after [IMG0] and returns the hidden states at the block', async () => {
     // A huge gen scale factor makes [IMG0] the first token, as GILL's evaluation scripts do.
     const result = await decodeFrom('a picture of a cat', { genScaleFactor: 1e5, maxNewTokens: 4 });

@@ -286,7 +286,15 @@ describe.skipIf(!HAVE_FIXTURES)('GILL parity with the PyTorch reference', () => 
       { type: 'text', text: interleaved.segments[2] },
     ]);
 
-    const turn = await model.chat({
+    // The reference decodes with the fixture's factors, [IMG0] weighed anywhere (no imgAtReplyStart).
+    const defaults = {
+      ...bundle.manifest.defaults,
+      retScaleFactor: dialogue.ret_scale_factor,
+      genScaleFactor: dialogue.gen_scale_factor,
+      imgAtReplyStart: false,
+    };
+    const reference = new GillModel({ ...bundle, manifest: { ...bundle.manifest, defaults } });
+    const turn = await reference.chat({
       conversation,
       imageMode: 'auto',
       retrieveBias: 0,
@@ -298,7 +306,7 @@ describe.skipIf(!HAVE_FIXTURES)('GILL parity with the PyTorch reference', () => 
       maxNewTokens: dialogue.num_words,
       temperature: 0,
     });
-    const r = model.tokenizer.imgIds.length;
+    const r = reference.tokenizer.imgIds.length;
     // The chat allows one [IMG] block; the reference fixture was decoded without that limit.
     const firstBlockEnd = dialogue.imgPosition === null ? dialogue.ids.length : dialogue.imgPosition + r;
     expect(turn.tokens.slice(0, firstBlockEnd)).toEqual(dialogue.ids.slice(0, firstBlockEnd));

@@ -101,6 +101,14 @@ const defaults = z.object({
   topP: z.number().gt(0).max(1),
   retScaleFactor: z.number().positive(),
   genScaleFactor: z.number().positive(),
+  /**
+   * [IMG0] is only weighed as the reply's first token (with `retScaleFactor`), and its block is read right
+   * after the prompt: whether a reply carries an image is decided where the bundle's dialogue rows train
+   * [IMG0] (`Q: … A:[IMG0…]`) and the block sits where the paper's evaluation protocol reads it. The reply's
+   * text is decoded from the same prompt without an image (decode.ts). Absent or false: [IMG0] may come
+   * anywhere in the reply, as in the reference.
+   */
+  imgAtReplyStart: z.boolean().optional(),
   dialogueTemplate: z.string().includes('{text}'),
   scheduler: z
     .string()

@@ -19,6 +19,13 @@ export interface DecodeOptions {
   genScaleFactor: number;
   /** How many [IMG] blocks may be produced (the reference's max_num_rets). */
   maxImages: number;
+  /**
+   * The manifest's `imgAtReplyStart`: [IMG0] is only weighed as the reply's first token, and a block is
+   * read right after the prompt — where the paper's evaluation protocol reads it and where a bundle's
+   * dialogue rows train it (`Q: … A:[IMG0…]`). The reply's text is decoded from the same prompt as a reply
+   * without an image (an LM that never saw text after a block writes none), and the block is put first.
+   */
+  imgAtReplyStart?: boolean;
   /** Append an [IMG] block after the text when the model produced none (the user asked for an image). */
   forceImage: boolean;
   signal?: AbortSignal;
@@ -73,6 +80,22 @@ export async function decode(
   let logits = firstLogits;
   let stop: DecodeResult['stop'] = 'max_tokens';
   let unfed: number | null = null;
+  let forcedImage = false;
+
+  if (options.imgAtReplyStart) {
+    if (options.maxImages > 0 && sequence.positions + r <= maxPositions) {
+      const scores = Float32Array.from(logits);
+      applyImgRules(scores, imgIds, true, options);
+      const rule = { temperature: options.temperature, topP: options.topP, rng: createRng(options.seed) };
+      const chosen = pickToken(scores, rule) === imgIds[0];
+      if (chosen || options.forceImage) {
+        const block = sequence.fork();
+        const hidden = (await block.feed(await embedTokens(bundle, [...imgIds]))).hidden;
+        images.push({ position: 0, hidden: hidden.slice(0, r * H) });
+        forcedImage = !chosen;
+      }
+    }
+  }
 
   const feed = async (tokens: number[]) => {
     const step = await sequence.feed(await embedTokens(bundle, tokens));
@@ -87,7 +110,8 @@ export async function decode(
       break;
     }
     const scores = Float32Array.from(logits);
-    const roomForImage = images.length < options.maxImages && sequence.positions + r <= maxPositions;
+    const roomForImage =
+      !options.imgAtReplyStart && images.length < options.maxImages && sequence.positions + r <= maxPositions;
     applyImgRules(scores, imgIds, roomForImage, options);
     const token = pickToken(scores, { temperature: options.temperature, topP: options.topP, rng });
     if (token === eosId) {
@@ -110,7 +134,10 @@ export async function decode(
     else unfed = token;
   }
 
-  let forcedImage = false;
+  if (options.imgAtReplyStart) {
+    if (images.length) ids.unshift(...imgIds);
+    return { ids, images, forcedImage, stop };
+  }
   const needed = r + (unfed === null ? 0 : 1);
   if (options.forceImage && images.length === 0 && sequence.positions + needed <= maxPositions) {
     // The block follows the whole reply, so the reply's last token must be in the cache.

@@ -49,6 +49,14 @@ export class LmSequence {
     return this.length;
   }
 
+  /** A sequence that continues from this one's cache on its own (the cache tensors are never written to). */
+  fork(): LmSequence {
+    const copy = new LmSequence(this.bundle);
+    copy.past = { ...this.past };
+    copy.length = this.length;
+    return copy;
+  }
+
   /** Feeds embeddings [T, H] (flattened) and advances the cache. */
   async feed(embeds: Float32Array): Promise<LmStep> {
     const { hiddenSize, numLayers, vocabSize } = this.bundle.manifest.lm;

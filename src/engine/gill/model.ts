@@ -242,6 +242,7 @@ export class GillModel {
       seed: request.seed,
       retScaleFactor: d.retScaleFactor,
       genScaleFactor: d.genScaleFactor,
+      imgAtReplyStart: d.imgAtReplyStart ?? false,
       maxImages: 1,
       forceImage: wantsImage,
       signal: request.signal,

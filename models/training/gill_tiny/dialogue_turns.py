@@ -1,0 +1,62 @@
+"""Validation-split dialogues as turns for choosing decoding settings on data the bundle's own split keeps apart
+from training and from the held-out thread set (models/gill-tiny/eval/threads.json, which is for reporting).
+
+Each dialogue of `data.make_dialogue(rng, "val")` becomes its turns, each marked as a request (it asks for a
+picture: "draw …", "now make it blue.") or a statement / small talk (it asks for none), with the reference
+replies the LM was trained on. `bench/ret-scale.ts` reads the file.
+
+    /usr/bin/python3 -m models.training.gill_tiny.dialogue_turns --count 400 --out /tmp/val-dialogues.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+from . import data as D
+
+SMALL_TALK = {q for q, _ in D.SMALL_TALK}
+
+
+def turn_type(dialogue: D.Dialogue, i: int) -> str:
+    q = dialogue.turns[i][0]
+    if q in SMALL_TALK:
+        return "chat"
+    if dialogue.kind == "favourite" and i == 0:
+        return "statement"
+    return "request"
+
+
+def dialogue_turns(split: str, count: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    out = []
+    for n in range(count):
+        d = D.make_dialogue(rng, split)
+        out.append({
+            "id": f"{split}-{n:04d}",
+            "kind": d.kind,
+            "turns": [q for q, _ in d.turns],
+            "replies": [a for _, a in d.turns],
+            "turn_types": [turn_type(d, i) for i in range(len(d.turns))],
+        })
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--split", default="val", choices=D.SPLITS)
+    ap.add_argument("--count", type=int, default=400)
+    ap.add_argument("--seed", type=int, default=20261207)
+    ap.add_argument("--out", type=Path, required=True)
+    a = ap.parse_args()
+    doc = {"format": "gill-dialogue-turns/1", "split": a.split, "seed": a.seed,
+           "dialogues": dialogue_turns(a.split, a.count, a.seed)}
+    a.out.write_text(json.dumps(doc, indent=1) + "\n")
+    types = [t for d in doc["dialogues"] for t in d["turn_types"]]
+    print(f"{a.out}: {len(doc['dialogues'])} dialogues, " + ", ".join(f"{t} {types.count(t)}" for t in sorted(set(types))))
+
+
+if __name__ == "__main__":
+    main()
