@@ -187,7 +187,7 @@ async function planFor(client: SqlClient, communityId: string): Promise<SearchPl
  * images and less than half of the table (a 1% sample of its pages): in its own graph a community's
  * search walks only its own images, where the shared graph's filtered walk discards the others'.
  */
-async function wantsOwnIndex(client: SqlClient, communityId: string): Promise<boolean> {
+export async function wantsOwnIndex(client: SqlClient, communityId: string): Promise<boolean> {
   if (client.kind !== 'postgres') return false;
   if ((await liveImages(client, communityId, COMMUNITY_INDEX_MIN_ROWS)) <= COMMUNITY_INDEX_MIN_ROWS)
     return false;
