@@ -444,6 +444,7 @@ async function main() {
             embedding: queriesFrom.get(c.source)!.subarray(q * DIM, (q + 1) * DIM),
             k: K,
             plan,
+            forced: force !== undefined,
             efSearch: EF,
             candidates: FETCH && FETCH * K,
             onPlan: (plan) => used.set(plan, (used.get(plan) ?? 0) + 1),

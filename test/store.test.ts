@@ -525,6 +525,7 @@ function contractSuite(name: string, setup: () => Promise<Backend>, embedded: bo
               embedding: query,
               k: 10,
               plan: 'hnsw',
+              forced: true, // the index's answer even though it is short of k
               onPlan: (plan) => plans.push(plan),
             });
             expect(plans).toEqual(['hnsw']);

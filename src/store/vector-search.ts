@@ -38,6 +38,8 @@ export const MAX_INDEXED_DIM = 2000;
  * Taking 4k index-scan rows and keeping the best k recovers neighbours relaxed_order returns late.
  */
 export const DEFAULT_EF_SEARCH = 100;
+/** hnsw.ef_search on a community's own index (see the 'community' plan). */
+export const COMMUNITY_EF_SEARCH = 100;
 /** Index-scan rows per result kept (see NearestOptions.candidates). */
 export const DEFAULT_CANDIDATES = 4;
 /** Communities with at most this many live images are searched exactly (see the top of this file). */
@@ -91,7 +93,8 @@ export async function ensureEmbeddingIndex(client: SqlClient, dim: number): Prom
   });
 }
 
-export type SearchPlan = 'hnsw' | 'exact';
+/** 'community': the shared index's query, which the planner answers from the community's own index. */
+export type SearchPlan = 'hnsw' | 'community' | 'exact';
 
 export interface NearestOptions {
   /** Omit to search every image of every community, unfiltered (benchmarks only). */
@@ -109,7 +112,9 @@ export interface NearestOptions {
   candidates?: number;
   /** The plan, as the store's planner chose it or a benchmark forces it; by default counted now. */
   plan?: SearchPlan;
-  /** Told which plan answered: 'hnsw', 'exact', or 'hnsw→exact' when the index scan came back short. */
+  /** A benchmark's forced plan: no exact search when the index scan comes back short. */
+  forced?: boolean;
+  /** Told which plan answered: the plan, or 'hnsw→exact' when the index scan came back short. */
   onPlan?: (plan: string) => void;
 }
 
@@ -199,6 +204,16 @@ export async function wantsOwnIndex(client: SqlClient, communityId: string): Pro
   return sample?.share != null && sample.share < 0.5;
 }
 
+/** Whether the community's own index for `dim` exists and is built (never on PGlite). */
+async function hasOwnIndex(client: SqlClient, dim: number, communityId: string): Promise<boolean> {
+  if (client.kind !== 'postgres') return false;
+  const [row] = await client.query<{ valid: boolean }>(
+    'SELECT indisvalid AS valid FROM pg_index WHERE indexrelid = to_regclass($1)',
+    [communityIndexName(dim, requireRowId(communityId, 'community id'))],
+  );
+  return row?.valid === true;
+}
+
 /**
  * planFor, remembered per community for ttlMs: the count costs about as much as a search on PGlite,
  * and a community's size changes slowly. A stale plan is only slower, never wrong: both plans are exact
@@ -216,7 +231,8 @@ export function planner(
     const key = `${communityId}:${dim}`;
     const cached = known.get(key);
     if (cached && cached.until > now) return cached.plan;
-    const plan = await planFor(client, communityId);
+    let plan = await planFor(client, communityId);
+    if (plan === 'hnsw' && (await hasOwnIndex(client, dim, communityId))) plan = 'community';
     known.set(key, { plan, until: now + ttlMs });
     if (plan === 'hnsw') {
       void wantsOwnIndex(client, communityId)
@@ -269,17 +285,18 @@ export async function nearest<T extends NearestRow>(
 
   const plan = options.plan ?? (communityId === undefined ? 'hnsw' : await planFor(client, communityId));
   if (plan === 'exact') return exact('exact');
-  const ef = Math.min(1000, Math.max(Math.trunc(options.efSearch ?? DEFAULT_EF_SEARCH), candidates)); // pgvector allows 1..1000
+  const efDefault = plan === 'community' ? COMMUNITY_EF_SEARCH : DEFAULT_EF_SEARCH;
+  const ef = Math.min(1000, Math.max(Math.trunc(options.efSearch ?? efDefault), candidates)); // pgvector allows 1..1000
   const rows = await client.transaction(async (tx) => {
     await tx.query(`SET LOCAL hnsw.ef_search = ${ef}`);
     await tx.query('SET LOCAL hnsw.iterative_scan = relaxed_order');
     return tx.query<T>(sqlFor(indexedDistance), params);
   });
-  if (rows.length >= k || communityId === undefined || options.plan === 'hnsw') {
-    options.onPlan?.('hnsw');
+  if (rows.length >= k || communityId === undefined || options.forced) {
+    options.onPlan?.(plan);
     return clean(rows);
   }
-  return exact('hnsw→exact');
+  return exact(`${plan}→exact`);
 }
 
 function clean<T extends NearestRow>(rows: T[]): T[] {
