@@ -4,17 +4,20 @@
  * --keep keeps the Postgres database, --build-only stops after loading and indexing (implies --keep),
  * --reuse measures queries on a kept database without reloading it (and keeps it); --sweep adds forced-index and
  * forced-exact runs beside the store's own choice, for every case; --only <text> runs the cases whose
- * label contains it; --ef and --fetch override hnsw.ef_search and the index-scan rows per result.
+ * label contains it; --ef and --fetch override hnsw.ef_search and the index-scan rows per result;
+ * --server-dir DIR [--shared-buffers 4GB] runs it on a Postgres cluster of its own in DIR (see ownServer).
  *
- * Loads `rows` unit embeddings drawn from a mixture of about rows/50 Gaussian clusters on the sphere,
- * the within-cluster spread half the between-cluster spread (the structure of real image embeddings;
- * uniform random vectors are a worst case no index meets). Rows fall into three communities (89.9%,
- * 10%, 0.1% of rows); 5% of each community's rows are private, in one of two private channels or one of
- * two private threads. Then times top-10 queries, drawn fresh from the same mixture, through the
- * store's own search (src/store/vector-search.ts), and measures recall@10 against exact search with the
- * same filter computed here by brute force: unfiltered, each community as seen from a public channel,
- * and viewers inside a private channel (10% community) and a private thread (0.1% community). Prints a
- * table, then one JSON line. One query at a time.
+ * Loads `rows` unit embeddings drawn from a mixture of about rows/50 Gaussian clusters ("topics") on the
+ * sphere, the within-cluster spread half the between-cluster spread (the structure of real image
+ * embeddings; uniform random vectors are a worst case no index meets). Rows fall into three communities
+ * (89.9%, 10%, 0.1% of rows), each posting 80% about topics of its own and 20% about topics common to
+ * all (README, "Scaling: the gallery"); 5% of each community's rows are private, in one of two private
+ * channels or one of two private threads. Then times top-10 queries, drawn fresh from the searching
+ * community's own mixture (the whole gallery's for unfiltered ones and for the off-topic stress row),
+ * through the store's own search (src/store/vector-search.ts), and measures recall@10 against exact
+ * search with the same filter computed here by brute force: unfiltered, each community as seen from a
+ * public channel, and viewers inside a private channel (10% community) and a private thread (0.1%
+ * community). Prints a table, then one JSON line. One query at a time.
  */
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
