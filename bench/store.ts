@@ -4,28 +4,35 @@
  * --keep keeps the Postgres database, --build-only stops after loading and indexing (implies --keep),
  * --reuse measures queries on a kept database without reloading it (and keeps it); --sweep adds forced-index and
  * forced-exact runs beside the store's own choice, for every case; --only <text> runs the cases whose
- * label contains it; --ef and --fetch override hnsw.ef_search and the index-scan rows per result.
+ * label contains it; --ef and --fetch override hnsw.ef_search and the index-scan rows per result;
+ * --server-dir DIR [--shared-buffers 4GB] runs it on a Postgres cluster of its own in DIR (see ownServer).
  *
- * Loads `rows` unit embeddings drawn from a mixture of about rows/50 Gaussian clusters on the sphere,
- * the within-cluster spread half the between-cluster spread (the structure of real image embeddings;
- * uniform random vectors are a worst case no index meets). Rows fall into three communities (89.9%,
- * 10%, 0.1% of rows); 5% of each community's rows are private, in one of two private channels or one of
- * two private threads. Then times top-10 queries, drawn fresh from the same mixture, through the
- * store's own search (src/store/vector-search.ts), and measures recall@10 against exact search with the
- * same filter computed here by brute force: unfiltered, each community as seen from a public channel,
- * and viewers inside a private channel (10% community) and a private thread (0.1% community). Prints a
- * table, then one JSON line. One query at a time.
+ * Loads `rows` unit embeddings drawn from a mixture of about rows/50 Gaussian clusters ("topics") on the
+ * sphere, the within-cluster spread half the between-cluster spread (the structure of real image
+ * embeddings; uniform random vectors are a worst case no index meets). Rows fall into three communities
+ * (89.9%, 10%, 0.1% of rows), each posting 80% about topics of its own and 20% about topics common to
+ * all (README, "Scaling: the gallery"); 5% of each community's rows are private, in one of two private
+ * channels or one of two private threads. Then times top-10 queries, drawn fresh from the searching
+ * community's own mixture (the whole gallery's for unfiltered ones and for the off-topic stress row),
+ * through the store's own search (src/store/vector-search.ts), and measures recall@10 against exact
+ * search with the same filter computed here by brute force: unfiltered, each community as seen from a
+ * public channel, and viewers inside a private channel (10% community) and a private thread (0.1%
+ * community). Prints a table, then one JSON line. One query at a time.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
+import { parseArgs, promisify } from 'node:util';
 import pg from 'pg';
 import { migrate } from '../src/store/migrations.ts';
 import { pgliteClient, postgresClient, type Row, type SqlClient, type SqlQuery } from '../src/store/sql-client.ts';
 import { createStore } from '../src/store/store.ts';
 import type { ViewerScope } from '../src/store/types.ts';
 import {
+  communityIndexName,
   DEFAULT_CANDIDATES,
   DEFAULT_EF_SEARCH,
   ensureEmbeddingIndex,
@@ -33,6 +40,8 @@ import {
   nearest,
   planner,
   type SearchPlan,
+  ensureCommunityIndex,
+  wantsOwnIndex,
 } from '../src/store/vector-search.ts';
 
 const { values: args } = parseArgs({
@@ -50,6 +59,8 @@ const { values: args } = parseArgs({
     only: { type: 'string' },
     ef: { type: 'string' },
     fetch: { type: 'string' },
+    'server-dir': { type: 'string' },
+    'shared-buffers': { type: 'string', default: '4GB' },
   },
 });
 
@@ -92,9 +103,8 @@ function gaussian(): number {
 const centres = new Float32Array(CLUSTERS * DIM);
 for (let i = 0; i < centres.length; i++) centres[i] = gaussian() / Math.sqrt(DIM);
 
-/** Draws a point into out at offset; returns its cluster. */
-function drawPoint(out: Float32Array, offset: number): number {
-  const cluster = Math.floor(uniform() * CLUSTERS);
+/** Draws a point of `cluster` into out at offset, rounded as the load sends it (6 significant digits). */
+function drawPoint(out: Float32Array, offset: number, cluster: number): void {
   const c = cluster * DIM;
   let norm = 0;
   for (let d = 0; d < DIM; d++) {
@@ -103,13 +113,41 @@ function drawPoint(out: Float32Array, offset: number): number {
     norm += v * v;
   }
   norm = Math.sqrt(norm);
-  for (let d = 0; d < DIM; d++) out[offset + d]! /= norm;
-  return cluster;
+  for (let d = 0; d < DIM; d++) out[offset + d] = Number((out[offset + d]! / norm).toPrecision(6));
 }
 
 const REST = 0;
 const BIG = 1;
 const SMALL = 2;
+/**
+ * Topics: the first SHARED_CLUSTERS_FRACTION of the clusters are common to every community (what
+ * everyone posts: memes, pets, food); the rest are split among the communities in proportion to their
+ * size, each community's own topics. A community draws SHARED_ROWS_FRACTION of its images from the
+ * common clusters and the rest from its own, so at 1M rows every cluster holds about 40–100 images.
+ */
+const SHARED_CLUSTERS_FRACTION = 0.1;
+const SHARED_ROWS_FRACTION = 0.2;
+const sharedClusters = Math.max(1, Math.round(CLUSTERS * SHARED_CLUSTERS_FRACTION));
+const ownClusters: [number, number][] = [];
+{
+  const small = Math.max(1, Math.round(CLUSTERS * SMALL_FRACTION));
+  const big = Math.max(1, Math.round(CLUSTERS * BIG_FRACTION));
+  ownClusters[SMALL] = [sharedClusters, small];
+  ownClusters[BIG] = [sharedClusters + small, big];
+  ownClusters[REST] = [sharedClusters + small + big, Math.max(1, CLUSTERS - sharedClusters - small - big)];
+}
+/** Who a query comes from: a community (its own distribution), or anyone (the whole gallery's). */
+type Source = typeof REST | typeof BIG | typeof SMALL | 'anyone';
+function drawCommunity(): number {
+  const u = uniform();
+  return u < SMALL_FRACTION ? SMALL : u < SMALL_FRACTION + BIG_FRACTION ? BIG : REST;
+}
+function drawCluster(from: number): number {
+  if (uniform() < SHARED_ROWS_FRACTION) return Math.floor(uniform() * sharedClusters);
+  const [first, count] = ownClusters[from]!;
+  return Math.min(CLUSTERS - 1, first + Math.floor(uniform() * count));
+}
+
 /**
  * Where row i was posted: its community, whether it is private, and its place 0–3. Public rows are in
  * channel general-<place>. Private rows of places 0 and 1 are in channel private-<place>; of places 2
@@ -123,12 +161,12 @@ const vectors = new Float32Array(N * DIM);
 const clusterOf = new Uint32Array(N);
 const radius = new Float64Array(N);
 function drawRow(i: number): void {
-  clusterOf[i] = drawPoint(vectors, i * DIM);
+  community[i] = drawCommunity();
+  clusterOf[i] = drawCluster(community[i]!);
+  drawPoint(vectors, i * DIM, clusterOf[i]!);
   let r = 0;
   for (let d = 0; d < DIM; d++) r += (vectors[i * DIM + d]! - centres[clusterOf[i]! * DIM + d]!) ** 2;
   radius[i] = Math.sqrt(r);
-  const u = uniform();
-  community[i] = u < SMALL_FRACTION ? SMALL : u < SMALL_FRACTION + BIG_FRACTION ? BIG : REST;
   isPrivate[i] = uniform() < PRIVATE_FRACTION ? 1 : 0;
   place[i] = Math.floor(uniform() * 4);
 }
@@ -151,6 +189,45 @@ const round = (v: number, digits = 2) => Number(v.toFixed(digits));
 const log = (line: string) => process.stderr.write(`${line}\n`);
 const loadAverage = () => os.loadavg().map((v) => round(v, 2));
 
+const PG_BIN = process.env.PG_BIN ?? '/usr/lib/postgresql/15/bin';
+const run = promisify(execFile);
+/** Postgres refuses to run as root: as root, its tools run as the postgres user. */
+const pgTool = (tool: string, toolArgs: string[]) =>
+  process.getuid?.() === 0
+    ? run('runuser', ['-u', 'postgres', '--', `${PG_BIN}/${tool}`, ...toolArgs])
+    : run(`${PG_BIN}/${tool}`, toolArgs);
+
+/**
+ * --server-dir: a Postgres cluster of the bench's own in `dir` (initdb on first use, kept for --reuse),
+ * started for the run on a free port and stopped after it, for server settings a shared Postgres may
+ * not take: shared_buffers (--shared-buffers) large enough to hold the HNSW graphs, which a search
+ * walks about 1,750 pages of at 1M rows (README, "Scaling: the gallery").
+ */
+async function ownServer(dir: string): Promise<{ url: string; stop(): Promise<void> }> {
+  const data = path.join(dir, 'data');
+  await mkdir(dir, { recursive: true });
+  if (process.getuid?.() === 0) await run('chown', ['postgres', dir]);
+  if (!existsSync(path.join(data, 'PG_VERSION'))) {
+    log(`  initdb ${data}`);
+    await pgTool('initdb', ['-D', data, '-U', 'postgres', '--auth=trust', '-E', 'UTF8']);
+  }
+  const port = await new Promise<number>((resolve) => {
+    const server = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+  const options = [
+    `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1`,
+    `-c shared_buffers=${args['shared-buffers']} -c max_wal_size=8GB -c fsync=off`,
+  ].join(' ');
+  await pgTool('pg_ctl', ['-D', data, '-l', path.join(dir, 'log'), '-o', options, '-w', 'start']);
+  return {
+    url: `postgres://postgres@127.0.0.1:${port}/postgres`,
+    stop: async () => void (await pgTool('pg_ctl', ['-D', data, '-m', 'fast', '-w', 'stop'])),
+  };
+}
+
 async function openBenchDatabase(): Promise<{ client: SqlClient; where: string; cleanup(): Promise<void> }> {
   if (args.db === 'pglite') {
     const dir = await mkdtemp(path.join(os.tmpdir(), 'gill-bench-'));
@@ -160,7 +237,9 @@ async function openBenchDatabase(): Promise<{ client: SqlClient; where: string; 
       cleanup: () => rm(dir, { recursive: true, force: true }),
     };
   }
-  const base = args.url ?? process.env.DATABASE_URL ?? process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
+  const server = args['server-dir'] ? await ownServer(path.resolve(args['server-dir'])) : undefined;
+  const base =
+    server?.url ?? args.url ?? process.env.DATABASE_URL ?? process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
   const name = args.reuse ?? `gill_bench_${Date.now().toString(36)}`;
   if (!/^gill_bench_\w+$/.test(name)) throw new Error('--reuse takes a gill_bench_* database kept by --keep');
   const admin = async (sql: string) => {
@@ -186,8 +265,10 @@ async function openBenchDatabase(): Promise<{ client: SqlClient; where: string; 
     where: `Postgres ${url.hostname}:${url.port || 5432}/${name}`,
     async cleanup() {
       await client.close();
-      if (KEEP) log(`kept database ${name} (measure it with --reuse ${name} --rows ${N})`);
+      const where = server ? ` --server-dir ${args['server-dir']}` : '';
+      if (KEEP) log(`kept database ${name} (measure it with --reuse ${name} --rows ${N}${where})`);
       else await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+      await server?.stop();
     },
   };
 }
@@ -203,7 +284,7 @@ async function load(client: SqlClient, ids: string[], hash: string): Promise<num
     for (let i = first; i < end; i++) {
       drawRow(i);
       if (args.reuse) continue;
-      const text = Array.from(vectors.subarray(i * DIM, (i + 1) * DIM), (v) => v.toPrecision(9));
+      const text = Array.from(vectors.subarray(i * DIM, (i + 1) * DIM), (v) => v.toPrecision(6));
       const row = [ids[community[i]!]!, channelOf(i), threadOf(i), isPrivate[i] ? 'private' : 'public', String(i)];
       row.forEach((value, c) => columns[c]!.push(value));
       columns[5]!.push(`[${text.join(',')}]`);
@@ -225,6 +306,8 @@ async function load(client: SqlClient, ids: string[], hash: string): Promise<num
 interface Case {
   label: string;
   communityId?: string;
+  /** Whose distribution the case's queries are drawn from. */
+  source: Source;
   scope?: ViewerScope;
   member: (i: number) => boolean;
 }
@@ -252,6 +335,7 @@ async function main() {
 
     const loadSeconds = await load(db.client, ids, hash);
     let indexSeconds: number | null = null;
+    const communityIndexes: { community: string; seconds: number; mb: number }[] = [];
     if (!args.reuse) {
       log(`  loaded in ${round(loadSeconds, 1)} s; building the index, load average ${loadAverage().join(' ')}`);
       const indexStart = performance.now();
@@ -259,6 +343,19 @@ async function main() {
       indexSeconds = (performance.now() - indexStart) / 1000;
       // What autovacuum does in a running deployment: statistics, and the visibility map for counts.
       await db.client.exec('VACUUM ANALYZE images');
+      // The communities' own indexes, which the store's planner would start in the background on their
+      // first search: built here so that every measurement walks the graph the store settles on.
+      for (const id of ids) {
+        if (!(await wantsOwnIndex(db.client, id))) continue;
+        const start = performance.now();
+        await ensureCommunityIndex(db.client, DIM, id);
+        const [size] = await db.client.query<{ mb: number }>(
+          'SELECT round(pg_relation_size($1::regclass) / 1048576.0)::int AS mb',
+          [communityIndexName(DIM, id)],
+        );
+        communityIndexes.push({ community: id, seconds: round((performance.now() - start) / 1000, 1), mb: size!.mb });
+        log(`  community ${id}'s own index: ${communityIndexes.at(-1)!.seconds} s, ${size!.mb} MB`);
+      }
     }
     const [sizes] = await db.client.query<{ index_mb: number; table_mb: number }>(
       `SELECT round(pg_relation_size($1::regclass) / 1048576.0)::int AS index_mb,
@@ -269,32 +366,59 @@ async function main() {
       `  HNSW build ${indexSeconds === null ? 'reused' : `${round(indexSeconds, 1)} s`}, index ${sizes!.index_mb} MB, ` +
         `table with indexes ${sizes!.table_mb} MB, load average ${loadAverage().join(' ')}`,
     );
-    const build = { loadSeconds: args.reuse ? null : round(loadSeconds, 1), indexSeconds: indexSeconds && round(indexSeconds, 1), indexMb: sizes!.index_mb };
+    const build = {
+      loadSeconds: args.reuse ? null : round(loadSeconds, 1),
+      indexSeconds: indexSeconds && round(indexSeconds, 1),
+      indexMb: sizes!.index_mb,
+      communityIndexes,
+    };
     if (args['build-only']) {
       console.log(JSON.stringify({ bench: 'store', db: args.db, pgvector: version, rows: N, dim: DIM, ...build }));
       return;
     }
+    if (args['server-dir']) {
+      // A running deployment's graph stays in shared buffers; a freshly started server's are empty.
+      const start = performance.now();
+      await db.client.exec('CREATE EXTENSION IF NOT EXISTS pg_prewarm');
+      await db.client.query(
+        `SELECT pg_prewarm(indexrelid) FROM pg_index WHERE indrelid = 'images'::regclass
+         AND indexrelid::regclass::text LIKE $1`,
+        [`${indexName(DIM)}%`],
+      );
+      log(`  HNSW indexes read into shared buffers in ${round((performance.now() - start) / 1000, 1)} s`);
+    }
 
-    const queries = new Float32Array(QUERIES * DIM);
-    for (let q = 0; q < QUERIES; q++) drawPoint(queries, q * DIM);
+    // Queries are drawn as the images are: people search for what their community posts. The
+    // off-topic row draws them from the whole gallery instead, mostly topics the community never posted.
+    const queriesFrom = new Map<Source, Float32Array>();
+    for (const source of ['anyone', REST, BIG, SMALL] as Source[]) {
+      const set = new Float32Array(QUERIES * DIM);
+      for (let q = 0; q < QUERIES; q++)
+        drawPoint(set, q * DIM, drawCluster(source === 'anyone' ? drawCommunity() : source));
+      queriesFrom.set(source, set);
+    }
     const privateChannel: ViewerScope = { channelId: 'private-0', threadId: null };
     const privateThread: ViewerScope = { channelId: 'general-2', threadId: 'secret-2' };
+    const inCommunity = (id: number, scope?: ViewerScope) => (i: number) => community[i] === id && visible(i, scope);
     const allCases: Case[] = [
-      { label: 'unfiltered', member: () => true },
-      { label: 'community 90%', communityId: ids[REST], member: (i) => community[i] === REST && visible(i, undefined) },
-      { label: 'community 10%', communityId: ids[BIG], member: (i) => community[i] === BIG && visible(i, undefined) },
-      { label: 'community 0.1%', communityId: ids[SMALL], member: (i) => community[i] === SMALL && visible(i, undefined) },
+      { label: 'unfiltered', source: 'anyone', member: () => true },
+      { label: 'community 89.9%', communityId: ids[REST], source: REST, member: inCommunity(REST) },
+      { label: 'community 10%', communityId: ids[BIG], source: BIG, member: inCommunity(BIG) },
+      { label: '10%, off-topic queries', communityId: ids[BIG], source: 'anyone', member: inCommunity(BIG) },
+      { label: 'community 0.1%', communityId: ids[SMALL], source: SMALL, member: inCommunity(SMALL) },
       {
         label: '10%, private channel',
         communityId: ids[BIG],
         scope: privateChannel,
-        member: (i) => community[i] === BIG && visible(i, privateChannel),
+        source: BIG,
+        member: inCommunity(BIG, privateChannel),
       },
       {
         label: '0.1%, private thread',
         communityId: ids[SMALL],
         scope: privateThread,
-        member: (i) => community[i] === SMALL && visible(i, privateThread),
+        source: SMALL,
+        member: inCommunity(SMALL, privateThread),
       },
     ];
 
@@ -312,33 +436,38 @@ async function main() {
     const members = byCluster.map((lists) => lists.reduce((n, list) => n + list.rows.length, 0));
     const expected = cases.map(() => [] as Set<string>[]);
     const centreScore = new Float64Array(CLUSTERS);
-    for (let q = 0; q < QUERIES; q++) {
-      const query = queries.subarray(q * DIM, (q + 1) * DIM);
-      for (let c = 0; c < CLUSTERS; c++) {
-        let s = 0;
-        for (let d = 0; d < DIM; d++) s += query[d]! * centres[c * DIM + d]!;
-        centreScore[c] = s;
-      }
-      byCluster.forEach((lists, index) => {
-        const bound = (c: number) => centreScore[c]! + lists[c]!.reach + 1e-4; // float32 rounding margin
-        const order = lists.map((_, c) => c).filter((c) => lists[c]!.rows.length > 0);
-        order.sort((a, b) => bound(b) - bound(a));
-        const top: { i: number; s: number }[] = [];
-        for (const c of order) {
-          if (top.length === K && bound(c) <= top[K - 1]!.s) break;
-          for (const i of lists[c]!.rows) {
-            if (top.length === K && centreScore[c]! + radius[i]! + 1e-4 <= top[K - 1]!.s) continue;
-            let s = 0;
-            const o = i * DIM;
-            for (let d = 0; d < DIM; d++) s += query[d]! * vectors[o + d]!;
-            if (top.length === K && s <= top[K - 1]!.s) continue;
-            top.push({ i, s });
-            top.sort((a, b) => b.s - a.s);
-            if (top.length > K) top.pop();
-          }
+    for (const [source, queries] of queriesFrom) {
+      const mine = cases.flatMap((c, index) => (c.source === source ? [index] : []));
+      if (mine.length === 0) continue;
+      for (let q = 0; q < QUERIES; q++) {
+        const query = queries.subarray(q * DIM, (q + 1) * DIM);
+        for (let c = 0; c < CLUSTERS; c++) {
+          let s = 0;
+          for (let d = 0; d < DIM; d++) s += query[d]! * centres[c * DIM + d]!;
+          centreScore[c] = s;
         }
-        expected[index]!.push(new Set(top.map((b) => String(b.i))));
-      });
+        for (const index of mine) {
+          const lists = byCluster[index]!;
+          const bound = (c: number) => centreScore[c]! + lists[c]!.reach + 1e-4; // float32 rounding margin
+          const order = lists.map((_, c) => c).filter((c) => lists[c]!.rows.length > 0);
+          order.sort((a, b) => bound(b) - bound(a));
+          const top: { i: number; s: number }[] = [];
+          for (const c of order) {
+            if (top.length === K && bound(c) <= top[K - 1]!.s) break;
+            for (const i of lists[c]!.rows) {
+              if (top.length === K && centreScore[c]! + radius[i]! + 1e-4 <= top[K - 1]!.s) continue;
+              let s = 0;
+              const o = i * DIM;
+              for (let d = 0; d < DIM; d++) s += query[d]! * vectors[o + d]!;
+              if (top.length === K && s <= top[K - 1]!.s) continue;
+              top.push({ i, s });
+              top.sort((a, b) => b.s - a.s);
+              if (top.length > K) top.pop();
+            }
+          }
+          expected[index]!.push(new Set(top.map((b) => String(b.i))));
+        }
+      }
     }
     log(`  exact top-${K} of ${QUERIES} queries computed, load average ${loadAverage().join(' ')}`);
 
@@ -374,9 +503,10 @@ async function main() {
           nearest<{ id: string; score: number; messageId: string }>(client, '"message_id" AS "messageId"', {
             communityId: c.communityId,
             scope: c.scope,
-            embedding: queries.subarray(q * DIM, (q + 1) * DIM),
+            embedding: queriesFrom.get(c.source)!.subarray(q * DIM, (q + 1) * DIM),
             k: K,
             plan,
+            forced: force !== undefined,
             efSearch: EF,
             candidates: FETCH && FETCH * K,
             onPlan: (plan) => used.set(plan, (used.get(plan) ?? 0) + 1),

@@ -366,6 +366,21 @@ function contractSuite(name: string, setup: () => Promise<Backend>, embedded: bo
         expect(plans).toEqual(['hnsw']);
         expect(rows).toHaveLength(10);
         expect(rows.every((r) => r.communityId === big)).toBe(true);
+        // The plan the store's planner gives a community with its own index answers the same way.
+        const own = await nearest<{ id: string; score: number; communityId: string }>(
+          sql,
+          'id::text AS id, community_id::text AS "communityId"',
+          {
+            communityId: big,
+            embedding: randomUnit(random, DIM),
+            k: 10,
+            plan: 'community',
+            onPlan: (p) => plans.push(p),
+          },
+        );
+        expect(plans).toEqual(['hnsw', 'community']);
+        expect(own).toHaveLength(10);
+        expect(own.every((r) => r.communityId === big)).toBe(true);
         const [plan] = await sql.query<{ plan: string }>(
           `EXPLAIN (FORMAT JSON) SELECT id FROM images WHERE vector_dims(embedding) = ${DIM} AND deleted_at IS NULL
            AND community_id = ${big} ORDER BY embedding::vector(${DIM}) <#> $1::text::vector(${DIM}) LIMIT 10`,
@@ -525,6 +540,7 @@ function contractSuite(name: string, setup: () => Promise<Backend>, embedded: bo
               embedding: query,
               k: 10,
               plan: 'hnsw',
+              forced: true, // the index's answer even though it is short of k
               onPlan: (plan) => plans.push(plan),
             });
             expect(plans).toEqual(['hnsw']);

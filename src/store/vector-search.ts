@@ -18,9 +18,12 @@ import { isRowId, requireRowId } from './validate.ts';
  * - exact: a community with at most EXACT_SCAN_MAX_ROWS live images is scanned whole (B-tree on
  *   community_id): exact, and at that size about as fast as a graph walk. A filtered walk of the shared
  *   graph is what HNSW does worst for a small community: most of what it visits is other rows.
- * - its own index: on Postgres, a community of more than COMMUNITY_INDEX_MIN_ROWS holding less than
- *   half the table gets a partial HNSW index of its own (built in the background once it grows past
- *   that), so its searches walk its own graph instead of discarding the other communities' rows.
+ * - its own index ('community'): on Postgres, a community of more than COMMUNITY_INDEX_MIN_ROWS holding
+ *   less than half the table gets a partial HNSW index of its own (built in the background once it
+ *   grows past that), so its searches walk its own graph instead of discarding the other communities'
+ *   rows. The plan is 'community' once that index is valid (its own ef_search, COMMUNITY_EF_SEARCH);
+ *   the SQL is the shared plan's, and the planner picks the partial index because the community's
+ *   literal id matches its predicate (bench:store EXPLAINs it).
  * - the shared index otherwise, with pgvector 0.8's iterative scans (Postgres and PGlite both bundle
  *   ≥ 0.8): the scan keeps walking until enough rows pass the filter. Iterative scans stop after
  *   hnsw.max_scan_tuples; when that leaves fewer than k rows (a viewer's filter that admits few of a
@@ -33,11 +36,17 @@ export const MAX_INDEXED_DIM = 2000;
 
 /**
  * From `npm run bench:store` (README, "Scaling: the gallery"): at 1M × 256 clustered rows, ef_search 100
- * gives recall@10 0.975 over the whole table; a community whose nearest images are mostly unrelated
- * ones (near-ties at low cosine) needs 400–800 for 0.935–0.985, at 3–10× the latency.
- * Taking 4k index-scan rows and keeping the best k recovers neighbours relaxed_order returns late.
+ * gives recall@10 0.965 over the whole table and 0.973 in a community of 90% of it. Taking 4k
+ * index-scan rows and keeping the best k recovers neighbours relaxed_order returns late.
  */
 export const DEFAULT_EF_SEARCH = 100;
+/**
+ * hnsw.ef_search on a community's own index (the 'community' plan). 100 gives recall@10 0.996 for a
+ * 10% community's queries about its own topics (README). Queries about topics it never posted, whose
+ * top 10 are near-ties at low cosine, need far more (0.60 at 100, 0.78 at 200, 0.92 at 400, at 1×, 3×,
+ * 5× the latency): not worth paying on every search for results nobody will find similar.
+ */
+export const COMMUNITY_EF_SEARCH = 100;
 /** Index-scan rows per result kept (see NearestOptions.candidates). */
 export const DEFAULT_CANDIDATES = 4;
 /** Communities with at most this many live images are searched exactly (see the top of this file). */
@@ -91,7 +100,8 @@ export async function ensureEmbeddingIndex(client: SqlClient, dim: number): Prom
   });
 }
 
-export type SearchPlan = 'hnsw' | 'exact';
+/** 'community': the shared index's query, which the planner answers from the community's own index. */
+export type SearchPlan = 'hnsw' | 'community' | 'exact';
 
 export interface NearestOptions {
   /** Omit to search every image of every community, unfiltered (benchmarks only). */
@@ -109,7 +119,9 @@ export interface NearestOptions {
   candidates?: number;
   /** The plan, as the store's planner chose it or a benchmark forces it; by default counted now. */
   plan?: SearchPlan;
-  /** Told which plan answered: 'hnsw', 'exact', or 'hnsw→exact' when the index scan came back short. */
+  /** A benchmark's forced plan: no exact search when the index scan comes back short. */
+  forced?: boolean;
+  /** Told which plan answered: the plan, or 'hnsw→exact' when the index scan came back short. */
   onPlan?: (plan: string) => void;
 }
 
@@ -187,7 +199,7 @@ async function planFor(client: SqlClient, communityId: string): Promise<SearchPl
  * images and less than half of the table (a 1% sample of its pages): in its own graph a community's
  * search walks only its own images, where the shared graph's filtered walk discards the others'.
  */
-async function wantsOwnIndex(client: SqlClient, communityId: string): Promise<boolean> {
+export async function wantsOwnIndex(client: SqlClient, communityId: string): Promise<boolean> {
   if (client.kind !== 'postgres') return false;
   if ((await liveImages(client, communityId, COMMUNITY_INDEX_MIN_ROWS)) <= COMMUNITY_INDEX_MIN_ROWS)
     return false;
@@ -197,6 +209,16 @@ async function wantsOwnIndex(client: SqlClient, communityId: string): Promise<bo
     [communityId],
   );
   return sample?.share != null && sample.share < 0.5;
+}
+
+/** Whether the community's own index for `dim` exists and is built (never on PGlite). */
+async function hasOwnIndex(client: SqlClient, dim: number, communityId: string): Promise<boolean> {
+  if (client.kind !== 'postgres') return false;
+  const [row] = await client.query<{ valid: boolean }>(
+    'SELECT indisvalid AS valid FROM pg_index WHERE indexrelid = to_regclass($1)',
+    [communityIndexName(dim, requireRowId(communityId, 'community id'))],
+  );
+  return row?.valid === true;
 }
 
 /**
@@ -216,7 +238,8 @@ export function planner(
     const key = `${communityId}:${dim}`;
     const cached = known.get(key);
     if (cached && cached.until > now) return cached.plan;
-    const plan = await planFor(client, communityId);
+    let plan = await planFor(client, communityId);
+    if (plan === 'hnsw' && (await hasOwnIndex(client, dim, communityId))) plan = 'community';
     known.set(key, { plan, until: now + ttlMs });
     if (plan === 'hnsw') {
       void wantsOwnIndex(client, communityId)
@@ -269,17 +292,18 @@ export async function nearest<T extends NearestRow>(
 
   const plan = options.plan ?? (communityId === undefined ? 'hnsw' : await planFor(client, communityId));
   if (plan === 'exact') return exact('exact');
-  const ef = Math.min(1000, Math.max(Math.trunc(options.efSearch ?? DEFAULT_EF_SEARCH), candidates)); // pgvector allows 1..1000
+  const efDefault = plan === 'community' ? COMMUNITY_EF_SEARCH : DEFAULT_EF_SEARCH;
+  const ef = Math.min(1000, Math.max(Math.trunc(options.efSearch ?? efDefault), candidates)); // pgvector allows 1..1000
   const rows = await client.transaction(async (tx) => {
     await tx.query(`SET LOCAL hnsw.ef_search = ${ef}`);
     await tx.query('SET LOCAL hnsw.iterative_scan = relaxed_order');
     return tx.query<T>(sqlFor(indexedDistance), params);
   });
-  if (rows.length >= k || communityId === undefined || options.plan === 'hnsw') {
-    options.onPlan?.('hnsw');
+  if (rows.length >= k || communityId === undefined || options.forced) {
+    options.onPlan?.(plan);
     return clean(rows);
   }
-  return exact('hnsw→exact');
+  return exact(`${plan}→exact`);
 }
 
 function clean<T extends NearestRow>(rows: T[]): T[] {
