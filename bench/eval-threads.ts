@@ -138,6 +138,7 @@ try {
       bundle: {
         retScaleFactor: manifest.defaults.retScaleFactor,
         imgAtReplyStart: manifest.defaults.imgAtReplyStart ?? false,
+        ownImagesInContext: manifest.defaults.ownImagesInContext ?? true,
         minRetrieveSimilarity: manifest.defaults.minRetrieveSimilarity ?? null,
         lmNormalizer: tokenizer.normalizer ?? null,
       },

@@ -352,6 +352,7 @@ def with_thread_replay(report: str, bundle: Path, r: dict) -> str:
     b = t["bundle"]
     settings = (f"retScaleFactor {b['retScaleFactor']}" + (", [IMG0] weighed only as the reply's first token"
                 if b["imgAtReplyStart"] else "") + (", a lowercasing LM tokenizer" if b["lmNormalizer"] else "")
+                + (", its own earlier answers read as text" if b.get("ownImagesInContext") is False else "")
                 + (f", minRetrieveSimilarity {b['minRetrieveSimilarity']}" if b["minRetrieveSimilarity"] is not None else ""))
     L = ["## Thread replay", "",
          f"{t['conversations']} held-out conversations (`{t['set']}`: favourite colour, recolour, resize, reshape, move, "
@@ -366,7 +367,9 @@ def with_thread_replay(report: str, bundle: Path, r: dict) -> str:
         a = p["accuracy"]
         L.append(f"| {name} | " + " | ".join(f"{a[k]:.1f}" for k in (*ATTRS, "mean"))
                  + f" | {clean:.1f} | {a['mean'] - clean:+.1f} | {'yes' if a['mean'] >= clean - 5 else 'no'} |")
-    L += ["", "| platform | statements with an image (target 0%) | requests with an image (target ≥ 95%) | "
+    L += ["", "Statements are the turns that ask for no image: favourite-colour statements, chit-chat and story sentences "
+          "before the last turn. The reply rubric counts the stated attributes a reply names.", "",
+          "| platform | statements with an image (target 0%) | requests with an image (target ≥ 95%) | "
           "reply rubric, all turns | reply rubric, statements (no target) |", "|---|---|---|---|---|"]
     for name, p in t["platforms"].items():
         L.append(f"| {name} | {p['statementsWithImagePct']:.1f}% ({p['statementsWithImage']} of {p['statements']}) | "
