@@ -155,6 +155,26 @@ describe.skipIf(!(await torchAvailable()))('GILL on a random bundle', () => {
     expect(fitted.notes[0]).toMatch(/12 images; only the 3 most recent/);
   });
 
+  it("leaves its own earlier images out of the prompt when the manifest says so, people's images stay", async () => {
+    const conversation: ConversationItem<Uint8Array>[] = [
+      { role: 'user', content: { type: 'image', image: png } },
+      { role: 'user', content: { type: 'text', text: 'draw a red star' } },
+      { role: 'assistant', content: { type: 'text', text: 'here is a red star.' } },
+      { role: 'assistant', content: { type: 'image', image: png } },
+      { role: 'user', content: { type: 'text', text: 'now make it blue' } },
+    ];
+    const images = (p: { segments: { type: string }[] }) =>
+      p.segments.filter((s) => s.type === 'image').length;
+    expect(images(await model.prepareChatPrompt(conversation))).toBe(2);
+    const defaults = { ...bundle.manifest.defaults, ownImagesInContext: false };
+    const textOnly = new GillModel({ ...bundle, manifest: { ...bundle.manifest, defaults } });
+    const prompt = await textOnly.prepareChatPrompt(conversation);
+    expect(images(prompt)).toBe(1);
+    expect(
+      model.tokenizer.decode(prompt.segments.flatMap((s) => (s.type === 'tokens' ? s.ids : []))),
+    ).toContain('here is a red star.');
+  });
+
   it('the KV cache gives the same hidden states and logits as one full pass', async () => {
     const ids = model.tokenizer.encodeText('a red star on the left', { bos: true });
     const H = bundle.manifest.lm.hiddenSize;

@@ -257,6 +257,14 @@ describe.skipIf(!HAVE_FIXTURES)('GILL parity with the PyTorch reference', () => 
     }
   });
 
+  it('folds casing as the LM was trained (lowercase text, the template markers kept)', () => {
+    const ids = (text: string) => model.tokenizer.encodeText(text, { bos: true, fromUser: false });
+    expect(ids('Q: Could you DRAW a Big circle?\nA: ok.\nQ: Thanks\nA:')).toEqual(
+      ids('Q: could you draw a big circle?\nA: ok.\nQ: thanks\nA:'),
+    );
+    expect(model.tokenizer.decode(ids('Q: RED\nA:').slice(1))).toBe('Q: red\nA:');
+  });
+
   it('lays out dialogues as the reference prompts them, and a chat turn decodes the same tokens', async () => {
     const dialogue = fx.decode.find((c) => c.name === 'dialogue_context')!;
     const conversation: ConversationItem<Uint8Array>[] = [

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { chooseEmoji, DEFAULT_SEED_COUNT } from '../../src/bots/playground/seed-gallery.ts';
 import type { Config } from '../../src/config.ts';
 import { createEngine } from '../../src/engine/index.ts';
-import type { ContextItem, JobResult } from '../../src/jobs.ts';
+import type { ContextItem, JobContext, JobPayload, JobResult } from '../../src/jobs.ts';
 import type { Logger } from '../../src/log.ts';
 import { MemoryJobQueue } from '../../src/queue/memory.ts';
 import { runJobs } from '../../src/queue/worker.ts';
@@ -153,12 +153,20 @@ export interface PlatformScore {
   /** Turns that ask for no image (statements, small talk) and got one. */
   statementsWithImage: number;
   statements: number;
+  /** Turns that ask for an image and got one. */
+  requestsWithImage: number;
+  requests: number;
   /** Reply rubric: rubric words found in replies / wanted, in %. */
   replyRubric: number;
   rubricWords: number;
 }
 
-export function scorePlatform(platform: PlatformName, runs: ConversationRun[]): PlatformScore {
+/** Scores one platform's runs; `turnFilter` limits the turn counts and the rubric to some turns. */
+export function scorePlatform(
+  platform: PlatformName,
+  runs: ConversationRun[],
+  turnFilter: (turn: TurnRecord) => boolean = () => true,
+): PlatformScore {
   const mine = runs.filter((r) => r.platform === platform);
   const accuracy = {} as PlatformScore['accuracy'];
   for (const attribute of ATTRIBUTES) {
@@ -166,8 +174,9 @@ export function scorePlatform(platform: PlatformName, runs: ConversationRun[]): 
     accuracy[attribute] = scored.length ? (100 * scored.filter(Boolean).length) / scored.length : Number.NaN;
   }
   accuracy.mean = ATTRIBUTES.reduce((s, a) => s + accuracy[a], 0) / ATTRIBUTES.length;
-  const turns = mine.flatMap((r) => r.turns);
+  const turns = mine.flatMap((r) => r.turns).filter(turnFilter);
   const statements = turns.filter((t) => !t.askedImage);
+  const requests = turns.filter((t) => t.askedImage);
   const wanted = turns.reduce((n, t) => n + t.rubric.wanted.length, 0);
   const found = turns.reduce((n, t) => n + t.rubric.found.length, 0);
   return {
@@ -178,6 +187,8 @@ export function scorePlatform(platform: PlatformName, runs: ConversationRun[]): 
     finalWithoutImage: mine.filter((r) => r.finalImageKind === null).length,
     statementsWithImage: statements.filter((t) => t.images.length > 0).length,
     statements: statements.length,
+    requestsWithImage: requests.filter((t) => t.images.length > 0).length,
+    requests: requests.length,
     replyRubric: wanted ? (100 * found) / wanted : Number.NaN,
     rubricWords: wanted,
   };
@@ -186,6 +197,16 @@ export function scorePlatform(platform: PlatformName, runs: ConversationRun[]): 
 /** The context of every turn of a run, as one comparable string. */
 export function contextsOf(run: ConversationRun): string {
   return JSON.stringify(run.turns.map((t) => t.context));
+}
+
+export const BOT_CONTEXTS = ['full', 'text', 'none'] as const;
+export type BotContext = (typeof BOT_CONTEXTS)[number];
+
+function withBotContext(payload: JobPayload, botContext: BotContext): JobPayload {
+  if (payload.kind !== 'chat') return payload;
+  const keep = (item: ContextItem) =>
+    item.role === 'user' || (botContext === 'text' && item.type === 'text');
+  return { ...payload, context: payload.context.filter(keep) };
 }
 
 export interface ReplaySession {
@@ -206,11 +227,23 @@ export async function startReplaySession(options: {
   platforms: readonly PlatformName[];
   /** The communities' retrieve/generate bias (`/gill bias`); the default when unset. */
   retrieveBias?: number;
+  /**
+   * What of the bot's own turns the model reads (an ablation; the jobs still record the full context):
+   * 'full' (the default) its text and images, 'text' its text only, 'none' nothing of it.
+   */
+  botContext?: BotContext;
 }): Promise<ReplaySession> {
   const { config, store, logger } = options;
   const queue = new MemoryJobQueue({ logger });
   const engine = await createEngine(config, store, logger);
-  const worker = runJobs({ queue, store, engine, logger });
+  const botContext = options.botContext ?? 'full';
+  const runner: typeof engine =
+    botContext === 'full'
+      ? engine
+      : Object.assign(Object.create(engine) as typeof engine, {
+          run: (payload: JobPayload, ctx: JobContext) => engine.run(withBotContext(payload, botContext), ctx),
+        });
+  const worker = runJobs({ queue, store, engine: runner, logger });
   const drivers: PlatformDriver[] = [];
   const close = async () => {
     await Promise.all(drivers.map((d) => d.stop()));

@@ -109,6 +109,12 @@ const defaults = z.object({
    * anywhere in the reply, as in the reference.
    */
   imgAtReplyStart: z.boolean().optional(),
+  /**
+   * Whether the LM reads the images of its own earlier answers. GILL conditions on its earlier outputs
+   * (docs/gill-method.md §3), the default; a bundle whose dialogue training never put an image inside an
+   * answer sets false, so its prompt keeps the `Q: … A: …` shape it was trained on (the answer's text stays).
+   */
+  ownImagesInContext: z.boolean().optional(),
   dialogueTemplate: z.string().includes('{text}'),
   scheduler: z
     .string()

@@ -6,6 +6,7 @@ picture: "draw …", "now make it blue.") or a statement / small talk (it asks f
 replies the LM was trained on. `bench/ret-scale.ts` reads the file.
 
     /usr/bin/python3 -m models.training.gill_tiny.dialogue_turns --count 400 --out /tmp/val-dialogues.json
+    /usr/bin/python3 -m models.training.gill_tiny.dialogue_turns --replay --count 120 --out /tmp/val-threads.json
 """
 
 from __future__ import annotations
@@ -44,13 +45,38 @@ def dialogue_turns(split: str, count: int, seed: int) -> list[dict]:
     return out
 
 
+def replay_set(split: str, count: int, seed: int) -> dict:
+    """The same dialogues as conversations for `npm run eval:threads -- --set` (bench/threads/conversations.ts):
+    every turn is posted in the thread, the first as a mention; the last's expected attributes are the final
+    scene's, and a favourite-colour statement's reply should name the colour."""
+    rng = random.Random(seed)
+    conversations = []
+    for n in range(count):
+        d = D.make_dialogue(rng, split)
+        o = d.final_scene.objects[0]
+        turns = []
+        for i, (q, _) in enumerate(d.turns):
+            kind = turn_type(d, i)
+            turns.append({"text": q, "mention": i == 0 or i % 2 == 1, "image": kind == "request",
+                          "reply": [o.colour] if kind == "statement" else []})
+        conversations.append({"id": f"{split}-{n:04d}", "kind": d.kind, "turns": turns,
+                              "expected": {"colour": o.colour, "shape": o.shape, "size": o.size, "position": o.position}})
+    return {"about": f"{split}-split dialogues from models/training/gill_tiny/dialogue_turns.py (seed {seed})",
+            "conversations": conversations}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--split", default="val", choices=D.SPLITS)
     ap.add_argument("--count", type=int, default=400)
     ap.add_argument("--seed", type=int, default=20261207)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--replay", action="store_true", help="write conversations for `npm run eval:threads -- --set`")
     a = ap.parse_args()
+    if a.replay:
+        a.out.write_text(json.dumps(replay_set(a.split, a.count, a.seed), indent=1) + "\n")
+        print(f"{a.out}: {a.count} conversations for eval:threads")
+        return
     doc = {"format": "gill-dialogue-turns/1", "split": a.split, "seed": a.seed,
            "dialogues": dialogue_turns(a.split, a.count, a.seed)}
     a.out.write_text(json.dumps(doc, indent=1) + "\n")

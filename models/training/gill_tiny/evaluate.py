@@ -338,6 +338,55 @@ def render_report(r: dict) -> str:
     return "\n".join(L)
 
 
+THREAD_REPLAY_RESULTS = Path("eval") / "thread-replay.json"
+
+
+def with_thread_replay(report: str, bundle: Path, r: dict) -> str:
+    """`report` with a "Thread replay" section (issue #12 §1) before "Accuracy over training time", rendered from
+    `<bundle>/eval/thread-replay.json` (`npm run eval:threads -- --results …`) when that file exists."""
+    path = Path(bundle) / THREAD_REPLAY_RESULTS
+    if not path.exists():
+        return report
+    t = json.loads(path.read_text())
+    clean = 100 * r["context"]["dialogue"]["gill_full_context"]["mean"]
+    b = t["bundle"]
+    settings = (f"retScaleFactor {b['retScaleFactor']}" + (", [IMG0] weighed only as the reply's first token"
+                if b["imgAtReplyStart"] else "") + (", a lowercasing LM tokenizer" if b["lmNormalizer"] else "")
+                + (", its own earlier answers read as text" if b.get("ownImagesInContext") is False else "")
+                + (f", minRetrieveSimilarity {b['minRetrieveSimilarity']}" if b["minRetrieveSimilarity"] is not None else ""))
+    L = ["## Thread replay", "",
+         f"{t['conversations']} held-out conversations (`{t['set']}`: favourite colour, recolour, resize, reshape, move, "
+         "stories; US and UK spelling, casing, typos, chit-chat, the bot mentioned or not) replayed by "
+         "`npm run eval:threads` through the loopback Discord, the loopback Slack and the playground, the bot's replies "
+         "staying in the thread; the last image scored by its pixels. Bundle settings: "
+         f"{settings}. Run on {t['date']}, {t['wallSeconds']} s; contexts identical on all platforms for "
+         f"{t['contextsIdenticalOnAllPlatforms']} of {t['conversations']} conversations.", "",
+         "| platform | colour | shape | size | position | mean | clean dialogues | gap | within 5 points |",
+         "|---|---|---|---|---|---|---|---|---|"]
+    for name, p in t["platforms"].items():
+        a = p["accuracy"]
+        L.append(f"| {name} | " + " | ".join(f"{a[k]:.1f}" for k in (*ATTRS, "mean"))
+                 + f" | {clean:.1f} | {a['mean'] - clean:+.1f} | {'yes' if a['mean'] >= clean - 5 else 'no'} |")
+    L += ["", "Statements are the turns that ask for no image: favourite-colour statements, chit-chat and story sentences "
+          "before the last turn. The reply rubric counts the stated attributes a reply names.", "",
+          "| platform | statements with an image (target 0%) | requests with an image (target ≥ 95%) | "
+          "reply rubric, all turns | reply rubric, statements (no target) |", "|---|---|---|---|---|"]
+    for name, p in t["platforms"].items():
+        L.append(f"| {name} | {p['statementsWithImagePct']:.1f}% ({p['statementsWithImage']} of {p['statements']}) | "
+                 f"{p['requestsWithImagePct']:.1f}% ({p['requestsWithImage']} of {p['requests']}) | "
+                 f"{p['replyRubric']:.1f}% of {p['rubricWords']} words | {p['statementRubric']:.1f}% of "
+                 f"{p['statementRubricWords']} words |")
+    kinds = list(next(iter(t["platforms"].values()))["accuracyByKind"])
+    L += ["", "Mean attribute accuracy per conversation kind:", "", "| platform | " + " | ".join(kinds) + " |",
+          "|---|" + "---|" * len(kinds)]
+    for name, p in t["platforms"].items():
+        L.append(f"| {name} | " + " | ".join(f"{p['accuracyByKind'][k]:.1f}" for k in kinds) + " |")
+    L.append("")
+    marker = "## Accuracy over training time"
+    section = "\n".join(L) + "\n"
+    return report.replace(marker, section + marker, 1) if marker in report else report + "\n" + section
+
+
 def _targets(r: dict) -> list[dict]:
     g, ctx, ret, d = r["generation"]["gill"], r["context"], r["retrieval"], r["decision"]
     gaps = {k: v["gill_minus_last_message_baseline"] for k, v in ctx.items()}
@@ -431,7 +480,7 @@ def stage_eval(ctx) -> None:
         (ctx.work / "eval.json").write_text(json.dumps(r, indent=1))
         ctx.metric("eval", **{t["name"]: t["value"] for t in r["targets"]})
     Path(ctx.out).mkdir(parents=True, exist_ok=True)
-    (Path(ctx.out) / "EVAL.md").write_text(render_report(r))
+    (Path(ctx.out) / "EVAL.md").write_text(with_thread_replay(render_report(r), Path(ctx.out), r))
 
 
 def main() -> None:

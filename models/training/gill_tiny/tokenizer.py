@@ -30,6 +30,25 @@ _WS = r"\t\n\v\f\r "
 SPLIT_PATTERN = rf" ?[A-Za-z]+| ?[0-9]+| ?[^A-Za-z0-9{_WS}]+|[{_WS}]+(?![^{_WS}])|[{_WS}]+"
 _SPLIT_RE = re.compile(SPLIT_PATTERN)
 
+# The LM file's normalizer. Everything the LM trains on is lowercase but for the dialogue template's markers
+# ("Q:" and "A:" at a line start, data.Dialogue.prompt), so text is lowercased and those markers restored: people's
+# casing ("Could you", "BIG RED") then reaches the LM as the lowercase words it was trained on. Oniguruma's "^"
+# (and the JS library's rewrite of it) matches at every line start, as re.M does here.
+LM_NORMALIZER = {"type": "Sequence", "normalizers": [
+    {"type": "Lowercase"},
+    {"type": "Replace", "pattern": {"Regex": "^q:"}, "content": "Q:"},
+    {"type": "Replace", "pattern": {"Regex": "^a:"}, "content": "A:"},
+]}
+_MARKERS = ((re.compile(r"^q:", re.M), "Q:"), (re.compile(r"^a:", re.M), "A:"))
+
+
+def normalize_lm(text: str) -> str:
+    """What LM_NORMALIZER does to a piece of text between added tokens."""
+    text = text.lower()
+    for pattern, marker in _MARKERS:
+        text = pattern.sub(marker, text)
+    return text
+
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character table (what the ByteLevel components use)."""
@@ -162,18 +181,19 @@ class Tokenizer:
         return ids
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
-        """Token ids of `text`; with `add_bos`, BOS first (what the JS library does with add_special_tokens)."""
-        return ([self.bos_id] if add_bos else []) + self._encode(text, self._added_re)
+        """Token ids of `text` normalised as the LM file's LM_NORMALIZER does (each piece between added tokens);
+        with `add_bos`, BOS first (what the JS library does with add_special_tokens)."""
+        return ([self.bos_id] if add_bos else []) + self._encode(text, self._added_re, normalize_lm)
 
-    def _encode(self, text: str, added_re: re.Pattern) -> list[int]:
+    def _encode(self, text: str, added_re: re.Pattern, normalize=lambda t: t) -> list[int]:
         ids: list[int] = []
         pos = 0
         for m in added_re.finditer(text):
-            for word in pre_tokenize(text[pos : m.start()]):
+            for word in pre_tokenize(normalize(text[pos : m.start()])):
                 ids += self._bpe(word)
             ids.append(self._added[m.group(0)])
             pos = m.end()
-        for word in pre_tokenize(text[pos:]):
+        for word in pre_tokenize(normalize(text[pos:])):
             ids += self._bpe(word)
         return ids
 
@@ -214,7 +234,7 @@ class Tokenizer:
             "truncation": None,
             "padding": None,
             "added_tokens": added,
-            "normalizer": {"type": "Lowercase"} if for_text_encoder else None,
+            "normalizer": {"type": "Lowercase"} if for_text_encoder else LM_NORMALIZER,
             "pre_tokenizer": {
                 "type": "Sequence",
                 "pretokenizers": [

@@ -45,6 +45,11 @@ class TokenizerTest(unittest.TestCase):
             self.assertEqual(self.tok.decode(ids[1:]), text)
         self.assertEqual(self.tok.encode("\n"), [self.tok.newline_id])
 
+    def test_lm_text_is_lowercased_but_for_the_template_markers(self):
+        self.assertEqual(self.tok.encode("Q: Draw a RED Star.\nA: OK\nQ: [IMG0]A: x", add_bos=True),
+                         self.tok.encode("Q: draw a red star.\nA: ok\nQ: [IMG0]A: x", add_bos=True))
+        self.assertEqual(self.tok.to_hf_json()["normalizer"]["normalizers"][0], {"type": "Lowercase"})
+
     def test_training_is_deterministic_and_merges_frequent_words(self):
         self.assertEqual(train_bpe(CORPUS, 400), self.tok.merges)
         self.assertLess(len(self.tok.encode(" favourite")), 3)

@@ -212,7 +212,13 @@ export class GillModel {
   ): Promise<FittedPrompt<Float32Array>> {
     const notes: string[] = [];
     const budget = this.budget(maxNewTokens).prompt;
-    const items = await this.decodeImages(conversation, budget.maxImages, notes);
+    // A bundle trained only on dialogues whose answers are text reads its own earlier answers as text
+    // (manifest defaults.ownImagesInContext false); people's images are always read.
+    const read =
+      this.manifest.defaults.ownImagesInContext === false
+        ? conversation.filter((item) => item.role === 'user' || item.content.type === 'text')
+        : conversation;
+    const items = await this.decodeImages(read, budget.maxImages, notes);
     const hasContent = items.some((i) => i.content.type === 'image' || i.content.text.trim().length > 0);
     if (!hasContent)
       throw new UserInputError('There is nothing to answer: the message is empty.', 'empty_input');
