@@ -122,8 +122,11 @@ GILL_CONFIGS = {
     # 30% emoji left emoji name->image R@5 at 0.36: 160 emoji rows a step give each name ~370 contrastive
     # views. The context rows lift dialogue / story generation from +20 to +72 points over the last-message
     # baseline (EVAL.md, measured side by side).
-    "full": GillConfig(batch_size=320, steps=3000, emoji_frac=0.5, context_rows=64, refine_steps=2000,
-                       refine_text_mlp=512),
+    # The refinement (600 steps of 1,024 on 6,000 cached scenes + every training emoji) is sized for 2 shared CPU
+    # cores: 2,000 steps of 2,048 on 20,000 scenes took 1.2 s a step there with the MLP; 600 steps of 1,024 are
+    # what the README's side-by-side table (retrieval_ablation.py) measured.
+    "full": GillConfig(batch_size=320, steps=3000, emoji_frac=0.5, context_rows=64, refine_steps=600,
+                       refine_batch=1024, refine_scenes=6000, refine_text_mlp=512),
     "smoke": GillConfig(steps=24, batch_size=8, eval_every=12, refine_steps=60, refine_batch=64, refine_scenes=64,
                         decision_prompts=24,
                         decision_gallery_scenes=16, decision_steps=60, gen_steps=4),
