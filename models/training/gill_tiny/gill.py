@@ -74,12 +74,18 @@ class DecisionHead(nn.Module):
         self.uses_score = uses_score
         self.dropout = nn.Dropout(0.5)
         self.linear = nn.Linear(hidden + int(uses_score), 2)
+        # The score enters as (score - centre) * scale: raw, one cosine among 256 hidden features, the head learnt
+        # to ignore it and generated for most prompts whose image is in the gallery (models/training/README.md).
+        # Set by the decision stage (centre: the training prompts' mean best cosine), fixed while training.
+        self.register_buffer("score_center", torch.tensor(0.0))
+        self.register_buffer("score_scale", torch.tensor(1.0))
 
     def forward(self, hidden: torch.Tensor, retrieval_score: torch.Tensor | None = None) -> torch.Tensor:
         if self.uses_score:
             if retrieval_score is None:
                 raise ValueError("this decision head needs the best retrieval score of each prompt")
-            hidden = torch.cat([hidden, retrieval_score.reshape(-1, 1).to(hidden)], -1)
+            score = (retrieval_score.reshape(-1, 1).to(hidden) - self.score_center) * self.score_scale
+            hidden = torch.cat([hidden, score], -1)
         return self.linear(self.dropout(hidden))
 
 

@@ -467,7 +467,18 @@ def stage_decision(ctx) -> None:
     head = model.heads.decision
     result: dict = {"rows": [], "metrics": {}}
     if prompts:
-        feats, scores, rows = label_decisions(pipe, prompts, gallery, cfg, ctx.preset.seed + 31)
+        # Labelling (retrieve + generate every prompt) is the slow part: its result is kept in
+        # <work>/decision_labels.pt and reused while the gill and retrieval checkpoints are unchanged.
+        labels_path = ctx.work / "decision_labels.pt"
+        stamp = {n: ctx.path(n).stat().st_mtime for n in ("gill", "retrieval") if ctx.done(n)}
+        cached = torch.load(labels_path, weights_only=False) if labels_path.exists() else None
+        if cached and cached["stamp"] == stamp and [r["text"] for r in cached["rows"]] == [p["text"] for p in prompts]:
+            feats, scores, rows = cached["feats"].to(ctx.device), cached["scores"].to(ctx.device), [dict(r) for r in cached["rows"]]
+            print(f"[decision] labels reused from {labels_path}", flush=True)
+        else:
+            feats, scores, rows = label_decisions(pipe, prompts, gallery, cfg, ctx.preset.seed + 31)
+            torch.save({"stamp": stamp, "feats": feats.cpu(), "scores": scores.cpu(), "rows": [dict(r) for r in rows]},
+                       labels_path)
         if cfg.decision_ties not in ("retrieve", "drop"):
             raise ValueError(f"decision_ties must be 'retrieve' or 'drop', not {cfg.decision_ties!r}")
         for r in rows:
@@ -480,6 +491,9 @@ def stage_decision(ctx) -> None:
         n_train = (2 * len(rows)) // 3
         train = torch.tensor([i for i in range(n_train) if rows[i]["confident"] or cfg.decision_ties == "retrieve"],
                              device=feats.device)
+        with torch.no_grad():
+            head.score_center.fill_(float(scores[train].mean()))
+            head.score_scale.fill_(cfg.decision_score_scale)
         torch.manual_seed(1337)
         head.train()
         opt = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=0.0, eps=1e-8)

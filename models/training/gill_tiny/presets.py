@@ -106,10 +106,11 @@ class GillConfig:
     # ties train as "retrieve" and count as "retrieve" in the with-ties figures) or "drop" (left out of training;
     # the with-ties figures keep whichever image was closer, however slightly).
     decision_ties: str = "retrieve"
+    decision_score_scale: float = 100.0  # the decision head's input (best cosine - training mean) * this
     decision_floor_quantile: float = 0.05  # minRetrieveSimilarity = this quantile of good retrievals' cosines
     decision_prompts: int = 900
     decision_gallery_scenes: int = 300
-    decision_steps: int = 2000
+    decision_steps: int = 4000
     gen_steps: int = 10  # DDIM steps used to label decisions and in evaluation
     guidance: float = 5.0
 
