@@ -31,7 +31,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def stage_export(ctx: stages.Context) -> None:
     tok = ctx.tokenizer()
     b = Backbones(tok, ctx.lm(), ctx.clip(), ctx.vae(), ctx.unet())
-    checks = export_bundle(ctx.out, b, gill_train.export_heads(ctx, b))  # also writes the trained [IMG] rows into b.lm
+    floor = ctx.load("decision").get("metrics", {}).get("min_retrieve_similarity") if ctx.done("decision") else None
+    # also writes the trained [IMG] rows into b.lm
+    checks = export_bundle(ctx.out, b, gill_train.export_heads(ctx, b), min_retrieve_similarity=floor)
     checks_path = ctx.work / "export_checks.json"
     checks_path.write_text(json.dumps(checks))
     size = sum(p.stat().st_size for p in ctx.out.iterdir() if p.is_file())
@@ -78,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, help="checkpoints and logs (default models/training/runs/<preset>)")
     ap.add_argument("--emoji-dir", type=Path, default=ROOT / "node_modules" / "emoji-datasource-google",
                     help="folder with emoji.json and img/google/64/*.png")
+    ap.add_argument("--art-dir", type=Path, default=ROOT / "models" / "training" / "runs" / "art",
+                    help="emoji art of other styles from fetch_emoji_art.mjs; its twemoji is for evaluation only")
     ap.add_argument("--until", choices=[n for n, _ in STAGES], help="stop after this stage")
     ap.add_argument("--threads", type=int, help="torch CPU threads")
     ap.add_argument("--gill", action="append", default=[], metavar="KEY=VALUE",
@@ -101,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         ap.error(str(e))
     ctx = stages.Context(preset, torch.device(args.device), work, args.out, args.emoji_dir,
-                         gill_overrides=overrides)
+                         gill_overrides=overrides, art_dir=args.art_dir)
     t_all = time.time()
     for name, fn in STAGES:
         if name not in ALWAYS_RUN and ctx.done(name):

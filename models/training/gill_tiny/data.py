@@ -370,6 +370,86 @@ def load_emoji(emoji_dir: Path, limit: int | None = None) -> EmojiSet:
     return EmojiSet(names, np.stack(images), splits, files)
 
 
+# other art styles and richer text per emoji (the retrieval refinement, gill_train.stage_retrieval) --------------
+
+# Twitter's art (twemoji, emoji-datasource-twitter) is the held-out style of EVAL.md's cross-style retrieval row:
+# it must never reach a training path.
+HELD_OUT_STYLES = ("twitter", "twemoji")
+
+
+def assert_not_held_out_style(path: Path | str) -> None:
+    """Raises AssertionError when `path` points into a held-out (evaluation-only) emoji art style."""
+    low = str(path).lower()
+    bad = [s for s in HELD_OUT_STYLES if s in low]
+    assert not bad, f"{path} is {bad[0]} emoji art, held out for evaluation: it must never be used for training"
+
+
+def _code(unified_or_file: str) -> str:
+    """Code points of an emoji without variation selectors, upper case: '2764-FE0F' and '2764.png' -> '2764'."""
+    stem = Path(unified_or_file).name.split(".")[0].upper()
+    return "-".join(c for c in stem.split("-") if c != "FE0F")
+
+
+def load_style_images(files: Sequence[str], style_dir: Path, *, training: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The same emoji as `files` (EmojiSet.files, Google image paths) in another art style, 64 px on white.
+
+    `style_dir` is a folder of `<CODE>.png` (OpenMoji as fetch_emoji_art.mjs writes it) or an emoji-datasource
+    package (`emoji.json` + `img/<vendor>/64/`). -> (images uint8 [N,64,64,3], found bool [N]); a missing
+    image is a black-free white square with found False. `training=True` refuses the held-out styles."""
+    style_dir = Path(style_dir)
+    if training:
+        assert_not_held_out_style(style_dir.resolve())
+    by_code: dict[str, Path] = {}
+    meta = style_dir / "emoji.json"
+    if meta.exists():
+        vendors = [d.name for d in (style_dir / "img").iterdir() if d.is_dir()]
+        if len(vendors) != 1:
+            raise ValueError(f"{style_dir}/img should hold one vendor's art, found {vendors}")
+        if training:
+            assert_not_held_out_style(vendors[0])
+        for e in json.loads(meta.read_text()):
+            if e.get(f"has_img_{vendors[0]}"):
+                by_code[_code(e["image"])] = style_dir / "img" / vendors[0] / "64" / e["image"]
+    else:
+        by_code = {_code(p.name): p for p in style_dir.glob("*.png")}
+    images = np.full((len(files), IMAGE_SIZE, IMAGE_SIZE, 3), 255, dtype=np.uint8)
+    found = np.zeros(len(files), dtype=bool)
+    for i, f in enumerate(files):
+        path = by_code.get(_code(f))
+        if path is None:
+            continue
+        with Image.open(path) as im:
+            rgba = im.convert("RGBA")
+        if rgba.size != (IMAGE_SIZE, IMAGE_SIZE):
+            rgba = rgba.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC)
+        white = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        images[i] = np.asarray(Image.alpha_composite(white, rgba).convert("RGB"), dtype=np.uint8)
+        found[i] = True
+    return images, found
+
+
+def load_emoji_keywords(files: Sequence[str], path: Path) -> list[list[str]]:
+    """CLDR short name and keywords of each emoji of `files` from emojibase-data's `en/data.json` (lower case,
+    without the emoji's own name words repeated as a lone keyword list): [] where the emoji is not listed."""
+    entries = json.loads(Path(path).read_text())
+    by_code = {_code(e["hexcode"]): e for e in entries}
+    out = []
+    for f in files:
+        e = by_code.get(_code(f))
+        if e is None:
+            out.append([])
+            continue
+        words = [e.get("label", "")] + list(e.get("tags", []))
+        seen, kept = set(), []
+        for w in words:
+            w = w.strip().lower()
+            if w and w not in seen:
+                seen.add(w)
+                kept.append(w)
+        out.append(kept)
+    return out
+
+
 def emoji_wordings(name: str) -> tuple[str, str, str]:
     """Every way a name is put in a prompt: the bare name first (what people type into /find)."""
     return (name, f"a picture of {name}", f"an emoji of {name}")

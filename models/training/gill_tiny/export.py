@@ -92,8 +92,11 @@ def _run(module: nn.Module, args: tuple) -> list[torch.Tensor]:
     return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
-def export_bundle(out: Path, b: Backbones, heads: GillHeads, name: str = "gill-tiny") -> dict:
-    """Write the bundle into `out`; returns {graph file: {"inputs": {...}, "outputs": {...}}} reference values."""
+def export_bundle(out: Path, b: Backbones, heads: GillHeads, name: str = "gill-tiny",
+                  min_retrieve_similarity: float | None = None) -> dict:
+    """Write the bundle into `out`; returns {graph file: {"inputs": {...}, "outputs": {...}}} reference values.
+    `min_retrieve_similarity`: the manifest's floor under a self-chosen "retrieve" (the decision stage derives it
+    from its labelled prompts); None leaves it out."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     modules = [b.lm, b.clip, b.vae, b.unet, heads]
@@ -213,10 +216,11 @@ def export_bundle(out: Path, b: Backbones, heads: GillHeads, name: str = "gill-t
             # validation-split dialogues replayed through the playground (dialogue_turns.py --replay), mean
             # attribute accuracy 87.9 with its own images in the prompt, 100.0 without.
             "ownImagesInContext": False,
-            # No minRetrieveSimilarity: the decision head sees the best gallery cosine itself.
             "dialogueTemplate": "Q: {text}\nA:", "scheduler": "ddim", "steps": 25, "guidance": 5.0,
         },
     }
+    if min_retrieve_similarity is not None:
+        manifest["defaults"]["minRetrieveSimilarity"] = min_retrieve_similarity
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     total = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
     if total > MAX_BUNDLE_BYTES:

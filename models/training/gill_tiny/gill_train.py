@@ -113,6 +113,8 @@ def sample_batch(p: Pairs, g: torch.Generator, batch: int, emoji_frac: float) ->
 
 # training ------------------------------------------------------------------------------------------------
 
+REFINE_ONLY = "text_retrieval.mlp."  # trained by the retrieval refinement only, never in the GILL stage
+
 def _lr_lambda(cfg: GillConfig) -> Callable[[int], float]:
     """Linear warmup, then x0.1 once (the paper: 2k warmup, decay at 12k of 20k steps)."""
     warm = max(1, int(cfg.warmup_frac * cfg.steps))
@@ -124,7 +126,7 @@ def make_optimizer(model: GillModel, cfg: GillConfig) -> torch.optim.Optimizer:
     """AdamW as main.py (lr 1e-3, betas 0.9/0.95, wd 0.01, eps 1e-8) with fp32 master weights. The embedding
     matrix gets no weight decay: decoupled decay would shrink the frozen rows, which the paper's bf16 run never
     did (its 1 - lr*wd rounded to 1); the [IMG] rows are renormalised after every step anyway."""
-    heads = [p for n, p in model.heads.named_parameters() if not n.startswith("decision.")]
+    heads = [p for n, p in model.heads.named_parameters() if not n.startswith(("decision.", REFINE_ONLY))]
     return torch.optim.AdamW(
         [{"params": heads}, {"params": [model.embed_weight], "weight_decay": 0.0}],
         lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=cfg.eps,
@@ -267,7 +269,8 @@ def _check_config(saved: dict, cfg: GillConfig, path: Path) -> None:
 def gill_state(model: GillModel, cfg: GillConfig, preset) -> dict:
     """Heads + the [IMG] rows (all the paper's pruned checkpoint keeps) + the backbone shapes they fit."""
     return {"preset": preset.to_dict(), "config": cfg.to_dict(),
-            "heads": {k: v.detach().cpu() for k, v in model.heads.state_dict().items() if not k.startswith("decision.")},
+            "heads": {k: v.detach().cpu() for k, v in model.heads.state_dict().items()
+                      if not k.startswith(("decision.", REFINE_ONLY))},
             "img_rows": model.embed_weight[model.img_ids].detach().cpu(), "shapes": _backbone_shapes(model)}
 
 
@@ -285,7 +288,7 @@ def load_gill_state(st: dict, model: GillModel, path: Path) -> None:
     if bad:
         raise ValueError(f"GILL checkpoint {path} does not match the backbones ({'; '.join(bad)})")
     missing, unexpected = model.heads.load_state_dict(st["heads"], strict=False)
-    missing = [k for k in missing if not k.startswith("decision.")]
+    missing = [k for k in missing if not k.startswith(("decision.", REFINE_ONLY))]
     if missing or unexpected:
         raise ValueError(f"GILL checkpoint {path} does not match the heads (missing {missing}, unexpected {unexpected})")
     with torch.no_grad():
@@ -313,6 +316,18 @@ def cached_img0_states(model: GillModel, p: Pairs, rows: torch.Tensor, chunk: in
     return torch.cat(out).reshape(len(rows), v, -1)
 
 
+def assert_no_heldout_emoji(data: dict, pairs: Pairs) -> None:
+    """No held-out emoji (val/test split by name) may reach a training batch: neither its name in any wording nor
+    its image."""
+    em = data["emoji"]
+    held = [i for i, s in enumerate(em["splits"]) if s != "train"]
+    texts = {c for caps in pairs.captions for c in caps}
+    leaked = [em["names"][i] for i in held if set(D.emoji_wordings(em["names"][i])) & texts]
+    assert not leaked, f"held-out emoji names in the training pairs: {leaked[:5]}"
+    emoji_images = pairs.pooled[pairs.is_emoji.to(pairs.pooled.device)]
+    assert len(emoji_images) == len(em["names"]) - len(held), "training pairs hold emoji of another split"
+
+
 def stage_retrieval(ctx) -> None:
     """After the GILL stage, with the [IMG] rows now fixed, the retrieval projections and temperature go on
     training with the same two-way contrastive loss on cached [IMG0] states, in batches of `refine_batch`
@@ -326,6 +341,7 @@ def stage_retrieval(ctx) -> None:
     if cfg.refine_steps:
         data = ctx.load("data")
         pairs = make_pairs(model, data, "train", cfg.max_len)
+        assert_no_heldout_emoji(data, pairs)
         scenes = torch.nonzero(~pairs.is_emoji).flatten()
         g = torch.Generator().manual_seed(ctx.preset.seed + 25)
         keep = torch.cat([scenes[torch.randperm(len(scenes), generator=g)[: cfg.refine_scenes]],
@@ -338,6 +354,7 @@ def stage_retrieval(ctx) -> None:
         n_e = round(cfg.refine_batch * cfg.emoji_frac) if len(emoji_idx) else 0
         opt = torch.optim.AdamW(params, lr=cfg.refine_lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=cfg.eps)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.refine_steps)
+        heads.text_retrieval.train()  # the residual MLP's dropout
         for step in range(cfg.refine_steps):
             idx = torch.cat([scene_idx[torch.randint(len(scene_idx), (cfg.refine_batch - n_e,), generator=g)],
                              emoji_idx[torch.randint(max(1, len(emoji_idx)), (n_e,), generator=g)]])
@@ -352,6 +369,7 @@ def stage_retrieval(ctx) -> None:
             if step % max(1, cfg.refine_steps // 20) == 0 or step + 1 == cfg.refine_steps:
                 ctx.metric("retrieval", step=step + 1, loss=round(loss.item(), 5), t2i_acc=round(acc.item(), 4),
                            logit_scale=round(float(heads.logit_scale), 4), elapsed_s=round(time.time() - t0, 1))
+    heads.eval()
     ctx.save("retrieval", {"preset": ctx.preset.to_dict(), "config": cfg.to_dict(),
                            "heads": {k: v.detach().cpu() for k, v in heads.state_dict().items()
                                      if k.startswith(RETRIEVAL_KEYS)}})
@@ -425,24 +443,57 @@ def f1_scores(pred: Sequence[int], gold: Sequence[int]) -> dict[str, float]:
     return {k: round(v, 4) for k, v in res.items()}
 
 
+def retrieve_floor(rows: list[dict], quantile: float) -> float | None:
+    """The manifest's `minRetrieveSimilarity`: the `quantile` of the best gallery cosines of the prompts whose
+    retrieved image was clearly the better one (confident "retrieve" labels), rounded down to 0.01. Below it a
+    gallery match is weaker than (1 - quantile) of the matches that were worth retrieving, so the engine
+    generates instead when the head chose "retrieve" on its own (models/README.md, docs/gill-method.md)."""
+    good = sorted(r["score"] for r in rows if r["confident"] and r["closer"] == RET)
+    if not good:
+        return None
+    return float(np.floor(100 * float(np.quantile(good, quantile))) / 100)
+
+
 def stage_decision(ctx) -> None:
     """Label prompts honestly, then train the decision head as the notebook: full-batch AdamW (lr 1e-3, wd 0,
     seed 1337), first 2/3 train, last 1/3 test, CE; macro-F1 at argmax. Ties (`decision_tie_margin`) are left out
-    of training and of the `test` metrics; `test_all` counts them. Writes `<work>/decision.pt`."""
+    of the `test` metrics; `test_all` counts them with the `decision_ties` label (and trains on them when that is
+    "retrieve"); `test_all_closer` counts them with whichever image was closer. Writes `<work>/decision.pt`."""
     cfg = gill_config(ctx.preset.name, ctx.gill_overrides)
     b = backbones(ctx)
-    model = gill_model(ctx, b, cfg, trained=True)
+    model = gill_model(ctx, b, cfg, trained=True).eval()  # labels come from the inference path (no dropout)
     pipe = GillPipeline(model, b.vae, b.unet, str(ctx.device))
     prompts, gallery, _ = decision_prompts(ctx.load("data"), cfg, ctx.preset.seed + 30)
     head = model.heads.decision
     result: dict = {"rows": [], "metrics": {}}
     if prompts:
-        feats, scores, rows = label_decisions(pipe, prompts, gallery, cfg, ctx.preset.seed + 31)
+        # Labelling (retrieve + generate every prompt) is the slow part: its result is kept in
+        # <work>/decision_labels.pt and reused while the gill and retrieval checkpoints are unchanged.
+        labels_path = ctx.work / "decision_labels.pt"
+        stamp = {n: ctx.path(n).stat().st_mtime for n in ("gill", "retrieval") if ctx.done(n)}
+        cached = torch.load(labels_path, weights_only=False) if labels_path.exists() else None
+        if cached and cached["stamp"] == stamp and [r["text"] for r in cached["rows"]] == [p["text"] for p in prompts]:
+            feats, scores, rows = cached["feats"].to(ctx.device), cached["scores"].to(ctx.device), [dict(r) for r in cached["rows"]]
+            print(f"[decision] labels reused from {labels_path}", flush=True)
+        else:
+            feats, scores, rows = label_decisions(pipe, prompts, gallery, cfg, ctx.preset.seed + 31)
+            torch.save({"stamp": stamp, "feats": feats.cpu(), "scores": scores.cpu(), "rows": [dict(r) for r in rows]},
+                       labels_path)
+        if cfg.decision_ties not in ("retrieve", "drop"):
+            raise ValueError(f"decision_ties must be 'retrieve' or 'drop', not {cfg.decision_ties!r}")
         for r in rows:
             r["confident"] = abs(r["sim_ret"] - r["sim_gen"]) >= cfg.decision_tie_margin
+            # `label` is the product's target; `closer` whichever image the CLIP tower found closer
+            r["closer"] = r["label"]
+            if not r["confident"] and cfg.decision_ties == "retrieve":
+                r["label"] = RET
         labels = torch.tensor([r["label"] for r in rows], device=feats.device)
         n_train = (2 * len(rows)) // 3
-        train = torch.tensor([i for i in range(n_train) if rows[i]["confident"]], device=feats.device)
+        train = torch.tensor([i for i in range(n_train) if rows[i]["confident"] or cfg.decision_ties == "retrieve"],
+                             device=feats.device)
+        with torch.no_grad():
+            head.score_center.fill_(float(scores[train].mean()))
+            head.score_scale.fill_(cfg.decision_score_scale)
         torch.manual_seed(1337)
         head.train()
         opt = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=0.0, eps=1e-8)
@@ -467,10 +518,13 @@ def stage_decision(ctx) -> None:
         result = {"rows": rows, "n_train": n_train, "metrics": {
             "train": f1([r for r in rows[:n_train] if r["confident"]]), "test": f1(test),
             "test_all": f1(rows[n_train:]), "ties": sum(not r["confident"] for r in rows),
-            "tie_margin": cfg.decision_tie_margin,
+            # ties scored against whichever image was closer (the definition used before ties were labelled)
+            "test_all_closer": f1_scores([r["pred"] for r in rows[n_train:]], [r["closer"] for r in rows[n_train:]]),
+            "tie_margin": cfg.decision_tie_margin, "ties_policy": cfg.decision_ties,
             "labels_ret_share": round(sum(r["label"] for r in rows if r["confident"])
                                       / max(1, sum(r["confident"] for r in rows)), 4),
-            "majority_test_accuracy": round(max(sum(gold), len(gold) - sum(gold)) / max(1, len(gold)), 4)}}
+            "majority_test_accuracy": round(max(sum(gold), len(gold) - sum(gold)) / max(1, len(gold)), 4),
+            "min_retrieve_similarity": retrieve_floor(rows[:n_train], cfg.decision_floor_quantile)}}
         ctx.metric("decision", **{f"test_{k}": v for k, v in result["metrics"]["test"].items()},
                    test_all_macro_f1=result["metrics"]["test_all"]["macro_f1"], ties=result["metrics"]["ties"],
                    labels_ret_share=result["metrics"]["labels_ret_share"])

@@ -44,6 +44,8 @@ class Context:
     emoji_dir: Path
     checkpoint_seconds: float = 120.0
     gill_overrides: dict[str, str] = field(default_factory=dict)  # GillConfig fields set on the command line
+    # other emoji art styles (fetch_emoji_art.mjs); `twitter/` in it is read by the evaluation only
+    art_dir: Path | None = None
     _cache: dict[str, Any] = field(default_factory=dict)
 
     def path(self, name: str) -> Path:
