@@ -110,7 +110,7 @@ afterAll(async () => {
 
 describe('the bias a community teaches', () => {
   it('is about one step per event near zero, bounded, and halves over the half-life', () => {
-    expect(boundedBias(1)).toBeCloseTo(FEEDBACK_STEP, 2);
+    expect(boundedBias(1)).toBeCloseTo(FEEDBACK_STEP, 1);
     expect(boundedBias(1000)).toBeLessThanOrEqual(FEEDBACK_MAX);
     expect(boundedBias(1000)).toBeGreaterThan(FEEDBACK_MAX - 0.01);
     expect(boundedBias(-1000)).toBeGreaterThanOrEqual(-FEEDBACK_MAX);

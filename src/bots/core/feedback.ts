@@ -11,10 +11,14 @@ import { authorKey, type InboundTurn } from './turn.ts';
  * The bias is added to the decision head's retrieve logit (docs/gill-method.md §3 step 6), as `/gill bias` is.
  */
 
-/** Logit added per event (before the bound): about a dozen agreeing events outweigh a 90/10 decision. */
-export const FEEDBACK_STEP = 0.25;
+/**
+ * Logit added per event (before the bound): three agreeing events outweigh a 90/10 decision (2.2 logits),
+ * six a 99/1 one (4.6). The tiny bundle's decision head gives most scenes it generates 98–99.6%
+ * (EVAL.md), so a smaller step or bound would leave the community's taste no say on them.
+ */
+export const FEEDBACK_STEP = 1;
 /** The learned bias stays within ±FEEDBACK_MAX logits (the admin's bias can go to ±10). */
-export const FEEDBACK_MAX = 3;
+export const FEEDBACK_MAX = 6;
 /** An event counts half after this long. */
 export const FEEDBACK_HALF_LIFE_MS = 14 * 24 * 3600_000;
 
