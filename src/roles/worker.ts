@@ -1,12 +1,11 @@
 import { type Config, ConfigError } from '../config.ts';
 import type { Engine } from '../jobs.ts';
-import { createLogger, type Logger } from '../log.ts';
-import type { GillMetrics } from '../metrics/metrics.ts';
+import { createLogger } from '../log.ts';
 import { openBullJobQueue } from '../queue/bullmq.ts';
 import { startEngineThread } from '../queue/engine-thread.ts';
 import type { JobQueue } from '../queue/queue.ts';
 import { openWhenAvailable, redactRedisUrl } from '../queue/redis.ts';
-import { runJobs } from '../queue/worker.ts';
+import { type RunJobsOptions, runJobs } from '../queue/worker.ts';
 import { connect, connectWithRetry, describeDatabase } from '../store/index.ts';
 import type { Store } from '../store/types.ts';
 import { observe } from './observe.ts';
@@ -85,14 +84,7 @@ export async function runWorker(config: Config): Promise<void> {
 
 /** Runs jobs until SIGTERM or SIGINT (watched from now unless `shutdown` is given), then shuts down gracefully. */
 export async function serveJobs(
-  options: {
-    queue: JobQueue;
-    store: Store;
-    engine: Engine;
-    logger: Logger;
-    shutdownGraceMs?: number;
-    metrics?: GillMetrics;
-  },
+  options: RunJobsOptions,
   shutdown: Shutdown = watchShutdown(options.logger, (options.shutdownGraceMs ?? 20_000) + 10_000),
 ): Promise<void> {
   const handle = runJobs(options);
