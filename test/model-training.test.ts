@@ -17,7 +17,7 @@ import { IN_CI } from './support/services.ts';
 
 const PYTHON = '/usr/bin/python3';
 const TRAIN = path.resolve('models/training/train.py');
-const TRAINED_STAGES = ['lm', 'clip', 'vae', 'unet', 'gill', 'retrieval', 'decision'];
+const TRAINED_STAGES = ['lm', 'chat', 'clip', 'vae', 'unet', 'gill', 'retrieval', 'decision'];
 
 function torchAvailable(): string | null {
   const probe = spawnSync(PYTHON, ['-c', 'import torch, onnx, numpy, PIL'], { encoding: 'utf8' });

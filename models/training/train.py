@@ -55,6 +55,7 @@ STAGES = [
     ("data", stages.stage_data),
     ("tokenizer", stages.stage_tokenizer),
     ("lm", stages.stage_lm),
+    ("chat", stages.stage_chat),
     ("clip", stages.stage_clip),
     ("vae", stages.stage_vae),
     ("latents", stages.stage_latents),

@@ -209,6 +209,12 @@ class Dialogue:
     turns: list[tuple[str, str]]
     final_scene: Scene
     kind: str
+    # per turn "request" | "statement" | "chat" | "story" (wordings.make_thread fills it)
+    turn_types: list[str] = field(default_factory=list)
+    # attributes of final_scene the last turn leaves to the bot (e.g. "position")
+    unstated: tuple[str, ...] = ()
+    # per turn, what its reply should restate (alternatives joined by "|"), for the reply rubric
+    reply_mentions: list[list[str]] = field(default_factory=list)
 
     @property
     def last_message(self) -> str:

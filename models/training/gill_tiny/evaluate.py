@@ -177,6 +177,26 @@ def eval_captioning(pipe: GillPipeline, cfg: EvalConfig, rng: random.Random) -> 
     return {"n": len(scenes), "accuracy": acc, "examples": examples}
 
 
+def eval_image_questions(pipe: GillPipeline, cfg: EvalConfig, rng: random.Random) -> dict:
+    """A picture posted in a thread with a question: test-split single-object renders in the engine's layout,
+    `Q: question` [image] `\nA:`, greedy; the answer should name the colour (colour questions) or the shape
+    (shape questions and "what is this?"), worded as the held-out threads word things."""
+    asks = {"colour": ("What colour is this one?", "which color is it"), "shape": ("what is this?", "What shape did I draw")}
+    hits = {a: 0 for a in asks}
+    examples = []
+    n = max(1, cfg.samples // 2)
+    for _ in range(n):
+        s = D.sample_scene(rng, "test", 1)
+        img = D.render(s, rng)
+        for attr, questions in asks.items():
+            q = rng.choice(questions)
+            text = pipe.decode(pipe.embed_prompt([f"Q: {q}", img, "\nA:"]), num_words=12).text
+            hits[attr] += parse_attributes(text)[attr] == getattr(s.objects[0], attr)
+            if len(examples) < 6:
+                examples.append({"truth": D.caption(s), "question": q, "answer": text.strip()})
+    return {"n": n, "accuracy": {a: round(h / n, 4) for a, h in hits.items()}, "examples": examples}
+
+
 @torch.no_grad()
 def eval_retrieval(pipe: GillPipeline, data: dict, cfg: EvalConfig, emoji_dir: Path | None = None,
                    art_dir: Path | None = None, emoji_limit: int | None = None) -> dict:
@@ -300,6 +320,16 @@ def render_report(r: dict) -> str:
           f"{c['n']} held-out single-object renders, prompt `[image] a`, greedy; attributes parsed from the caption.", "",
           head, _acc_row("GILL caption", c["accuracy"]), ""]
     L += ["| ground truth | caption |", "|---|---|"] + [f"| {e['truth']} | {e['caption']} |" for e in c["examples"]] + [""]
+    q = r.get("image_questions")
+    if q:
+        L += ["## Questions about a posted picture", "",
+              f"{q['n']} held-out single-object renders posted with a question, in the engine's layout "
+              "(`Q: question` [image] `\\nA:`), greedy: the share of answers naming the asked attribute "
+              "(\"what is this?\" asks for the shape).", "",
+              "| colour questions | shape questions |", "|---|---|",
+              f"| {100 * q['accuracy']['colour']:.1f} | {100 * q['accuracy']['shape']:.1f} |", "",
+              "| picture | question | answer |", "|---|---|---|"]
+        L += [f"| {e['truth']} | {e['question']} | {e['answer']} |" for e in q["examples"]] + [""]
     L += ["## Text→image retrieval", "", "| queries | gallery | n | R@1 | R@5 | R@10 |", "|---|---|---|---|---|---|"]
     labels = {"emoji_train": "emoji names seen in the GILL stage", "emoji_heldout": "held-out emoji names",
               "scenes_heldout": "held-out scene captions",
@@ -479,6 +509,7 @@ def evaluate(ctx, cfg: EvalConfig) -> dict:
     r = {"preset": ctx.preset.name, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
          "device": str(ctx.device), "config": cfg.__dict__, "gill_config": gcfg.to_dict(), "probe": probe_acc}
     r["captioning"] = eval_captioning(pipe, cfg, random.Random(seed + 1))
+    r["image_questions"] = eval_image_questions(pipe, cfg, random.Random(seed + 4))
     r["retrieval"] = eval_retrieval(pipe, data, cfg, ctx.emoji_dir, getattr(ctx, "art_dir", None),
                                     ctx.preset.emoji_limit)
     r["generation"] = eval_generation(pipe, probe, cfg, random.Random(seed + 2), seed)

@@ -296,16 +296,20 @@ class GillModel(nn.Module):
         logits, _ = self.run_lm(seq)
         return lm_ce(logits, labels)
 
-    def img_mode(self, ids: torch.Tensor, lens: list[int], concat: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def img_mode(self, ids: torch.Tensor, lens: list[int], concat: bool,
+                 ignore: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Retrieval/generation mode: text only, `BOS caption [IMG0..7]`. Returns (LM loss over the caption and
         [IMG0], hidden states [B,r,H] at the [IMG] positions, their input embeddings [B,r,H]).
 
         Concat: rows [BOS cap1 IMG x8 cap2 IMG x8 | pads]; both [IMG] groups are read, the second conditioned on
         the first. As in the paper's code, labels stop at the first [IMG1], so the concatenated rows supervise
-        cap1 and its [IMG0] only."""
+        cap1 and its [IMG0] only. `ignore` (bool, like `ids`) leaves out labels that are not what the model
+        should predict there (not with concat)."""
         r = len(self.img_ids)
         seq = self.lm.embed(ids)
         labels = _mask_from_first(ids.clone(), ids == self.tok.pad_id)
+        if ignore is not None:
+            labels = labels.masked_fill(ignore, IGNORE)
         n = ids.shape[0]
         if concat:
             idx = _concat_index(lens[0::2], lens[1::2], ids.shape[1], drop=0).to(ids.device)
@@ -336,13 +340,35 @@ class GillModel(nn.Module):
         return {"loss": total, "cap": cap, "ce_ret": ce_ret, "ce_gen": ce_gen, "ret": ret, "gen": gen,
                 "t2i_acc": t2i_acc}
 
-    def context_losses(self, ids: torch.Tensor, lens: list[int], cond_target: torch.Tensor) -> dict[str, torch.Tensor]:
+    def context_losses(self, ids: torch.Tensor, lens: list[int], cond_target: torch.Tensor,
+                       ignore: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Context rows: 0.5 CE (the prompt and its [IMG0]) + ℓ_g. No captioning, and no contrastive term: many
         contexts end in the same few attribute combinations (false negatives), and measured with it, the shared
-        retrieval heads lost two thirds of their emoji recall."""
-        ce, h, e = self.img_mode(ids, lens, False)
+        retrieval heads lost two thirds of their emoji recall. `ignore`: see img_mode."""
+        ce, h, e = self.img_mode(ids, lens, False, ignore)
         gen = l2_distance_loss(self.heads.mapper(h, e), cond_target)
         return {"ctx_loss": 0.5 * ce + gen, "ctx_ce": ce, "ctx_gen": gen}
+
+    def image_question_loss(self, pooled: torch.Tensor, questions: list[list[int]], answers: list[list[int]]) -> torch.Tensor:
+        """Rows `BOS Q: question` [k visual tokens] `\nA: answer`, as the engine lays out a user turn that posts a
+        picture: CE on the answer's tokens only (`answers[i]` starts with the `\nA:` tokens, which are not
+        labels). Trains the visual prefix to be read inside a dialogue, not only at the start of a caption."""
+        k = self.heads.num_visual_tokens
+        dev = pooled.device
+        head = len(self.tok.encode("\nA:"))
+        width = max(len(q) + k + len(a) for q, a in zip(questions, answers))
+        ids = torch.full((len(questions), width), self.tok.pad_id, dtype=torch.long)
+        labels = torch.full_like(ids, IGNORE)
+        is_vis = torch.zeros(len(questions), width, dtype=torch.bool)
+        for i, (q, a) in enumerate(zip(questions, answers)):
+            ids[i, : len(q)] = torch.tensor(q)
+            is_vis[i, len(q) : len(q) + k] = True
+            ids[i, len(q) + k : len(q) + k + len(a)] = torch.tensor(a)
+            labels[i, len(q) + k + head : len(q) + k + len(a)] = torch.tensor(a[head:])
+        ids, labels, is_vis = ids.to(dev), labels.to(dev), is_vis.to(dev)
+        seq = self.lm.embed(ids).masked_scatter(is_vis[..., None], self.heads.visual_prefix(pooled))
+        logits, _ = self.run_lm(seq)
+        return lm_ce(logits, labels)
 
     # helpers used by inference, fixtures and evaluation ----------------------------------------------------
     @torch.no_grad()

@@ -19,7 +19,10 @@ from . import data as D
 from .export import Backbones
 from .gill import GEN, IMG_SUFFIX, RET, GillHeads, GillModel, build_heads, contrastive_loss, freeze, to_pixels, tokenize_captions
 from .pipeline import GillPipeline
+from .dialogue_turns import turn_type
 from .presets import GillConfig, gill_config
+from . import wordings
+from .wordings import make_thread
 
 
 # training data -------------------------------------------------------------------------------------------
@@ -59,41 +62,95 @@ def make_pairs(model: GillModel, data: dict, split: str, max_len: int) -> Pairs:
 
 @dataclass
 class ContextPairs:
-    """Dialogue / story prompts (`BOS prompt[IMG0..7] pad`) with the caption of their final scene."""
+    """Dialogue / thread / story prompts (`BOS prompt[IMG0..7] pad`) with the caption of their final scene."""
 
     ids: torch.Tensor  # [N,context_max_len]
     lens: torch.Tensor  # [N] (CPU)
     cond_ids: torch.Tensor  # [N,L] text-tower ids of the final scene's caption
+    ignore: torch.Tensor  # [N,context_max_len] bool: labels left out (see reply_starts_to_ignore)
     prompts: list[str]
 
 
+def reply_starts_to_ignore(tok, d: D.Dialogue) -> list[int]:
+    """Positions in `BOS d.prompt()` of the first token of each earlier reply to a request. The bot answered
+    those with a picture, which the context shows as its text only, so "not [IMG0]" is not the label there.
+    Statements and small talk keep theirs: after them, no [IMG0] is the lesson."""
+    types = d.turn_types or [turn_type(d, i) for i in range(len(d.turns))]
+    out, prefix = [], ""
+    for (q, a), kind in zip(d.turns[:-1], types):
+        prefix += f"Q: {q}\nA:"
+        if kind == "request":
+            out.append(len(tok.encode(prefix, add_bos=True)))
+        prefix += f" {a}\n"
+    return out
+
+
 def make_context_pairs(model: GillModel, split: str, n: int, seed: int, max_len: int) -> ContextPairs:
-    """`n` seeded contexts of `split`, alternating dialogues (GILL's `Q: ... A:` template, as evaluated) and
-    stories, each with a caption of its final scene. A prompt longer than `max_len` tokens raises ValueError (truncating would cut its last turn)."""
+    """`n` seeded contexts of `split` in turn: clean dialogues (GILL's `Q: ... A:` template, as evaluated), threads
+    worded as people write (wordings.TRAIN) and stories, each with a caption of its final scene. A thread longer
+    than `max_len` tokens is drawn again; a clean dialogue or story that long raises ValueError."""
     rng = random.Random(seed)
-    prompts, scenes = [], []
-    for i in range(n):
-        c = D.make_dialogue(rng, split) if i % 2 == 0 else D.make_story(rng, split)
-        prompts.append(c.prompt() if isinstance(c, D.Dialogue) else c.text())
-        scenes.append(c.final_scene)
-    rows = [model.tok.encode(t + IMG_SUFFIX, add_bos=True) for t in prompts]
-    longest = max(range(n), key=lambda i: len(rows[i]), default=None)
-    if longest is not None and len(rows[longest]) > max_len:
-        raise ValueError(f"context prompt of {len(rows[longest])} tokens exceeds context_max_len {max_len}: "
-                         f"{prompts[longest][:80]!r}...")
+    contexts, prompts, rows = [], [], []
+    while len(contexts) < n:
+        c = (D.make_dialogue, make_thread, D.make_story)[len(contexts) % 3](rng, split)
+        prompt = c.prompt() if isinstance(c, D.Dialogue) else c.text()
+        row = model.tok.encode(prompt + IMG_SUFFIX, add_bos=True)
+        if len(row) > max_len:
+            if not isinstance(c, D.Dialogue) or c.turn_types == []:  # the clean ones always fit the full preset
+                raise ValueError(f"context prompt of {len(row)} tokens exceeds context_max_len {max_len}: {prompt[:80]!r}...")
+            continue  # a long thread: drawn again (truncating would cut its last turn)
+        contexts.append(c)
+        prompts.append(prompt)
+        rows.append(row)
+    ignore = torch.zeros(n, max_len, dtype=torch.bool)
+    for i, c in enumerate(contexts):
+        if isinstance(c, D.Dialogue):
+            ignore[i, reply_starts_to_ignore(model.tok, c)] = True
     dev = model.embed_weight.device
     ids = torch.tensor([x + [model.tok.pad_id] * (max_len - len(x)) for x in rows], dtype=torch.long)
     L = model.clip.cfg.text_max_length
-    cond = torch.tensor([model.tok.encode_text_condition(D.caption(sc, rng), L) for sc in scenes])
-    return ContextPairs(ids.to(dev), torch.tensor([len(x) for x in rows]), cond.to(dev), prompts)
+    cond = torch.tensor([model.tok.encode_text_condition(D.caption(c.final_scene, rng), L) for c in contexts])
+    return ContextPairs(ids.to(dev), torch.tensor([len(x) for x in rows]), cond.to(dev), ignore.to(dev), prompts)
 
 
 def sample_context_batch(p: ContextPairs, g: torch.Generator, batch: int) -> tuple[torch.Tensor, ...]:
-    """-> ids (trimmed to the longest row), lens (list), cond_ids."""
+    """-> ids (trimmed to the longest row), lens (list), cond_ids, ignore (trimmed like ids)."""
     idx = torch.randint(len(p.prompts), (batch,), generator=g)
     dev_idx = idx.to(p.ids.device)
     width = int(p.lens[idx].max())
-    return p.ids[dev_idx, :width], p.lens[idx].tolist(), p.cond_ids[dev_idx]
+    return p.ids[dev_idx, :width], p.lens[idx].tolist(), p.cond_ids[dev_idx], p.ignore[dev_idx, :width]
+
+
+@dataclass
+class ImageQuestions:
+    """Questions about a posted picture (wordings.image_question), tokenised, with the row of `Pairs` holding
+    the picture's pooled features."""
+
+    rows: torch.Tensor  # [N] indices into Pairs.pooled
+    questions: list[list[int]]  # `BOS Q: question`
+    answers: list[list[int]]  # `\nA: answer`
+
+
+def make_image_questions(model: GillModel, data: dict, pairs: Pairs, split: str, n: int, seed: int) -> ImageQuestions:
+    """`n` seeded questions about the scenes and emoji of `pairs` (made by make_pairs for `split`)."""
+    rng = random.Random(seed)
+    scenes = data["shapes"][split]["scenes"]
+    names = [data["emoji"]["names"][i] for i, s in enumerate(data["emoji"]["splits"]) if s == split]
+    rows, questions, answers = [], [], []
+    for _ in range(n):
+        r = rng.randrange(len(pairs.captions))
+        is_scene = r < len(scenes)
+        q, a = wordings.image_question(scenes[r] if is_scene else None, None if is_scene else names[r - len(scenes)], rng)
+        rows.append(r)
+        questions.append(model.tok.encode(f"Q: {q}".rstrip(), add_bos=True))
+        answers.append(model.tok.encode(f"\nA: {a}"))
+    return ImageQuestions(torch.tensor(rows), questions, answers)
+
+
+def sample_image_questions(q: ImageQuestions, pooled: torch.Tensor, g: torch.Generator, batch: int):
+    """-> pooled features, questions, answers of `batch` random rows."""
+    idx = torch.randint(len(q.questions), (batch,), generator=g).tolist()
+    return pooled[q.rows[idx].to(pooled.device)], [q.questions[i] for i in idx], [q.answers[i] for i in idx]
 
 
 def sample_batch(p: Pairs, g: torch.Generator, batch: int, emoji_frac: float) -> tuple[torch.Tensor, ...]:
@@ -135,14 +192,16 @@ def make_optimizer(model: GillModel, cfg: GillConfig) -> torch.optim.Optimizer:
 
 @torch.no_grad()
 def validate(model: GillModel, batch: tuple[torch.Tensor, ...],
-             context: tuple[torch.Tensor, ...] | None = None) -> dict[str, float]:
+             context: tuple[torch.Tensor, ...] | None = None, questions: tuple | None = None) -> dict[str, float]:
     """Held-out batch: every loss term, text->image top-1 and teacher-forced caption token accuracy (and the
-    context rows' losses when given)."""
+    context rows' and image questions' losses when given)."""
     pooled, ids, lens, cond_ids = batch
     out = model.step_losses(pooled, ids, lens, model.clip.encode_text_states(cond_ids), (False, False, False))
+    if questions is not None:
+        out["image_qa"] = model.image_question_loss(*questions)
     if context is not None:
-        c_ids, c_lens, c_cond = context
-        out.update(model.context_losses(c_ids, c_lens, model.clip.encode_text_states(c_cond)))
+        c_ids, c_lens, c_cond, c_ignore = context
+        out.update(model.context_losses(c_ids, c_lens, model.clip.encode_text_states(c_cond), c_ignore))
     k = model.heads.num_visual_tokens
     logits, _ = model.run_lm(torch.cat([model.heads.visual_prefix(pooled), model.lm.embed(ids)], 1))
     pred = logits[:, k - 1 : -1].argmax(-1)  # predictions of BOS and the caption tokens
@@ -197,6 +256,9 @@ def stage_gill(ctx) -> None:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     partial = ctx.work / "gill.partial.pt"
     start = 0
+    if cfg.init and not partial.exists():
+        load_gill_state(_load_checked(Path(cfg.init), ctx.preset), model, Path(cfg.init))
+        print(f"[gill] warm start from {cfg.init}", flush=True)
     if partial.exists():
         st = _load_checked(partial, ctx.preset)
         _check_config(st["config"], cfg, partial)
@@ -215,13 +277,18 @@ def stage_gill(ctx) -> None:
         ctx_val = sample_context_batch(
             make_context_pairs(model, "val", 256, ctx.preset.seed + 41, cfg.context_max_len),
             torch.Generator().manual_seed(8), 256)
+    questions = questions_val = None
+    if cfg.image_question_rows:
+        questions = make_image_questions(model, data, train, "train", 20000, ctx.preset.seed + 42)
+        questions_val = sample_image_questions(make_image_questions(model, data, val, "val", 256, ctx.preset.seed + 43),
+                                               val.pooled, torch.Generator().manual_seed(9), 256)
     params = [p for grp in opt.param_groups for p in grp["params"]]
     model.train()
     t0, last_save = time.time(), time.time()
     log_every = max(1, cfg.steps // 50)
     if start == 0 and cfg.steps > 0:
         model.eval()
-        ctx.metric("gill", step=0, elapsed_s=0.0, **validate(model, val_batch, ctx_val))
+        ctx.metric("gill", step=0, elapsed_s=0.0, **validate(model, val_batch, ctx_val, questions_val))
         model.train()
     for step in range(start, cfg.steps):
         g = torch.Generator().manual_seed(ctx.preset.seed * 1_000_003 + step)
@@ -230,9 +297,13 @@ def stage_gill(ctx) -> None:
         target = model.clip.encode_text_states(cond_ids)  # frozen tower, no grad (its params are frozen)
         out = model.step_losses(pooled, ids, lens, target, draws)
         if ctx_train is not None:
-            c_ids, c_lens, c_cond = sample_context_batch(ctx_train, g, cfg.context_rows)
-            out.update(model.context_losses(c_ids, c_lens, model.clip.encode_text_states(c_cond)))
+            c_ids, c_lens, c_cond, c_ignore = sample_context_batch(ctx_train, g, cfg.context_rows)
+            out.update(model.context_losses(c_ids, c_lens, model.clip.encode_text_states(c_cond), c_ignore))
             out["loss"] = out["loss"] + out["ctx_loss"]
+        if questions is not None:
+            out["image_qa"] = model.image_question_loss(
+                *sample_image_questions(questions, train.pooled, g, cfg.image_question_rows))
+            out["loss"] = out["loss"] + out["image_qa"]
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -246,7 +317,7 @@ def stage_gill(ctx) -> None:
                        **{n: round(float(v), 5) for n, v in out.items()})
         if (step + 1) % cfg.eval_every == 0 or last:
             model.eval()
-            ctx.metric("gill", step=step + 1, elapsed_s=round(time.time() - t0, 1), **validate(model, val_batch, ctx_val))
+            ctx.metric("gill", step=step + 1, elapsed_s=round(time.time() - t0, 1), **validate(model, val_batch, ctx_val, questions_val))
             model.train()
         if time.time() - last_save > ctx.checkpoint_seconds and not last:
             _atomic_save({**gill_state(model, cfg, ctx.preset), "optimizer": opt.state_dict(),

@@ -29,6 +29,12 @@ class Preset:
     vae_steps: int = 2000
     vae_batch: int = 256
     vae_lr: float = 1e-3
+    # The LM's chat tuning (stage "chat"): the pretrained LM continues on threads worded as people write
+    # (wordings.TRAIN) mixed 1:1 with its pretraining documents. Sized for 2 CPU cores (~1.5 s a step).
+    chat_steps: int = 600
+    chat_batch: int = 128
+    chat_lr: float = 3e-4
+    chat_threads: int = 30000
     unet_steps: int = 2000
     unet_batch: int = 1024
     unet_lr: float = 1e-3
@@ -50,7 +56,7 @@ PRESETS = {
     "smoke": Preset(
         "smoke", images={"train": 256, "val": 64, "test": 64}, docs={"train": 400, "val": 64, "test": 64},
         emoji_limit=48, vocab_size=420, lm_steps=20, lm_batch=8, clip_steps=20, clip_batch=24, vae_steps=20,
-        vae_batch=8, unet_steps=20, unet_batch=8, eval_every=20, eval_samples=4, lm_lr=3e-3, clip_lr=2e-3,
+        vae_batch=8, chat_steps=20, chat_batch=8, chat_threads=200, unet_steps=20, unet_batch=8, eval_every=20, eval_samples=4, lm_lr=3e-3, clip_lr=2e-3,
         vae_lr=3e-3, unet_lr=2e-3, vae_channels=(16, 16, 32), unet_channels=(16, 32, 32),
     ),
     "untrained": Preset(
@@ -87,6 +93,12 @@ class GillConfig:
     context_rows: int = 0
     context_pairs: int = 20000
     context_max_len: int = 128
+    # Rows a step of a question about a posted picture and its answer (gill.image_question_loss): the paper's
+    # captioning rows put the picture first; in a thread it comes after the question, inside a `Q: … A:` turn.
+    image_question_rows: int = 0
+    # Warm start: a GILL checkpoint whose heads and [IMG] rows the stage starts from instead of a fresh
+    # initialisation (e.g. the committed gill.pt after the LM's chat tuning moved its states a little).
+    init: str = ""
     eval_every: int = 250
     # retrieval refinement (stage_retrieval): the same contrastive loss on cached [IMG0] states, big batches
     refine_steps: int = 0
@@ -126,9 +138,9 @@ GILL_CONFIGS = {
     # The refinement (600 steps of 1,024 on 6,000 cached scenes + every training emoji) is sized for 2 shared CPU
     # cores: 2,000 steps of 2,048 on 20,000 scenes took 1.2 s a step there with the MLP; 600 steps of 1,024 are
     # what the README's side-by-side table (retrieval_ablation.py) measured.
-    "full": GillConfig(batch_size=320, steps=3000, emoji_frac=0.5, context_rows=64, refine_steps=600,
+    "full": GillConfig(batch_size=320, steps=3000, emoji_frac=0.5, context_rows=64, image_question_rows=64, refine_steps=600,
                        refine_batch=1024, refine_scenes=6000, refine_text_mlp=512),
-    "smoke": GillConfig(steps=24, batch_size=8, eval_every=12, refine_steps=60, refine_batch=64, refine_scenes=64,
+    "smoke": GillConfig(steps=24, batch_size=8, eval_every=12, context_rows=4, context_pairs=64, image_question_rows=4, refine_steps=60, refine_batch=64, refine_scenes=64,
                         decision_prompts=24,
                         decision_gallery_scenes=16, decision_steps=60, gen_steps=4),
     "untrained": GillConfig(steps=0, decision_prompts=0),

@@ -29,6 +29,7 @@ from .diffusion import VAE, UNet, UNetConfig, VAEConfig, alphas_cumprod, ddim_sa
 from .lm import LMConfig, TinyLM
 from .presets import Preset
 from .tokenizer import Tokenizer, train_bpe
+from .wordings import make_thread
 
 TEXT_MAX_LENGTH = 32
 LM_SEQ_LEN = 160
@@ -79,7 +80,9 @@ class Context:
         return Tokenizer([tuple(m) for m in self.load("tokenizer")["merges"]])
 
     def lm(self) -> TinyLM:
-        return _restore(self.load("lm"), lambda c: TinyLM(LMConfig(**c)), self.path("lm"))
+        """The frozen LM every later stage reads: the chat-tuned one once that stage is done."""
+        name = "chat" if self.done("chat") else "lm"
+        return _restore(self.load(name), lambda c: TinyLM(LMConfig(**c)), self.path(name))
 
     def clip(self) -> DualEncoder:
         return _restore(self.load("clip"), lambda c: DualEncoder(ClipConfig(**c)), self.path("clip"))
@@ -102,7 +105,9 @@ def _load_checked(path: Path, preset: Preset) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=False)  # holds dataclasses (Scene); torch >= 2.6 defaults to True
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
         raise RuntimeError(f"checkpoint {path} cannot be read ({e}); delete it to redo the stage") from e
-    if not isinstance(obj, dict) or obj.get("preset") != preset.to_dict():
+    # Fields added to Preset after a checkpoint was made (absent from its record) configure later stages only.
+    saved = obj.get("preset") if isinstance(obj, dict) else None
+    if not isinstance(saved, dict) or saved != {k: v for k, v in preset.to_dict().items() if k in saved}:
         raise RuntimeError(
             f"checkpoint {path} was made with a different preset than {preset.name!r} (or is not a stage checkpoint); "
             "use another --work dir or delete it to redo the stage"
@@ -260,6 +265,38 @@ def stage_lm(ctx: Context) -> None:
 
     fit(ctx, "lm", lm, p.lm_steps, p.lm_lr, loss_fn, eval_fn)
     ctx.save("lm", {"preset": p.to_dict(), "config": cfg.to_dict(), "state": {k: v.cpu() for k, v in lm.state_dict().items()}})
+
+
+def stage_chat(ctx: Context) -> None:
+    """The LM's chat tuning: the pretrained LM continues on threads worded as people write in chat (wordings.TRAIN:
+    small talk, US and UK spelling, typos, statements answered by an acknowledgement that restates them, requests
+    by "here is …"), mixed 1:1 with its pretraining documents so it keeps what it knew. A frozen LM of GILL's size
+    has read such text in pretraining; the stand-in needs it before the GILL stage reads its states."""
+    p, dev = ctx.preset, ctx.device
+    tok = ctx.tokenizer()
+    lm = _restore(ctx.load("lm"), lambda c: TinyLM(LMConfig(**c)), ctx.path("lm")).to(dev)
+    cfg = ctx.load("lm")["config"]
+    data = ctx.load("data")
+    rng = random.Random(p.seed + 3)
+    threads = {split: [make_thread(rng, split).text() for _ in range(n)]
+               for split, n in (("train", p.chat_threads), ("val", 256))}
+    # a long thread in a small vocabulary (the smoke preset) can exceed the LM's training length: left out
+    threads = {k: [t for t in v if len(tok.encode(t, add_bos=True)) <= LM_SEQ_LEN] for k, v in threads.items()}
+    train_threads = _lm_tokens(tok, threads["train"]).to(dev)
+    pretrain = _lm_tokens(tok, data["docs"]["train"]).to(dev)
+    val = _lm_tokens(tok, threads["val"]).to(dev)
+    half = p.chat_batch // 2
+
+    def loss_fn(g):
+        rows = torch.cat([train_threads[_idx(g, train_threads.shape[0], half, dev)],
+                          pretrain[_idx(g, pretrain.shape[0], p.chat_batch - half, dev)]])
+        return lm.lm_loss(rows, tok.pad_id), {}
+
+    def eval_fn():
+        return {"val_thread_loss": round(lm.lm_loss(val, tok.pad_id).item(), 5)}
+
+    fit(ctx, "chat", lm, p.chat_steps, p.chat_lr, loss_fn, eval_fn)
+    ctx.save("chat", {"preset": p.to_dict(), "config": cfg, "state": {k: v.cpu() for k, v in lm.state_dict().items()}})
 
 
 def _caption_ids(tok: Tokenizer, captions: list[list[str]]) -> torch.Tensor:
