@@ -215,6 +215,8 @@ class Dialogue:
     unstated: tuple[str, ...] = ()
     # per turn, what its reply should restate (alternatives joined by "|"), for the reply rubric
     reply_mentions: list[list[str]] = field(default_factory=list)
+    # per turn, the scene the bot drew in reply (None for a turn answered in words only)
+    turn_scenes: list[Scene | None] = field(default_factory=list)
 
     @property
     def last_message(self) -> str:

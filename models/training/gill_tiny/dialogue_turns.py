@@ -6,6 +6,7 @@ picture: "draw …", "now make it blue.") or a statement / small talk (it asks f
 replies the LM was trained on. `bench/ret-scale.ts` reads the file.
 
     /usr/bin/python3 -m models.training.gill_tiny.dialogue_turns --count 400 --out /tmp/val-dialogues.json
+    /usr/bin/python3 -m models.training.gill_tiny.dialogue_turns --threads --count 400 --out /tmp/val-threads-turns.json
     /usr/bin/python3 -m models.training.gill_tiny.dialogue_turns --replay --count 120 --out /tmp/val-threads.json
 """
 
@@ -17,6 +18,7 @@ import random
 from pathlib import Path
 
 from . import data as D
+from .wordings import make_thread
 
 SMALL_TALK = {q for q, _ in D.SMALL_TALK}
 
@@ -30,17 +32,20 @@ def turn_type(dialogue: D.Dialogue, i: int) -> str:
     return "request"
 
 
-def dialogue_turns(split: str, count: int, seed: int) -> list[dict]:
+def dialogue_turns(split: str, count: int, seed: int, threads: bool = False) -> list[dict]:
+    """Clean dialogues, or with `threads` the training bank's thread wordings (wordings.TRAIN) on `split`'s
+    scenes: small talk, spelling, typos; a story's sentences count as statements."""
     rng = random.Random(seed)
     out = []
     for n in range(count):
-        d = D.make_dialogue(rng, split)
+        d = make_thread(rng, split) if threads else D.make_dialogue(rng, split)
+        types = d.turn_types or [turn_type(d, i) for i in range(len(d.turns))]
         out.append({
             "id": f"{split}-{n:04d}",
             "kind": d.kind,
             "turns": [q for q, _ in d.turns],
             "replies": [a for _, a in d.turns],
-            "turn_types": [turn_type(d, i) for i in range(len(d.turns))],
+            "turn_types": ["statement" if t == "story" else t for t in types],
         })
     return out
 
@@ -72,13 +77,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=20261207)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--replay", action="store_true", help="write conversations for `npm run eval:threads -- --set`")
+    ap.add_argument("--threads", action="store_true", help="thread wordings (wordings.TRAIN) instead of clean dialogues")
     a = ap.parse_args()
     if a.replay:
         a.out.write_text(json.dumps(replay_set(a.split, a.count, a.seed), indent=1) + "\n")
         print(f"{a.out}: {a.count} conversations for eval:threads")
         return
     doc = {"format": "gill-dialogue-turns/1", "split": a.split, "seed": a.seed,
-           "dialogues": dialogue_turns(a.split, a.count, a.seed)}
+           "dialogues": dialogue_turns(a.split, a.count, a.seed, a.threads)}
     a.out.write_text(json.dumps(doc, indent=1) + "\n")
     types = [t for d in doc["dialogues"] for t in d["turn_types"]]
     print(f"{a.out}: {len(doc['dialogues'])} dialogues, " + ", ".join(f"{t} {types.count(t)}" for t in sorted(set(types))))

@@ -296,17 +296,20 @@ class GillModel(nn.Module):
         logits, _ = self.run_lm(seq)
         return lm_ce(logits, labels)
 
-    def img_mode(self, ids: torch.Tensor, lens: list[int], concat: bool,
-                 ignore: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def img_mode(self, ids: torch.Tensor, lens: list[int], concat: bool, ignore: torch.Tensor | None = None,
+                 visual: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Retrieval/generation mode: text only, `BOS caption [IMG0..7]`. Returns (LM loss over the caption and
         [IMG0], hidden states [B,r,H] at the [IMG] positions, their input embeddings [B,r,H]).
 
         Concat: rows [BOS cap1 IMG x8 cap2 IMG x8 | pads]; both [IMG] groups are read, the second conditioned on
         the first. As in the paper's code, labels stop at the first [IMG1], so the concatenated rows supervise
         cap1 and its [IMG0] only. `ignore` (bool, like `ids`) leaves out labels that are not what the model
-        should predict there (not with concat)."""
+        should predict there (not with concat). `visual` = (mask like `ids`, pooled features [M,Dv]): pictures
+        in the prompt, k visual tokens each at the masked positions, in row order (not with concat)."""
         r = len(self.img_ids)
         seq = self.lm.embed(ids)
+        if visual is not None and visual[1].shape[0]:
+            seq = seq.masked_scatter(visual[0][..., None], self.heads.visual_prefix(visual[1]))
         labels = _mask_from_first(ids.clone(), ids == self.tok.pad_id)
         if ignore is not None:
             labels = labels.masked_fill(ignore, IGNORE)
@@ -341,11 +344,12 @@ class GillModel(nn.Module):
                 "t2i_acc": t2i_acc}
 
     def context_losses(self, ids: torch.Tensor, lens: list[int], cond_target: torch.Tensor,
-                       ignore: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                       ignore: torch.Tensor | None = None,
+                       visual: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Context rows: 0.5 CE (the prompt and its [IMG0]) + ℓ_g. No captioning, and no contrastive term: many
         contexts end in the same few attribute combinations (false negatives), and measured with it, the shared
-        retrieval heads lost two thirds of their emoji recall. `ignore`: see img_mode."""
-        ce, h, e = self.img_mode(ids, lens, False, ignore)
+        retrieval heads lost two thirds of their emoji recall. `ignore`, `visual`: see img_mode."""
+        ce, h, e = self.img_mode(ids, lens, False, ignore, visual)
         gen = l2_distance_loss(self.heads.mapper(h, e), cond_target)
         return {"ctx_loss": 0.5 * ce + gen, "ctx_ce": ce, "ctx_gen": gen}
 

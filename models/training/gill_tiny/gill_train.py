@@ -62,63 +62,99 @@ def make_pairs(model: GillModel, data: dict, split: str, max_len: int) -> Pairs:
 
 @dataclass
 class ContextPairs:
-    """Dialogue / thread / story prompts (`BOS prompt[IMG0..7] pad`) with the caption of their final scene."""
+    """Dialogue / thread / story prompts (`BOS prompt[IMG0..7] pad`) with the caption of their final scene; in
+    threads, some of the bot's earlier pictures sit after its reply text as k visual tokens each."""
 
-    ids: torch.Tensor  # [N,context_max_len]
+    ids: torch.Tensor  # [N,context_max_len] (a visual token's position holds BOS as a placeholder)
     lens: torch.Tensor  # [N] (CPU)
     cond_ids: torch.Tensor  # [N,L] text-tower ids of the final scene's caption
-    ignore: torch.Tensor  # [N,context_max_len] bool: labels left out (see reply_starts_to_ignore)
+    ignore: torch.Tensor  # [N,context_max_len] bool: labels left out (visual tokens, see dialogue_row)
+    visual: torch.Tensor  # [N,context_max_len] bool: positions of visual tokens
+    pooled: torch.Tensor  # [M,Dv] the pictures' pooled features, in row order
+    pictures: list[list[int]]  # per row, its pictures' indices into `pooled`
     prompts: list[str]
 
 
-def reply_starts_to_ignore(tok, d: D.Dialogue) -> list[int]:
-    """Positions in `BOS d.prompt()` of the first token of each earlier reply to a request. The bot answered
-    those with a picture, which the context shows as its text only, so "not [IMG0]" is not the label there.
-    Statements and small talk keep theirs: after them, no [IMG0] is the lesson."""
+def dialogue_row(tok, d: D.Dialogue, shown: set[int], k: int) -> tuple[list[int], list[int], list[int]]:
+    """`BOS d.prompt() [IMG0..7]` as the engine lays a thread out, with the bot's picture for each turn in
+    `shown` after its reply's text as `k` visual tokens (text pieces tokenised apart, as the engine does).
+    -> (ids, positions whose labels are left out, positions of visual tokens).
+
+    Left out: the visual tokens, and the first token of each earlier reply to a request. The bot answered
+    those with a picture, so "not [IMG0]" is not the label there. After statements and small talk the label
+    stays: no [IMG0] there is the lesson."""
     types = d.turn_types or [turn_type(d, i) for i in range(len(d.turns))]
-    out, prefix = [], ""
-    for (q, a), kind in zip(d.turns[:-1], types):
-        prefix += f"Q: {q}\nA:"
+    ids, ignore, visual = [tok.bos_id], [], []
+    text = ""
+    for i, ((q, a), kind) in enumerate(zip(d.turns[:-1], types)):
+        text += f"Q: {q}\nA:"
         if kind == "request":
-            out.append(len(tok.encode(prefix, add_bos=True)))
-        prefix += f" {a}\n"
-    return out
+            ignore.append(len(ids) + len(tok.encode(text)))
+        text += f" {a}"
+        if i in shown:
+            ids += tok.encode(text)
+            visual += range(len(ids), len(ids) + k)
+            ids += [tok.bos_id] * k
+            text = ""
+        text += "\n"
+    ids += tok.encode(text + f"Q: {d.turns[-1][0]}\nA:" + IMG_SUFFIX)
+    return ids, ignore + visual, visual
 
 
-def make_context_pairs(model: GillModel, split: str, n: int, seed: int, max_len: int) -> ContextPairs:
+def make_context_pairs(model: GillModel, split: str, n: int, seed: int, max_len: int,
+                       bot_pictures: float = 0.0) -> ContextPairs:
     """`n` seeded contexts of `split` in turn: clean dialogues (GILL's `Q: ... A:` template, as evaluated), threads
-    worded as people write (wordings.TRAIN) and stories, each with a caption of its final scene. A thread longer
-    than `max_len` tokens is drawn again; a clean dialogue or story that long raises ValueError."""
+    worded as people write (wordings.TRAIN; each picture the bot drew shown in the context with probability
+    `bot_pictures`) and stories, each with a caption of its final scene. A thread longer than `max_len` tokens is
+    drawn again; a clean dialogue or story that long raises ValueError."""
     rng = random.Random(seed)
-    contexts, prompts, rows = [], [], []
+    k = model.heads.num_visual_tokens
+    contexts, prompts, rows, ignores, visuals, scenes, pictures = [], [], [], [], [], [], []
     while len(contexts) < n:
         c = (D.make_dialogue, make_thread, D.make_story)[len(contexts) % 3](rng, split)
-        prompt = c.prompt() if isinstance(c, D.Dialogue) else c.text()
-        row = model.tok.encode(prompt + IMG_SUFFIX, add_bos=True)
+        shown: set[int] = set()
+        if isinstance(c, D.Dialogue):
+            shown = {i for i, sc in enumerate(c.turn_scenes[:-1]) if sc is not None and rng.random() < bot_pictures}
+            row, ignore, visual = dialogue_row(model.tok, c, shown, k)
+            prompt = c.prompt()
+        else:
+            prompt = c.text()
+            row, ignore, visual = model.tok.encode(prompt + IMG_SUFFIX, add_bos=True), [], []
         if len(row) > max_len:
             if not isinstance(c, D.Dialogue) or c.turn_types == []:  # the clean ones always fit the full preset
                 raise ValueError(f"context prompt of {len(row)} tokens exceeds context_max_len {max_len}: {prompt[:80]!r}...")
             continue  # a long thread: drawn again (truncating would cut its last turn)
+        pictures.append(list(range(len(scenes), len(scenes) + len(shown))))
+        scenes += [c.turn_scenes[i] for i in sorted(shown)]
         contexts.append(c)
         prompts.append(prompt)
         rows.append(row)
-    ignore = torch.zeros(n, max_len, dtype=torch.bool)
-    for i, c in enumerate(contexts):
-        if isinstance(c, D.Dialogue):
-            ignore[i, reply_starts_to_ignore(model.tok, c)] = True
+        ignores.append(ignore)
+        visuals.append(visual)
+    ignore_mask = torch.zeros(n, max_len, dtype=torch.bool)
+    visual_mask = torch.zeros(n, max_len, dtype=torch.bool)
+    for i in range(n):
+        ignore_mask[i, ignores[i]] = True
+        visual_mask[i, visuals[i]] = True
     dev = model.embed_weight.device
     ids = torch.tensor([x + [model.tok.pad_id] * (max_len - len(x)) for x in rows], dtype=torch.long)
     L = model.clip.cfg.text_max_length
     cond = torch.tensor([model.tok.encode_text_condition(D.caption(c.final_scene, rng), L) for c in contexts])
-    return ContextPairs(ids.to(dev), torch.tensor([len(x) for x in rows]), cond.to(dev), ignore.to(dev), prompts)
+    images = np.stack([D.render(sc, rng) for sc in scenes]) if scenes else np.zeros((0, D.IMAGE_SIZE, D.IMAGE_SIZE, 3), np.uint8)
+    pooled = model.pooled(images) if len(images) else torch.zeros(0, model.clip.cfg.pooled_size, device=dev)
+    return ContextPairs(ids.to(dev), torch.tensor([len(x) for x in rows]), cond.to(dev), ignore_mask.to(dev),
+                        visual_mask.to(dev), pooled, pictures, prompts)
 
 
-def sample_context_batch(p: ContextPairs, g: torch.Generator, batch: int) -> tuple[torch.Tensor, ...]:
-    """-> ids (trimmed to the longest row), lens (list), cond_ids, ignore (trimmed like ids)."""
+def sample_context_batch(p: ContextPairs, g: torch.Generator, batch: int) -> tuple:
+    """-> ids (trimmed to the longest row), lens (list), cond_ids, ignore (trimmed like ids), and the visual
+    tokens' (mask, pooled features) of the batch."""
     idx = torch.randint(len(p.prompts), (batch,), generator=g)
     dev_idx = idx.to(p.ids.device)
     width = int(p.lens[idx].max())
-    return p.ids[dev_idx, :width], p.lens[idx].tolist(), p.cond_ids[dev_idx], p.ignore[dev_idx, :width]
+    picked = [j for i in idx.tolist() for j in p.pictures[i]]
+    visual = (p.visual[dev_idx, :width], p.pooled[torch.tensor(picked, dtype=torch.long, device=p.pooled.device)])
+    return p.ids[dev_idx, :width], p.lens[idx].tolist(), p.cond_ids[dev_idx], p.ignore[dev_idx, :width], visual
 
 
 @dataclass
@@ -200,8 +236,8 @@ def validate(model: GillModel, batch: tuple[torch.Tensor, ...],
     if questions is not None:
         out["image_qa"] = model.image_question_loss(*questions)
     if context is not None:
-        c_ids, c_lens, c_cond, c_ignore = context
-        out.update(model.context_losses(c_ids, c_lens, model.clip.encode_text_states(c_cond), c_ignore))
+        c_ids, c_lens, c_cond, c_ignore, c_visual = context
+        out.update(model.context_losses(c_ids, c_lens, model.clip.encode_text_states(c_cond), c_ignore, c_visual))
     k = model.heads.num_visual_tokens
     logits, _ = model.run_lm(torch.cat([model.heads.visual_prefix(pooled), model.lm.embed(ids)], 1))
     pred = logits[:, k - 1 : -1].argmax(-1)  # predictions of BOS and the caption tokens
@@ -273,9 +309,10 @@ def stage_gill(ctx) -> None:
     val_batch = sample_batch(val, torch.Generator().manual_seed(7), min(256, len(val.captions)), cfg.emoji_frac)
     ctx_train = ctx_val = None
     if cfg.context_rows:
-        ctx_train = make_context_pairs(model, "train", cfg.context_pairs, ctx.preset.seed + 40, cfg.context_max_len)
+        ctx_train = make_context_pairs(model, "train", cfg.context_pairs, ctx.preset.seed + 40, cfg.context_max_len,
+                                       cfg.context_bot_pictures)
         ctx_val = sample_context_batch(
-            make_context_pairs(model, "val", 256, ctx.preset.seed + 41, cfg.context_max_len),
+            make_context_pairs(model, "val", 256, ctx.preset.seed + 41, cfg.context_max_len, cfg.context_bot_pictures),
             torch.Generator().manual_seed(8), 256)
     questions = questions_val = None
     if cfg.image_question_rows:
@@ -297,8 +334,8 @@ def stage_gill(ctx) -> None:
         target = model.clip.encode_text_states(cond_ids)  # frozen tower, no grad (its params are frozen)
         out = model.step_losses(pooled, ids, lens, target, draws)
         if ctx_train is not None:
-            c_ids, c_lens, c_cond, c_ignore = sample_context_batch(ctx_train, g, cfg.context_rows)
-            out.update(model.context_losses(c_ids, c_lens, model.clip.encode_text_states(c_cond), c_ignore))
+            c_ids, c_lens, c_cond, c_ignore, c_visual = sample_context_batch(ctx_train, g, cfg.context_rows)
+            out.update(model.context_losses(c_ids, c_lens, model.clip.encode_text_states(c_cond), c_ignore, c_visual))
             out["loss"] = out["loss"] + out["ctx_loss"]
         if questions is not None:
             out["image_qa"] = model.image_question_loss(

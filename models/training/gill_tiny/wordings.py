@@ -289,7 +289,10 @@ def make_thread(rng: random.Random, split: str, bank: str = "train", typo_rate: 
     mentions.append(said)
     us = rng.random() < 0.5
     turns = [(_end(roughen(q, rng, us, typo_rate), rng), a) for q, a in turns]
-    return D.Dialogue(turns, final_scene, kind, types, unstated, mentions)
+    drawn = [None] * (len(turns) - 1) + [final_scene]
+    if kind not in ("favourite", "story"):  # the first picture of an edit
+        drawn[types.index("request")] = s0
+    return D.Dialogue(turns, final_scene, kind, types, unstated, mentions, drawn)
 
 
 def _end(text: str, rng: random.Random) -> str:
