@@ -104,6 +104,8 @@ try {
     console.log(
       `| ${platform} | ${cells.join(' | ')} | ${s.finalRetrieved} / ${s.finalWithoutImage} of ${s.conversations} | ${s.statementsWithImage} of ${s.statements} | ${s.requestsWithImage} of ${s.requests} | ${s.replyRubric.toFixed(1)}% of ${s.rubricWords} words (${ack.replyRubric.toFixed(1)}% of ${ack.rubricWords}) |`,
     );
+    const types = Object.entries(s.withImageByType);
+    if (types.length) console.log(`  ${platform}, turns with an image by type: ${types.map(([t, v]) => `${t} ${v.withImage} of ${v.turns}`).join(', ')}`);
     return { score: s, statementRubric: ack.replyRubric, statementRubricWords: ack.rubricWords };
   });
   const kinds = [...new Set(conversations.map((c) => c.kind))];
@@ -138,6 +140,7 @@ try {
       bundle: {
         retScaleFactor: manifest.defaults.retScaleFactor,
         imgAtReplyStart: manifest.defaults.imgAtReplyStart ?? false,
+        imgScaleAbs: manifest.defaults.imgScaleAbs ?? true,
         ownImagesInContext: manifest.defaults.ownImagesInContext ?? true,
         minRetrieveSimilarity: manifest.defaults.minRetrieveSimilarity ?? null,
         lmNormalizer: tokenizer.normalizer ?? null,
@@ -157,6 +160,7 @@ try {
             statementsWithImage: s.statementsWithImage,
             statements: s.statements,
             statementsWithImagePct: round(pct(s.statementsWithImage, s.statements)),
+            withImageByType: s.withImageByType,
             requestsWithImage: s.requestsWithImage,
             requests: s.requests,
             requestsWithImagePct: round(pct(s.requestsWithImage, s.requests)),

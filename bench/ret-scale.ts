@@ -57,8 +57,10 @@ const imgIds = model.tokenizer.imgIds;
 const img0 = imgIds[0]!;
 const maxNewTokens = model.budget().newTokens;
 
-/** Whether [IMG0] wins a step at `factor`, as decode.applyImgRules scores it. */
-const wins = (l: number, other: number, factor: number) => (factor > 1 ? Math.abs(l) * factor : l) > other;
+/** Whether [IMG0] wins a step at `factor`, as decode.applyImgRules scores it (the bundle's `imgScaleAbs`). */
+const scaleAbs = bundle.manifest.defaults.imgScaleAbs ?? true;
+const magnitude = (l: number) => (scaleAbs ? Math.abs(l) : l);
+const wins = (l: number, other: number, factor: number) => (factor > 1 ? magnitude(l) * factor : l) > other;
 
 interface TurnResult {
   id: string;
@@ -110,7 +112,7 @@ const emits = (r: TurnResult, factor: number) =>
 const threshold = (r: TurnResult) =>
   Math.min(
     ...(args.at === 'start' ? r.steps.slice(0, 1) : r.steps).map(([l, other]) =>
-      l === 0 ? Number.POSITIVE_INFINITY : Math.max(1, other / Math.abs(l)),
+      magnitude(l) <= 0 ? Number.POSITIVE_INFINITY : Math.max(1, other / magnitude(l)),
     ),
   );
 const pct = (rows: TurnResult[], factor: number) =>

@@ -51,13 +51,16 @@ describe('[IMG] logit rules', () => {
   const options = { retScaleFactor: 1, genScaleFactor: 1 } as DecodeOptions;
   const img = [5, 6, 7];
 
-  it('blocks [IMG1..] always and scales [IMG0] by abs × factor only above 1', () => {
+  it('blocks [IMG1..] always and scales [IMG0] by abs × factor only above 1, or keeping its sign', () => {
     const logits = Float32Array.from([0, 0, 0, 0, 0, -2, 9, 9]);
     applyImgRules(logits, img, true, options);
     expect([...logits.slice(5)]).toEqual([-2, Number.NEGATIVE_INFINITY, Number.NEGATIVE_INFINITY]);
     const scaled = Float32Array.from([0, 0, 0, 0, 0, -2, 9, 9]);
     applyImgRules(scaled, img, true, { ...options, retScaleFactor: 1.5, genScaleFactor: 2 });
     expect(scaled[5]).toBeCloseTo(6);
+    const signed = Float32Array.from([0, 0, 0, 0, 0, -2, 9, 9]);
+    applyImgRules(signed, img, true, { ...options, retScaleFactor: 3, imgScaleAbs: false });
+    expect(signed[5]).toBeCloseTo(-6);
     const blocked = Float32Array.from([0, 0, 0, 0, 0, 4, 9, 9]);
     applyImgRules(blocked, img, false, { ...options, retScaleFactor: 3 });
     expect(blocked[5]).toBe(Number.NEGATIVE_INFINITY);

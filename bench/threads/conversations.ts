@@ -24,6 +24,8 @@ const turnSchema = z.object({
    * entry per attribute, its accepted words separated by "|" ("big|large").
    */
   reply: z.array(z.string().min(1)).default([]),
+  /** What the turn is, where the set says (the held-out set does): scores are also split by it. */
+  type: z.enum(['request', 'statement', 'chat', 'story']).optional(),
 });
 
 const conversationSchema = z
@@ -70,6 +72,7 @@ function fromHeldOut(set: z.infer<typeof heldOutSchema>): unknown {
         mention: j === 0 || (i + j) % 2 === 1,
         image: c.turn_types[j] === 'request',
         reply: c.reply_mentions[j] ?? [],
+        type: c.turn_types[j],
       })),
       expected: Object.fromEntries(Object.entries(c.expected).filter(([, v]) => v !== null)),
     })),

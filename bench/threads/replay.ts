@@ -10,7 +10,7 @@ import { MemoryJobQueue } from '../../src/queue/memory.ts';
 import { runJobs } from '../../src/queue/worker.ts';
 import type { JobRecord, Store } from '../../src/store/types.ts';
 import { ATTRIBUTES, type Attribute, type Attributes, classifyImage } from './attributes.ts';
-import type { ReplayConversation } from './conversations.ts';
+import type { ReplayConversation, ReplayTurn } from './conversations.ts';
 import { type PlatformDriver, type PlatformName, startDriver } from './platforms.ts';
 
 /**
@@ -30,6 +30,8 @@ export interface TurnRecord {
   /** The context the core built for the turn, as the job recorded it. */
   context: ContextItem[];
   askedImage: boolean;
+  /** The set's turn type, when it has one. */
+  type?: ReplayTurn['type'];
   /** Rubric entries the reply should contain (alternatives separated by "|"), and those it does. */
   rubric: { wanted: string[]; found: string[] };
 }
@@ -91,11 +93,13 @@ export async function prepareCommunities(
 
 const words = (text: string) => new Set(text.toLowerCase().match(/[a-z]+/g) ?? []);
 
-function record(job: JobRecord, text: string, askedImage: boolean, wanted: string[]): TurnRecord {
+function record(job: JobRecord, turn: ReplayTurn): TurnRecord {
+  const { text, image: askedImage, reply: wanted, type } = turn;
   const reply = job.result?.text ?? '';
   const said = words(reply);
   return {
     text,
+    type,
     jobId: job.id,
     status: job.status,
     reply,
@@ -117,11 +121,11 @@ export async function replayConversation(
 ): Promise<ConversationRun> {
   const [first, ...rest] = conversation.turns;
   const opened = await driver.open(first!.text);
-  const turns = [record(opened.job, first!.text, first!.image, first!.reply)];
+  const turns = [record(opened.job, first!)];
   let last = opened.job;
   for (const turn of rest) {
     last = await driver.say(opened.thread, turn.text, turn.mention);
-    turns.push(record(last, turn.text, turn.image, turn.reply));
+    turns.push(record(last, turn));
   }
   const image = last.result?.images[0];
   const blob = image ? await store.blobs.get(image.hash) : null;
@@ -153,6 +157,8 @@ export interface PlatformScore {
   /** Turns that ask for no image (statements, small talk) and got one. */
   statementsWithImage: number;
   statements: number;
+  /** Turns that ask for no image, by the set's turn type (statement, chat, story), and those that got one. */
+  withImageByType: Record<string, { withImage: number; turns: number }>;
   /** Turns that ask for an image and got one. */
   requestsWithImage: number;
   requests: number;
@@ -187,11 +193,23 @@ export function scorePlatform(
     finalWithoutImage: mine.filter((r) => r.finalImageKind === null).length,
     statementsWithImage: statements.filter((t) => t.images.length > 0).length,
     statements: statements.length,
+    withImageByType: byType(statements),
     requestsWithImage: requests.filter((t) => t.images.length > 0).length,
     requests: requests.length,
     replyRubric: wanted ? (100 * found) / wanted : Number.NaN,
     rubricWords: wanted,
   };
+}
+
+function byType(turns: TurnRecord[]): PlatformScore['withImageByType'] {
+  const out: PlatformScore['withImageByType'] = {};
+  for (const t of turns) {
+    if (!t.type) continue;
+    const entry = (out[t.type] ??= { withImage: 0, turns: 0 });
+    entry.turns++;
+    if (t.images.length > 0) entry.withImage++;
+  }
+  return out;
 }
 
 /** The context of every turn of a run, as one comparable string. */

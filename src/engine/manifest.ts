@@ -110,6 +110,12 @@ const defaults = z.object({
    */
   imgAtReplyStart: z.boolean().optional(),
   /**
+   * How `retScaleFactor` / `genScaleFactor` boost [IMG0]'s logit: absent or true, |logit| × factor as the
+   * reference does (a negative logit, a confident "no image", turns into a large positive one); false,
+   * logit × factor, so a negative logit stays below every positive one.
+   */
+  imgScaleAbs: z.boolean().optional(),
+  /**
    * Whether the LM reads the images of its own earlier answers. GILL conditions on its earlier outputs
    * (docs/gill-method.md §3), the default; a bundle whose dialogue training never put an image inside an
    * answer sets false, so its prompt keeps the `Q: … A: …` shape it was trained on (the answer's text stays).

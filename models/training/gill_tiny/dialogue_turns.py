@@ -50,24 +50,26 @@ def dialogue_turns(split: str, count: int, seed: int, threads: bool = False) -> 
     return out
 
 
-def replay_set(split: str, count: int, seed: int) -> dict:
-    """The same dialogues as conversations for `npm run eval:threads -- --set` (bench/threads/conversations.ts):
-    every turn is posted in the thread, the first as a mention; the last's expected attributes are the final
-    scene's, and a favourite-colour statement's reply should name the colour."""
+def replay_set(split: str, count: int, seed: int, threads: bool = False) -> dict:
+    """The same dialogues (or with `threads`, threads in the training bank's wordings) as conversations for
+    `npm run eval:threads -- --set` (bench/threads/conversations.ts): every turn is posted in the thread, the
+    first as a mention; the last's expected attributes are the final scene's, and a statement's reply should
+    name the colour."""
     rng = random.Random(seed)
     conversations = []
     for n in range(count):
-        d = D.make_dialogue(rng, split)
+        d = make_thread(rng, split) if threads else D.make_dialogue(rng, split)
         o = d.final_scene.objects[0]
+        types = d.turn_types or [turn_type(d, i) for i in range(len(d.turns))]
         turns = []
         for i, (q, _) in enumerate(d.turns):
-            kind = turn_type(d, i)
-            turns.append({"text": q, "mention": i == 0 or i % 2 == 1, "image": kind == "request",
-                          "reply": [o.colour] if kind == "statement" else []})
+            reply = d.reply_mentions[i] if d.reply_mentions else [o.colour] if types[i] == "statement" else []
+            turns.append({"text": q, "mention": i == 0 or i % 2 == 1, "image": types[i] == "request", "reply": reply})
+        expected = {"colour": o.colour, "shape": o.shape, "size": o.size, "position": o.position}
         conversations.append({"id": f"{split}-{n:04d}", "kind": d.kind, "turns": turns,
-                              "expected": {"colour": o.colour, "shape": o.shape, "size": o.size, "position": o.position}})
-    return {"about": f"{split}-split dialogues from models/training/gill_tiny/dialogue_turns.py (seed {seed})",
-            "conversations": conversations}
+                              "expected": {a: v for a, v in expected.items() if a not in d.unstated}})
+    return {"about": f"{split}-split {'threads' if threads else 'dialogues'} from "
+                     f"models/training/gill_tiny/dialogue_turns.py (seed {seed})", "conversations": conversations}
 
 
 def main() -> None:
@@ -80,7 +82,7 @@ def main() -> None:
     ap.add_argument("--threads", action="store_true", help="thread wordings (wordings.TRAIN) instead of clean dialogues")
     a = ap.parse_args()
     if a.replay:
-        a.out.write_text(json.dumps(replay_set(a.split, a.count, a.seed), indent=1) + "\n")
+        a.out.write_text(json.dumps(replay_set(a.split, a.count, a.seed, a.threads), indent=1) + "\n")
         print(f"{a.out}: {a.count} conversations for eval:threads")
         return
     doc = {"format": "gill-dialogue-turns/1", "split": a.split, "seed": a.seed,

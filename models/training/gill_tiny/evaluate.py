@@ -409,12 +409,14 @@ def with_thread_replay(report: str, bundle: Path, r: dict) -> str:
     clean = 100 * r["context"]["dialogue"]["gill_full_context"]["mean"]
     b = t["bundle"]
     settings = (f"retScaleFactor {b['retScaleFactor']}" + (", [IMG0] weighed only as the reply's first token"
-                if b["imgAtReplyStart"] else "") + (", a lowercasing LM tokenizer" if b["lmNormalizer"] else "")
+                if b["imgAtReplyStart"] else "") + (", its logit scaled keeping its sign" if b.get("imgScaleAbs") is False else "")
+                + (", a lowercasing LM tokenizer" if b["lmNormalizer"] else "")
                 + (", its own earlier answers read as text" if b.get("ownImagesInContext") is False else "")
                 + (f", minRetrieveSimilarity {b['minRetrieveSimilarity']}" if b["minRetrieveSimilarity"] is not None else ""))
     L = ["## Thread replay", "",
-         f"{t['conversations']} held-out conversations (`{t['set']}`: favourite colour, recolour, resize, reshape, move, "
-         "stories; US and UK spelling, casing, typos, chit-chat, the bot mentioned or not) replayed by "
+         f"{t['conversations']} held-out conversations (`{t['set']}`, written by `gill_tiny/threads.py` in wordings "
+         "no training path uses (`wordings.EVAL`), ending in test-split scenes: favourite colour, recolour, resize, "
+         "reshape, move, stories; US and UK spelling, casing, typos, chit-chat, the bot mentioned or not) replayed by "
          "`npm run eval:threads` through the loopback Discord, the loopback Slack and the playground, the bot's replies "
          "staying in the thread; the last image scored by its pixels. Bundle settings: "
          f"{settings}. Run on {t['date']}, {t['wallSeconds']} s; contexts identical on all platforms for "
@@ -434,6 +436,15 @@ def with_thread_replay(report: str, bundle: Path, r: dict) -> str:
                  f"{p['requestsWithImagePct']:.1f}% ({p['requestsWithImage']} of {p['requests']}) | "
                  f"{p['replyRubric']:.1f}% of {p['rubricWords']} words | {p['statementRubric']:.1f}% of "
                  f"{p['statementRubricWords']} words |")
+    by_type = {name: p.get("withImageByType") for name, p in t["platforms"].items() if p.get("withImageByType")}
+    if by_type:
+        names = {"statement": "statements (favourite colour)", "chat": "small talk", "story": "story sentences"}
+        types = [k for k in names if k in next(iter(by_type.values()))]
+        L += ["", "Turns that ask for no image, by kind, and how many got one (a story sentence describes a scene; "
+              "GILL illustrates stories, and so does this bundle):", "",
+              "| platform | " + " | ".join(names[k] for k in types) + " |", "|---|" + "---|" * len(types)]
+        for name, counts in by_type.items():
+            L.append(f"| {name} | " + " | ".join(f"{counts[k]['withImage']} of {counts[k]['turns']}" for k in types) + " |")
     kinds = list(next(iter(t["platforms"].values()))["accuracyByKind"])
     L += ["", "Mean attribute accuracy per conversation kind:", "", "| platform | " + " | ".join(kinds) + " |",
           "|---|" + "---|" * len(kinds)]

@@ -26,6 +26,8 @@ export interface DecodeOptions {
    * without an image (an LM that never saw text after a block writes none), and the block is put first.
    */
   imgAtReplyStart?: boolean;
+  /** The manifest's `imgScaleAbs`: false keeps the logit's sign when scaling (absent: the reference's abs). */
+  imgScaleAbs?: boolean;
   /** Append an [IMG] block after the text when the model produced none (the user asked for an image). */
   forceImage: boolean;
   signal?: AbortSignal;
@@ -59,9 +61,11 @@ export function applyImgRules(
     logits[img0] = Number.NEGATIVE_INFINITY;
     return;
   }
-  // abs() then scale, only for factors above 1, as the reference does (a negative logit turns positive).
-  if (options.retScaleFactor > 1) logits[img0] = Math.abs(logits[img0]!) * options.retScaleFactor;
-  if (options.genScaleFactor > 1) logits[img0] = Math.abs(logits[img0]!) * options.genScaleFactor;
+  // abs() then scale, only for factors above 1, as the reference does (a negative logit turns positive),
+  // unless the bundle keeps the sign.
+  const magnitude = options.imgScaleAbs === false ? (l: number) => l : Math.abs;
+  if (options.retScaleFactor > 1) logits[img0] = magnitude(logits[img0]!) * options.retScaleFactor;
+  if (options.genScaleFactor > 1) logits[img0] = magnitude(logits[img0]!) * options.genScaleFactor;
 }
 
 export async function decode(

@@ -249,6 +249,7 @@ export class GillModel {
       retScaleFactor: d.retScaleFactor,
       genScaleFactor: d.genScaleFactor,
       imgAtReplyStart: d.imgAtReplyStart ?? false,
+      imgScaleAbs: d.imgScaleAbs ?? true,
       maxImages: 1,
       forceImage: wantsImage,
       signal: request.signal,
