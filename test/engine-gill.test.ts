@@ -235,6 +235,26 @@ describe.skipIf(!(await torchAvailable()))('GILL on a random bundle', () => {
     expect(withImage.ids.slice(r).some((id) => model.tokenizer.isImgToken(id))).toBe(false);
   });
 
+  it('with imgAfterText, decides at the first token and reads the block after the reply text', async () => {
+    const prompt = 'a picture of a cat';
+    const r = model.tokenizer.imgIds.length;
+    const after = await decodeFrom(prompt, {
+      genScaleFactor: 1e5,
+      imgAtReplyStart: true,
+      imgAfterText: true,
+      maxNewTokens: 6,
+    });
+    const without = await decodeFrom(prompt, { imgAtReplyStart: true, maxImages: 0, maxNewTokens: 6 });
+    expect(after.ids).toEqual([...without.ids, ...model.tokenizer.imgIds]);
+    expect(after.images).toHaveLength(1);
+    expect(after.images[0]!.position).toBe(without.ids.length);
+    const ids = [...model.tokenizer.encodeText(prompt, { bos: true }), ...without.ids, ...model.tokenizer.imgIds];
+    const direct = await new LmSequence(bundle).feed(await embedTokens(bundle, ids));
+    const H = bundle.manifest.lm.hiddenSize;
+    const expected = direct.hidden.slice((ids.length - r) * H);
+    for (let i = 0; i < r * H; i += 7) expect(after.images[0]!.hidden[i]).toBeCloseTo(expected[i]!, 4);
+  });
+
   it('forces [IMG1..] after [IMG0] and returns the hidden states at the block', async () => {
     // A huge gen scale factor makes [IMG0] the first token, as GILL's evaluation scripts do.
     const result = await decodeFrom('a picture of a cat', { genScaleFactor: 1e5, maxNewTokens: 4 });

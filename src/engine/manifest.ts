@@ -116,6 +116,12 @@ const defaults = z.object({
    */
   imgScaleAbs: z.boolean().optional(),
   /**
+   * With imgAtReplyStart: the image is decided at the reply's first token, and its [IMG] block is read after
+   * the reply's text ("here is a big red star on the left [IMG0…]", where the reference's replies put it),
+   * so the block reads the reply's own restatement of the request. Absent or false: read at the start.
+   */
+  imgAfterText: z.boolean().optional(),
+  /**
    * Whether the LM reads the images of its own earlier answers. GILL conditions on its earlier outputs
    * (docs/gill-method.md §3), the default; a bundle whose dialogue training never put an image inside an
    * answer sets false, so its prompt keeps the `Q: … A: …` shape it was trained on (the answer's text stays).

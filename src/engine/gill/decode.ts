@@ -26,6 +26,11 @@ export interface DecodeOptions {
    * without an image (an LM that never saw text after a block writes none), and the block is put first.
    */
   imgAtReplyStart?: boolean;
+  /**
+   * The manifest's `imgAfterText`: with imgAtReplyStart, the image is still decided at the reply's first
+   * token, but its block is read after the reply's text, where the reference's replies put it.
+   */
+  imgAfterText?: boolean;
   /** The manifest's `imgScaleAbs`: false keeps the logit's sign when scaling (absent: the reference's abs). */
   imgScaleAbs?: boolean;
   /** Append an [IMG] block after the text when the model produced none (the user asked for an image). */
@@ -85,6 +90,8 @@ export async function decode(
   let stop: DecodeResult['stop'] = 'max_tokens';
   let unfed: number | null = null;
   let forcedImage = false;
+  /** The cache at the reply's start, when the image was decided there. */
+  let atStart: LmSequence | null = null;
 
   if (options.imgAtReplyStart) {
     if (options.maxImages > 0 && sequence.positions + r <= maxPositions) {
@@ -93,13 +100,14 @@ export async function decode(
       const rule = { temperature: options.temperature, topP: options.topP, rng: createRng(options.seed) };
       const chosen = pickToken(scores, rule) === imgIds[0];
       if (chosen || options.forceImage) {
-        const block = sequence.fork();
-        const hidden = (await block.feed(await embedTokens(bundle, [...imgIds]))).hidden;
-        images.push({ position: 0, hidden: hidden.slice(0, r * H) });
+        atStart = sequence.fork();
         forcedImage = !chosen;
       }
     }
   }
+  const readBlock = async (from: LmSequence) =>
+    (await from.feed(await embedTokens(bundle, [...imgIds]))).hidden.slice(0, r * H);
+  if (atStart && !options.imgAfterText) images.push({ position: 0, hidden: await readBlock(atStart) });
 
   const feed = async (tokens: number[]) => {
     const step = await sequence.feed(await embedTokens(bundle, tokens));
@@ -139,7 +147,17 @@ export async function decode(
   }
 
   if (options.imgAtReplyStart) {
-    if (images.length) ids.unshift(...imgIds);
+    if (atStart && options.imgAfterText) {
+      // After the text when the block still fits; else where it was decided.
+      if (sequence.positions + r + (unfed === null ? 0 : 1) <= maxPositions) {
+        if (unfed !== null) await feed([unfed]);
+        images.push({ position: ids.length, hidden: await readBlock(sequence) });
+        ids.push(...imgIds);
+      } else {
+        images.push({ position: 0, hidden: await readBlock(atStart) });
+        ids.unshift(...imgIds);
+      }
+    } else if (images.length) ids.unshift(...imgIds);
     return { ids, images, forcedImage, stop };
   }
   const needed = r + (unfed === null ? 0 : 1);

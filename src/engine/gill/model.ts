@@ -250,6 +250,7 @@ export class GillModel {
       genScaleFactor: d.genScaleFactor,
       imgAtReplyStart: d.imgAtReplyStart ?? false,
       imgScaleAbs: d.imgScaleAbs ?? true,
+      imgAfterText: d.imgAfterText ?? false,
       maxImages: 1,
       forceImage: wantsImage,
       signal: request.signal,
