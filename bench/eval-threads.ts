@@ -141,6 +141,7 @@ try {
         retScaleFactor: manifest.defaults.retScaleFactor,
         imgAtReplyStart: manifest.defaults.imgAtReplyStart ?? false,
         imgScaleAbs: manifest.defaults.imgScaleAbs ?? true,
+        imgAfterText: manifest.defaults.imgAfterText ?? false,
         ownImagesInContext: manifest.defaults.ownImagesInContext ?? true,
         minRetrieveSimilarity: manifest.defaults.minRetrieveSimilarity ?? null,
         lmNormalizer: tokenizer.normalizer ?? null,

@@ -311,8 +311,10 @@ def render_report(r: dict) -> str:
     g = r["gill_config"]
     L += [f"GILL stage: {g['steps']} steps of {g['batch_size']} caption pairs ({100 * g['emoji_frac']:.0f}% emoji), each "
           f"loss's batch concatenated with probability {g['concat_prob']} as in the paper"
-          + (f", plus {g['context_rows']} context rows a step (a training-split dialogue or story with its final scene's "
-             "caption, for the [IMG] and mapper losses: an addition to the paper's caption-only stage)" if g["context_rows"] else "")
+          + (f", plus {g['context_rows']} context rows a step (a training-split dialogue, thread or story with its final "
+             "scene's caption, for the [IMG] and mapper losses: an addition to the paper's caption-only stage)" if g["context_rows"] else "")
+          + (f" and {g['image_question_rows']} questions about a posted picture" if g.get("image_question_rows") else "")
+          + (f", warm-started from `{g['init']}`" if g.get("init") else "")
           + (f"; then {g['refine_steps']} steps refining the retrieval projections on cached [IMG0] states in batches of "
              f"{g['refine_batch']}" if g["refine_steps"] else "") + ".", ""]
     c = r["captioning"]
@@ -410,6 +412,7 @@ def with_thread_replay(report: str, bundle: Path, r: dict) -> str:
     b = t["bundle"]
     settings = (f"retScaleFactor {b['retScaleFactor']}" + (", [IMG0] weighed only as the reply's first token"
                 if b["imgAtReplyStart"] else "") + (", its logit scaled keeping its sign" if b.get("imgScaleAbs") is False else "")
+                + (", its [IMG] block read after the reply's text" if b.get("imgAfterText") else "")
                 + (", a lowercasing LM tokenizer" if b["lmNormalizer"] else "")
                 + (", its own earlier answers read as text" if b.get("ownImagesInContext") is False else "")
                 + (f", minRetrieveSimilarity {b['minRetrieveSimilarity']}" if b["minRetrieveSimilarity"] is not None else ""))
