@@ -17,6 +17,7 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { loadBundle } from '../src/engine/bundle.ts';
+import { img0Magnitude } from '../src/engine/gill/decode.ts';
 import { embedTokens, LmSequence } from '../src/engine/gill/lm.ts';
 import { GillModel } from '../src/engine/gill/model.ts';
 import type { ConversationItem } from '../src/engine/gill/prompt.ts';
@@ -58,8 +59,8 @@ const img0 = imgIds[0]!;
 const maxNewTokens = model.budget().newTokens;
 
 /** Whether [IMG0] wins a step at `factor`, as decode.applyImgRules scores it (the bundle's `imgScaleAbs`). */
-const scaleAbs = bundle.manifest.defaults.imgScaleAbs ?? true;
-const magnitude = (l: number) => (scaleAbs ? Math.abs(l) : l);
+const imgScaleAbs = bundle.manifest.defaults.imgScaleAbs ?? true;
+const magnitude = (l: number) => img0Magnitude(l, imgScaleAbs);
 const wins = (l: number, other: number, factor: number) => (factor > 1 ? magnitude(l) * factor : l) > other;
 
 interface TurnResult {

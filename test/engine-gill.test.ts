@@ -212,6 +212,16 @@ describe.skipIf(!(await torchAvailable()))('GILL on a random bundle', () => {
     return decode(bundle, model.tokenizer, seq, first.logits, decodeOptions(options));
   }
 
+  /** The block's hidden states equal a plain forward pass of `ids` followed by [IMG0..r-1]. */
+  async function expectBlockReadAfter(ids: number[], hidden: Float32Array) {
+    const r = model.tokenizer.imgIds.length;
+    const all = [...ids, ...model.tokenizer.imgIds];
+    const direct = await new LmSequence(bundle).feed(await embedTokens(bundle, all));
+    const H = bundle.manifest.lm.hiddenSize;
+    const expected = direct.hidden.slice((all.length - r) * H);
+    for (let i = 0; i < r * H; i += 7) expect(hidden[i]).toBeCloseTo(expected[i]!, 4);
+  }
+
   it('with imgAtReplyStart, reads the block right after the prompt and decodes the text as without it', async () => {
     const prompt = 'a picture of a cat';
     const r = model.tokenizer.imgIds.length;
@@ -226,18 +236,16 @@ describe.skipIf(!(await torchAvailable()))('GILL on a random bundle', () => {
     expect(withImage.images).toHaveLength(1);
     expect(withImage.images[0]!.position).toBe(0);
     expect(withImage.forcedImage).toBe(false);
-    const ids = [...model.tokenizer.encodeText(prompt, { bos: true }), ...model.tokenizer.imgIds];
-    const direct = await new LmSequence(bundle).feed(await embedTokens(bundle, ids));
-    const H = bundle.manifest.lm.hiddenSize;
-    const expected = direct.hidden.slice((ids.length - r) * H);
-    for (let i = 0; i < r * H; i += 7) expect(withImage.images[0]!.hidden[i]).toBeCloseTo(expected[i]!, 4);
+    await expectBlockReadAfter(
+      [...model.tokenizer.encodeText(prompt, { bos: true })],
+      withImage.images[0]!.hidden,
+    );
     // [IMG0] is never weighed after the first token, however large the factor.
     expect(withImage.ids.slice(r).some((id) => model.tokenizer.isImgToken(id))).toBe(false);
   });
 
   it('with imgAfterText, decides at the first token and reads the block after the reply text', async () => {
     const prompt = 'a picture of a cat';
-    const r = model.tokenizer.imgIds.length;
     const after = await decodeFrom(prompt, {
       genScaleFactor: 1e5,
       imgAtReplyStart: true,
@@ -248,11 +256,10 @@ describe.skipIf(!(await torchAvailable()))('GILL on a random bundle', () => {
     expect(after.ids).toEqual([...without.ids, ...model.tokenizer.imgIds]);
     expect(after.images).toHaveLength(1);
     expect(after.images[0]!.position).toBe(without.ids.length);
-    const ids = [...model.tokenizer.encodeText(prompt, { bos: true }), ...without.ids, ...model.tokenizer.imgIds];
-    const direct = await new LmSequence(bundle).feed(await embedTokens(bundle, ids));
-    const H = bundle.manifest.lm.hiddenSize;
-    const expected = direct.hidden.slice((ids.length - r) * H);
-    for (let i = 0; i < r * H; i += 7) expect(after.images[0]!.hidden[i]).toBeCloseTo(expected[i]!, 4);
+    await expectBlockReadAfter(
+      [...model.tokenizer.encodeText(prompt, { bos: true }), ...without.ids],
+      after.images[0]!.hidden,
+    );
   });
 
   it('forces [IMG1..] after [IMG0] and returns the hidden states at the block', async () => {

@@ -231,7 +231,8 @@ class Dialogue:
         return self.prompt() + f" {self.turns[-1][1]}"
 
 
-def _here_is(scene: Scene, rng: random.Random) -> str:
+def here_is(scene: Scene, rng: random.Random) -> str:
+    """The bot's reply to a request for `scene`."""
     return rng.choice(("here is ", "ok, here is ", "sure, here is ")) + caption(scene, rng) + "."
 
 
@@ -262,7 +263,7 @@ def make_dialogue(rng: random.Random, split: str) -> Dialogue:
             "move": lambda: replace(final, position=rng.choice([p for p in POSITIONS if p != final.position])),
         }[kind]()
         s0 = Scene((first,))
-        turns.append((rng.choice(("draw ", "show me ", "please draw ")) + caption(s0, rng) + ".", _here_is(s0, rng)))
+        turns.append((rng.choice(("draw ", "show me ", "please draw ")) + caption(s0, rng) + ".", here_is(s0, rng)))
         if rng.random() < 0.3:
             turns.append(rng.choice(SMALL_TALK))
         last = {
@@ -273,7 +274,7 @@ def make_dialogue(rng: random.Random, split: str) -> Dialogue:
             "move": lambda: f"move it {MOVE_PHRASES[final.position]}.",
         }[kind]()
     final_scene = Scene((final,))
-    turns.append((last, _here_is(final_scene, rng)))
+    turns.append((last, here_is(final_scene, rng)))
     return Dialogue(turns, final_scene, kind)
 
 

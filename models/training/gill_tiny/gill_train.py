@@ -21,8 +21,7 @@ from .gill import GEN, IMG_SUFFIX, RET, GillHeads, GillModel, build_heads, contr
 from .pipeline import GillPipeline
 from .dialogue_turns import turn_type
 from .presets import GillConfig, gill_config
-from . import wordings
-from .wordings import make_thread
+from .wordings import image_question, make_thread
 
 
 # training data -------------------------------------------------------------------------------------------
@@ -176,7 +175,7 @@ def make_image_questions(model: GillModel, data: dict, pairs: Pairs, split: str,
     for _ in range(n):
         r = rng.randrange(len(pairs.captions))
         is_scene = r < len(scenes)
-        q, a = wordings.image_question(scenes[r] if is_scene else None, None if is_scene else names[r - len(scenes)], rng)
+        q, a = image_question(scenes[r] if is_scene else None, None if is_scene else names[r - len(scenes)], rng)
         rows.append(r)
         questions.append(model.tok.encode(f"Q: {q}".rstrip(), add_bos=True))
         answers.append(model.tok.encode(f"\nA: {a}"))

@@ -231,12 +231,16 @@ def stage_tokenizer(ctx: Context) -> None:
     ctx.metric("tokenizer", vocab_size=tok.vocab_size, merges=len(merges))
 
 
-def _lm_tokens(tok: Tokenizer, docs: list[str]) -> torch.Tensor:
-    rows = torch.full((len(docs), LM_SEQ_LEN), tok.pad_id, dtype=torch.long)
-    for i, d in enumerate(docs):
-        ids = tok.encode(d, add_bos=True)
+def _lm_tokens(tok: Tokenizer, docs: list[str], drop_long: bool = False) -> torch.Tensor:
+    """Documents as right-padded LM rows. One over LM_SEQ_LEN tokens raises ValueError, or with `drop_long`
+    is left out."""
+    encoded = [tok.encode(d, add_bos=True) for d in docs]
+    if drop_long:
+        encoded = [ids for ids in encoded if len(ids) <= LM_SEQ_LEN]
+    rows = torch.full((len(encoded), LM_SEQ_LEN), tok.pad_id, dtype=torch.long)
+    for i, ids in enumerate(encoded):
         if len(ids) > LM_SEQ_LEN:
-            raise ValueError(f"LM document {i} has {len(ids)} tokens, over {LM_SEQ_LEN}: {d[:80]!r}...")
+            raise ValueError(f"LM document {i} has {len(ids)} tokens, over {LM_SEQ_LEN}: {docs[i][:80]!r}...")
         rows[i, : len(ids)] = torch.tensor(ids)
     return rows
 
@@ -281,10 +285,9 @@ def stage_chat(ctx: Context) -> None:
     threads = {split: [make_thread(rng, split).text() for _ in range(n)]
                for split, n in (("train", p.chat_threads), ("val", 256))}
     # a long thread in a small vocabulary (the smoke preset) can exceed the LM's training length: left out
-    threads = {k: [t for t in v if len(tok.encode(t, add_bos=True)) <= LM_SEQ_LEN] for k, v in threads.items()}
-    train_threads = _lm_tokens(tok, threads["train"]).to(dev)
+    train_threads = _lm_tokens(tok, threads["train"], drop_long=True).to(dev)
     pretrain = _lm_tokens(tok, data["docs"]["train"]).to(dev)
-    val = _lm_tokens(tok, threads["val"]).to(dev)
+    val = _lm_tokens(tok, threads["val"], drop_long=True).to(dev)
     half = p.chat_batch // 2
 
     def loss_fn(g):

@@ -19,8 +19,6 @@ from dataclasses import dataclass, replace
 
 from . import data as D
 
-TURN_TYPES = ("request", "statement", "chat", "story")
-
 
 @dataclass(frozen=True)
 class Bank:
@@ -83,9 +81,7 @@ TRAIN = Bank(
              "use a {sh} shape", "make the shape a {sh}"),
     move=("move it {mv}", "now move it {mv}", "can you move it {mv}?", "shift it {mv}", "push it {mv}",
           "put it {pos}", "draw it {pos} now", "same but {pos}", "move the shape {mv}"),
-    chat=(("hello there.", "hello! what shall we draw?"), ("how are you today?", "i am fine, thanks for asking."),
-          ("i like drawing.", "me too, it is fun."), ("that looks nice.", "thank you!"),
-          ("what can you do?", "i can draw shapes in many colours."), ("hi", "hi! what shall we draw?"),
+    chat=(*D.SMALL_TALK, ("hi", "hi! what shall we draw?"),
           ("hey", "hey! what shall we draw?"), ("thank you so much", "you are welcome!"),
           ("nice work", "thank you!"), ("wow", "glad you like it!"), ("awesome", "glad you like it!"),
           ("love it", "glad you like it!"), ("haha", "glad you like it!"), ("great job", "thank you!"),
@@ -196,10 +192,6 @@ def _place(obj: D.Obj, rng: random.Random) -> dict[str, str]:
             "pos": rng.choice(D.POSITION_PHRASES[obj.position]), "mv": D.MOVE_PHRASES[obj.position]}
 
 
-def _here_is(scene: D.Scene, rng: random.Random) -> str:
-    return rng.choice(("here is ", "ok, here is ", "sure, here is ")) + D.caption(scene, rng) + "."
-
-
 def _story(rng: random.Random, split: str, b: Bank) -> tuple[list[str], D.Obj]:
     """Sentences of a story about one object whose final state belongs to `split`, and that state."""
     while True:
@@ -273,7 +265,7 @@ def make_thread(rng: random.Random, split: str, bank: str = "train", typo_rate: 
             "move": lambda: replace(final, position=rng.choice([p for p in D.POSITIONS if p != final.position])),
         }[kind]()
         s0 = D.Scene((first,))
-        turns.append((rng.choice(b.ask).format(cap=D.caption(s0, rng)), _here_is(s0, rng)))
+        turns.append((rng.choice(b.ask).format(cap=D.caption(s0, rng)), D.here_is(s0, rng)))
         types.append("request")
         mentions.append([first.colour, first.shape])
         chat(0.4)
@@ -284,7 +276,7 @@ def make_thread(rng: random.Random, split: str, bank: str = "train", typo_rate: 
                 "resize": ["|".join(D.SIZE_WORDS[final.size])],
                 "move": ["|".join(w.split()[-1] for w in D.POSITION_PHRASES[final.position])]}[kind]
     final_scene = D.Scene((final,))
-    turns.append((last, _here_is(final_scene, rng)))
+    turns.append((last, D.here_is(final_scene, rng)))
     types.append("request")
     mentions.append(said)
     us = rng.random() < 0.5

@@ -66,11 +66,23 @@ export function applyImgRules(
     logits[img0] = Number.NEGATIVE_INFINITY;
     return;
   }
-  // abs() then scale, only for factors above 1, as the reference does (a negative logit turns positive),
-  // unless the bundle keeps the sign.
-  const magnitude = options.imgScaleAbs === false ? (l: number) => l : Math.abs;
-  if (options.retScaleFactor > 1) logits[img0] = magnitude(logits[img0]!) * options.retScaleFactor;
-  if (options.genScaleFactor > 1) logits[img0] = magnitude(logits[img0]!) * options.genScaleFactor;
+  logits[img0] = scaledImg0Logit(logits[img0]!, options);
+}
+
+/**
+ * What a scale factor multiplies: |logit| as the reference does (a negative logit turns positive), or the
+ * logit itself when the bundle keeps the sign (`imgScaleAbs` false).
+ */
+export function img0Magnitude(logit: number, imgScaleAbs: boolean | undefined): number {
+  return imgScaleAbs === false ? logit : Math.abs(logit);
+}
+
+/** [IMG0]'s logit boosted by the scale factors, each only when above 1. */
+function scaledImg0Logit(logit: number, options: DecodeOptions): number {
+  let l = logit;
+  if (options.retScaleFactor > 1) l = img0Magnitude(l, options.imgScaleAbs) * options.retScaleFactor;
+  if (options.genScaleFactor > 1) l = img0Magnitude(l, options.imgScaleAbs) * options.genScaleFactor;
+  return l;
 }
 
 export async function decode(
