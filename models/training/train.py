@@ -73,6 +73,16 @@ ALWAYS_RUN = {"export", "fixtures", "eval"}  # they write into --out rather than
 CACHE_FOR = {"latents": "unet"}
 
 
+def _key_values(ap: argparse.ArgumentParser, flag: str, items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"{flag} expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="full")
@@ -87,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, help="torch CPU threads")
     ap.add_argument("--gill", action="append", default=[], metavar="KEY=VALUE",
                     help="override a GillConfig field of the preset (e.g. steps=4000), repeatable")
+    ap.add_argument("--chat", action="append", default=[], metavar="KEY=VALUE",
+                    help="the chat stage's init (an LM checkpoint to continue from), steps or lr, repeatable")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda but torch.cuda.is_available() is false")
@@ -95,18 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     preset = PRESETS[args.preset]
     work = args.work or ROOT / "models" / "training" / "runs" / preset.name
     work.mkdir(parents=True, exist_ok=True)
-    overrides = {}
-    for item in args.gill:
-        key, sep, value = item.partition("=")
-        if not sep:
-            ap.error(f"--gill expects KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = value.strip()
+    overrides, chat = _key_values(ap, "--gill", args.gill), _key_values(ap, "--chat", args.chat)
     try:
         gill_config(preset.name, overrides)
+        stages.chat_settings(preset, chat)
     except ValueError as e:
         ap.error(str(e))
     ctx = stages.Context(preset, torch.device(args.device), work, args.out, args.emoji_dir,
-                         gill_overrides=overrides, art_dir=args.art_dir)
+                         gill_overrides=overrides, chat_overrides=chat, art_dir=args.art_dir)
     t_all = time.time()
     for name, fn in STAGES:
         if name not in ALWAYS_RUN and ctx.done(name):

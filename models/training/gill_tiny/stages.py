@@ -45,6 +45,7 @@ class Context:
     emoji_dir: Path
     checkpoint_seconds: float = 120.0
     gill_overrides: dict[str, str] = field(default_factory=dict)  # GillConfig fields set on the command line
+    chat_overrides: dict[str, str] = field(default_factory=dict)  # chat_settings keys set on the command line
     # other emoji art styles (fetch_emoji_art.mjs); `twitter/` in it is read by the evaluation only
     art_dir: Path | None = None
     _cache: dict[str, Any] = field(default_factory=dict)
@@ -271,15 +272,34 @@ def stage_lm(ctx: Context) -> None:
     ctx.save("lm", {"preset": p.to_dict(), "config": cfg.to_dict(), "state": {k: v.cpu() for k, v in lm.state_dict().items()}})
 
 
+CHAT_SETTINGS = ("init", "steps", "lr")
+
+
+def chat_settings(preset: Preset, overrides: dict[str, str]) -> dict[str, Any]:
+    """The chat stage's run: the preset's steps and lr from `lm.pt`, or what `--chat KEY=VALUE` sets (`init`: an
+    LM checkpoint to continue from instead, e.g. the committed chat.pt when the thread wordings grew)."""
+    unknown = sorted(set(overrides) - set(CHAT_SETTINGS))
+    if unknown:
+        raise ValueError(f"unknown chat setting(s) {unknown}: expected {list(CHAT_SETTINGS)}")
+    try:
+        return {"init": overrides.get("init", ""), "steps": int(overrides.get("steps", preset.chat_steps)),
+                "lr": float(overrides.get("lr", preset.chat_lr))}
+    except ValueError as e:
+        raise ValueError(f"chat steps must be an integer and lr a number: {e}") from e
+
+
 def stage_chat(ctx: Context) -> None:
     """The LM's chat tuning: the pretrained LM continues on threads worded as people write in chat (wordings.TRAIN:
     small talk, US and UK spelling, typos, statements answered by an acknowledgement that restates them, requests
     by "here is …"), mixed 1:1 with its pretraining documents so it keeps what it knew. A frozen LM of GILL's size
     has read such text in pretraining; the stand-in needs it before the GILL stage reads its states."""
     p, dev = ctx.preset, ctx.device
+    run = chat_settings(p, ctx.chat_overrides)
     tok = ctx.tokenizer()
-    lm = _restore(ctx.load("lm"), lambda c: TinyLM(LMConfig(**c)), ctx.path("lm")).to(dev)
-    cfg = ctx.load("lm")["config"]
+    source = Path(run["init"]) if run["init"] else ctx.path("lm")
+    start = _load_checked(source, p) if run["init"] else ctx.load("lm")
+    lm = _restore(start, lambda c: TinyLM(LMConfig(**c)), source).to(dev)
+    cfg = start["config"]
     data = ctx.load("data")
     rng = random.Random(p.seed + 3)
     threads = {split: [make_thread(rng, split).text() for _ in range(n)]
@@ -298,8 +318,9 @@ def stage_chat(ctx: Context) -> None:
     def eval_fn():
         return {"val_thread_loss": round(lm.lm_loss(val, tok.pad_id).item(), 5)}
 
-    fit(ctx, "chat", lm, p.chat_steps, p.chat_lr, loss_fn, eval_fn)
-    ctx.save("chat", {"preset": p.to_dict(), "config": cfg, "state": {k: v.cpu() for k, v in lm.state_dict().items()}})
+    fit(ctx, "chat", lm, run["steps"], run["lr"], loss_fn, eval_fn)
+    ctx.save("chat", {"preset": p.to_dict(), "config": cfg, "run": run,
+                      "state": {k: v.cpu() for k, v in lm.state_dict().items()}})
 
 
 def _caption_ids(tok: Tokenizer, captions: list[list[str]]) -> torch.Tensor:
