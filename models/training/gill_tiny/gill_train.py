@@ -21,7 +21,7 @@ from .gill import GEN, IMG_SUFFIX, RET, GillHeads, GillModel, build_heads, contr
 from .pipeline import GillPipeline
 from .dialogue_turns import turn_type
 from .presets import GillConfig, gill_config
-from .wordings import everyday, image_question, make_thread
+from .wordings import image_question, make_thread
 
 
 # training data -------------------------------------------------------------------------------------------
@@ -50,16 +50,10 @@ def make_pairs(model: GillModel, data: dict, split: str, max_len: int) -> Pairs:
     if keep:
         images = np.concatenate([images, em["images"][keep].numpy()])
     L = model.clip.cfg.text_max_length
-    # The diffusion model's condition is the caption; in training, the LM reads the last wording of a scene in
-    # everyday words where they apply ("a huge ball" for "a big circle"), so either finds the same image.
-    cond = torch.tensor([model.tok.encode_text_condition(c, L) for cs in caps for c in cs])
-    if split == "train":
-        rng = random.Random(f"everyday:{split}")
-        for cs in caps[:len(sh["captions"])]:
-            cs[-1] = everyday(cs[-1], rng, 0.5)
     flat = [c for cs in caps for c in cs]
     ids, lens = tokenize_captions(model.tok, flat, max_len)
     n, v = len(caps), len(caps[0])
+    cond = torch.tensor([model.tok.encode_text_condition(c, L) for c in flat])
     dev = model.embed_weight.device
     return Pairs(model.pooled(images), ids.reshape(n, v, -1).to(dev), torch.tensor(lens).reshape(n, v),
                  cond.reshape(n, v, -1).to(dev), torch.arange(n) >= len(sh["captions"]), caps)
@@ -80,16 +74,14 @@ class ContextPairs:
     prompts: list[str]
 
 
-def dialogue_row(tok, d: D.Dialogue, shown: set[int], k: int,
-                 reply_first: bool = False) -> tuple[list[int], list[int], list[int]]:
+def dialogue_row(tok, d: D.Dialogue, shown: set[int], k: int) -> tuple[list[int], list[int], list[int]]:
     """`BOS d.prompt() [IMG0..7]` as the engine lays a thread out, with the bot's picture for each turn in
-    `shown` after its reply's text as `k` visual tokens (text pieces tokenised apart, as the engine does);
-    `reply_first` puts the final reply's text before the block (`A: here is … .[IMG0..7]`).
+    `shown` after its reply's text as `k` visual tokens (text pieces tokenised apart, as the engine does).
     -> (ids, positions whose labels are left out, positions of visual tokens).
 
-    Left out: the visual tokens, and the first token of each reply to a request (the final one's too when its
-    text comes first). The bot answered those with a picture, so "not [IMG0]" is not the label there. After
-    statements and small talk the label stays: no [IMG0] there is the lesson."""
+    Left out: the visual tokens, and the first token of each earlier reply to a request. The bot answered
+    those with a picture, so "not [IMG0]" is not the label there. After statements and small talk the label
+    stays: no [IMG0] there is the lesson."""
     types = d.turn_types or [turn_type(d, i) for i in range(len(d.turns))]
     ids, ignore, visual = [tok.bos_id], [], []
     text = ""
@@ -104,22 +96,15 @@ def dialogue_row(tok, d: D.Dialogue, shown: set[int], k: int,
             ids += [tok.bos_id] * k
             text = ""
         text += "\n"
-    if reply_first:
-        text += f"Q: {d.turns[-1][0]}\nA:"
-        ignore.append(len(ids) + len(tok.encode(text)))
-        text += f" {d.turns[-1][1]}"
-    else:
-        text += f"Q: {d.turns[-1][0]}\nA:"
-    ids += tok.encode(text + IMG_SUFFIX)
+    ids += tok.encode(text + f"Q: {d.turns[-1][0]}\nA:" + IMG_SUFFIX)
     return ids, ignore + visual, visual
 
 
 def make_context_pairs(model: GillModel, split: str, n: int, seed: int, max_len: int,
-                       bot_pictures: float = 0.0, reply_first: float = 0.0) -> ContextPairs:
+                       bot_pictures: float = 0.0) -> ContextPairs:
     """`n` seeded contexts of `split` in turn: clean dialogues (GILL's `Q: ... A:` template, as evaluated), threads
     worded as people write (wordings.TRAIN; each picture the bot drew shown in the context with probability
-    `bot_pictures`) and stories, each with a caption of its final scene. A share `reply_first` of the dialogues
-    and threads has the final reply's text before the [IMG] block. A thread longer than `max_len` tokens is
+    `bot_pictures`) and stories, each with a caption of its final scene. A thread longer than `max_len` tokens is
     drawn again; a clean dialogue or story that long raises ValueError."""
     rng = random.Random(seed)
     k = model.heads.num_visual_tokens
@@ -129,9 +114,8 @@ def make_context_pairs(model: GillModel, split: str, n: int, seed: int, max_len:
         shown: set[int] = set()
         if isinstance(c, D.Dialogue):
             shown = {i for i, sc in enumerate(c.turn_scenes[:-1]) if sc is not None and rng.random() < bot_pictures}
-            first = reply_first > 0 and rng.random() < reply_first
-            row, ignore, visual = dialogue_row(model.tok, c, shown, k, first)
-            prompt = c.text() if first else c.prompt()
+            row, ignore, visual = dialogue_row(model.tok, c, shown, k)
+            prompt = c.prompt()
         else:
             prompt = c.text()
             row, ignore, visual = model.tok.encode(prompt + IMG_SUFFIX, add_bos=True), [], []
@@ -325,10 +309,9 @@ def stage_gill(ctx) -> None:
     ctx_train = ctx_val = None
     if cfg.context_rows:
         ctx_train = make_context_pairs(model, "train", cfg.context_pairs, ctx.preset.seed + 40, cfg.context_max_len,
-                                       cfg.context_bot_pictures, cfg.context_reply_first)
+                                       cfg.context_bot_pictures)
         ctx_val = sample_context_batch(
-            make_context_pairs(model, "val", 256, ctx.preset.seed + 41, cfg.context_max_len, cfg.context_bot_pictures,
-                               cfg.context_reply_first),
+            make_context_pairs(model, "val", 256, ctx.preset.seed + 41, cfg.context_max_len, cfg.context_bot_pictures),
             torch.Generator().manual_seed(8), 256)
     questions = questions_val = None
     if cfg.image_question_rows:

@@ -96,11 +96,6 @@ class GillConfig:
     # In the threads among the context rows, the share of the bot's earlier pictures shown after its reply's text
     # (as the engine shows the bot its own answers); the others are text only (left out by the context's budget).
     context_bot_pictures: float = 0.0
-    # In the dialogues and threads among the context rows, the share whose [IMG] block follows the final reply's
-    # text (`A: here is … .[IMG0…]`, where the engine reads it with imgAfterText); the others put it right after
-    # `A:` (the paper's evaluation protocol), where the engine decides the image. The first reply token's [IMG0]
-    # label is left out of the former rows.
-    context_reply_first: float = 0.0
     # Rows a step of a question about a posted picture and its answer (gill.image_question_loss): the paper's
     # captioning rows put the picture first; in a thread it comes after the question, inside a `Q: … A:` turn.
     image_question_rows: int = 0
@@ -146,9 +141,9 @@ GILL_CONFIGS = {
     # The refinement (600 steps of 1,024 on 6,000 cached scenes + every training emoji) is sized for 2 shared CPU
     # cores: 2,000 steps of 2,048 on 20,000 scenes took 1.2 s a step there with the MLP; 600 steps of 1,024 are
     # what the README's side-by-side table (retrieval_ablation.py) measured.
-    "full": GillConfig(batch_size=320, steps=3000, emoji_frac=0.5, context_rows=64, context_bot_pictures=0.7, context_reply_first=0.5, image_question_rows=64, refine_steps=600,
+    "full": GillConfig(batch_size=320, steps=3000, emoji_frac=0.5, context_rows=64, context_bot_pictures=0.7, image_question_rows=64, refine_steps=600,
                        refine_batch=1024, refine_scenes=6000, refine_text_mlp=512),
-    "smoke": GillConfig(steps=24, batch_size=8, eval_every=12, context_rows=4, context_pairs=64, context_bot_pictures=0.7, context_reply_first=0.5, image_question_rows=4, refine_steps=60, refine_batch=64, refine_scenes=64,
+    "smoke": GillConfig(steps=24, batch_size=8, eval_every=12, context_rows=4, context_pairs=64, context_bot_pictures=0.7, image_question_rows=4, refine_steps=60, refine_batch=64, refine_scenes=64,
                         decision_prompts=24,
                         decision_gallery_scenes=16, decision_steps=60, gen_steps=4),
     "untrained": GillConfig(steps=0, decision_prompts=0),

@@ -54,16 +54,12 @@ TRAIN = Bank(
          "make {cap}", "make me {cap}", "create {cap}", "i want {cap}", "i need {cap}", "give me {cap}",
          "draw me {cap} please", "can i get {cap}?", "can i have {cap}?", "generate {cap}", "please make {cap}",
          "would you draw {cap}?", "how about drawing {cap}?", "i would love to see {cap}", "draw {cap} for me",
-         "hey, draw {cap}", "ok draw {cap}", "quick one: {cap}", "request: {cap}", "@gill {cap}", "{cap}",
-         "{cap} please", "i'm thinking {cap}", "could i see {cap}?", "do {cap}", "a picture of {cap} please",
-         "show {cap}", "we need {cap}", "let me see {cap}", "draw something: {cap}"),
+         "hey, draw {cap}", "ok draw {cap}", "quick one: {cap}", "request: {cap}"),
     favourite=("my favourite colour is {c}", "i really love the colour {c}", "{c} is my favourite colour",
                "i like {c} the most", "my fave colour is {c}", "i'm a big fan of {c}", "the colour i love most is {c}",
                "i adore {c}", "you should know i love {c}", "by the way, i like {c} a lot", "{c} is the best colour",
                "remember that my favourite colour is {c}", "btw my favourite colour is {c}",
-               "i prefer {c} to any other colour", "{c} is my colour", "if you ask me, {c} is the nicest colour",
-               "i love {c}", "{c} is the colour for me", "my all time favourite colour is {c}",
-               "nothing beats {c}", "i'm into {c}", "{c} makes me happy"),
+               "i prefer {c} to any other colour", "{c} is my colour", "if you ask me, {c} is the nicest colour"),
     ask_favourite=("draw a {sz} {sh} {pos} in my favourite colour", "can you make a {sz} {sh} {pos} in my favourite colour?",
                    "make me a {sz} {sh} {pos} in the colour i like", "please draw a {sz} {sh} {pos} in my favourite colour",
                    "i want a {sz} {sh} {pos} in my favourite colour", "show me a {sz} {sh} {pos} in my favourite colour",
@@ -73,25 +69,18 @@ TRAIN = Bank(
     recolour=("now make it {c}", "change the colour to {c}", "make it {c} instead", "{c} this time",
               "same thing but {c}", "can it be {c}?", "colour it {c}", "do it in {c}", "i want it {c}",
               "make that {c}", "redo it in {c}", "change it to {c}", "again but in {c}", "now in {c}",
-              "can you make it {c}?", "give it a {c} colour", "paint it {c}", "fill it with {c}", "use {c} instead", "{c} please",
-              "make the colour {c}", "let's do {c}", "hmm, maybe {c}?", "actually {c}", "can we try {c}?"),
+              "can you make it {c}?", "give it a {c} colour"),
     bigger=("make it bigger", "the same shape but bigger", "bigger please", "can you make it larger?", "make it big",
             "make it a bit bigger", "grow it", "i want it bigger", "draw it bigger", "larger", "the same but big",
-            "make it large", "enlarge it", "make it huge", "blow it up", "go bigger", "it should be bigger",
-            "double the size", "bigger!", "way bigger", "make it larger please", "can it be big?"),
+            "make it large"),
     smaller=("make it smaller", "the same shape but smaller", "smaller please", "can you make it small?",
              "make it a bit smaller", "shrink it", "i want it smaller", "draw it smaller", "make it little",
-             "the same but small", "reduce it", "make it tiny", "shrink it down", "go smaller", "it should be smaller",
-             "half the size", "smaller!", "way smaller", "make it little please", "can it be small?"),
+             "the same but small", "reduce it"),
     reshape=("now make it a {sh}", "the same colour but a {sh}", "make it a {sh} instead", "change it to a {sh}",
              "i want a {sh} instead", "draw a {sh} instead", "same but as a {sh}", "can it be a {sh}?",
-             "use a {sh} shape", "make the shape a {sh}", "turn it into a {sh}", "make a {sh} instead",
-             "replace it with a {sh}", "a {sh} would be better", "now a {sh}", "could you do a {sh}?",
-             "let's have a {sh}", "what if it was a {sh}?"),
+             "use a {sh} shape", "make the shape a {sh}"),
     move=("move it {mv}", "now move it {mv}", "can you move it {mv}?", "shift it {mv}", "push it {mv}",
-          "put it {pos}", "draw it {pos} now", "same but {pos}", "move the shape {mv}", "put it over {pos}",
-          "move it over {mv}", "bring it {mv}", "i want it {pos}", "relocate it {mv}", "can it go {pos}?",
-          "it should be {pos}", "nudge it {mv}"),
+          "put it {pos}", "draw it {pos} now", "same but {pos}", "move the shape {mv}"),
     chat=(*D.SMALL_TALK, ("hi", "hi! what shall we draw?"),
           ("hey", "hey! what shall we draw?"), ("thank you so much", "you are welcome!"),
           ("nice work", "thank you!"), ("wow", "glad you like it!"), ("awesome", "glad you like it!"),
@@ -150,46 +139,6 @@ def check_banks_disjoint() -> None:
     shared = sorted({_skeleton(t) for t in EVAL.templates()} & train)
     if shared:
         raise ValueError(f"training wordings overlap the held-out ones: {shared}")
-
-
-# everyday words ----------------------------------------------------------------------------------------------
-
-# What people call the shapes world's attributes besides the words its captions use. Training threads say them in
-# the user's messages only; the bot's replies keep the caption words, so the LM learns that "a huge ball" is "a big
-# circle", and the GILL stage learns the image of either. (A frozen LM of GILL's size has read these words; the
-# stand-in has only this.)
-EVERYDAY: tuple[tuple[str, tuple[str, ...]], ...] = (
-    (r"\b(big|large)\b", ("huge", "giant", "enormous", "massive", "really big", "very large", "bigger", "jumbo")),
-    (r"\b(small|little)\b", ("tiny", "mini", "very small", "teeny", "really small", "smaller", "wee", "itty bitty")),
-    (r"\bcircle\b", ("ball", "dot", "disc", "round shape", "circle shape", "disk")),
-    (r"\bsquare\b", ("box", "square shape", "block")),
-    (r"\btriangle\b", ("triangle shape", "three sided shape")),
-    (r"\bstar\b", ("star shape", "five pointed star")),
-    (r"\bdiamond\b", ("rhombus", "diamond shape", "lozenge")),
-    (r"\bcross\b", ("plus sign", "plus", "plus shape", "cross shape")),
-    (r"\bpurple\b", ("violet",)),
-    (r"\bred\b", ("bright red", "crimson", "scarlet")),
-    (r"\bon the (left|right)\b", ("on the \\1 side", "on the \\1 hand side", "over on the \\1", "to the \\1")),
-    (r"\bat the top\b", ("near the top", "up top", "on top", "at the very top", "in the upper part")),
-    (r"\bat the bottom\b", ("near the bottom", "down at the bottom", "on the bottom", "in the lower part")),
-    (r"\bin the (middle|centre)\b", ("in the center", "centred", "right in the middle", "in the centre of the picture")),
-    (r"\bto the (left|right)\b", ("to the \\1 side", "over to the \\1", "\\1")),
-    (r"\bto the top\b", ("up", "to the top edge", "upwards")),
-    (r"\bto the bottom\b", ("down", "to the bottom edge", "downwards")),
-    (r"\bdraw\b", ("paint", "sketch", "illustrate", "render", "doodle")),
-)
-
-
-EVERYDAY_RATE = 0.3  # per attribute word of a training thread's user message
-
-
-def everyday(text: str, rng: random.Random, rate: float) -> str:
-    """`text` with some of its attribute words said in everyday words (EVERYDAY), each match with probability
-    `rate`; "a" becomes "an" before a vowel where a substitute needs it."""
-    for pattern, alternatives in EVERYDAY:
-        text = re.sub(pattern, lambda m: m.expand(rng.choice(alternatives)) if rng.random() < rate else m.group(0),
-                      text)
-    return re.sub(r"\ba (?=[aeiou])", "an ", text)
 
 
 # noise: spelling, typos, endings ---------------------------------------------------------------------------
@@ -331,8 +280,6 @@ def make_thread(rng: random.Random, split: str, bank: str = "train", typo_rate: 
     types.append("request")
     mentions.append(said)
     us = rng.random() < 0.5
-    if bank == "train":
-        turns = [(everyday(q, rng, EVERYDAY_RATE), a) for q, a in turns]
     turns = [(_end(roughen(q, rng, us, typo_rate), rng), a) for q, a in turns]
     drawn = [None] * (len(turns) - 1) + [final_scene]
     if kind not in ("favourite", "story"):  # the first picture of an edit

@@ -57,25 +57,6 @@ class WordingsTest(unittest.TestCase):
         open_position = [c for c in doc["conversations"] if c["expected"]["position"] is None]
         self.assertTrue(all(c["kind"] == "favourite" for c in open_position))
 
-    def test_everyday_words_replace_caption_words_with_articles_fixed(self):
-        text = W.everyday("draw a big red circle on the left", random.Random(0), rate=1.0)
-        self.assertNotRegex(text, r"\b(big|draw)\b")
-        self.assertNotRegex(text, r"\ba [aeiou]")
-        for seed in range(50):  # every substitute reads as English after "a"
-            self.assertNotRegex(W.everyday("a big circle, a little star", random.Random(seed), 1.0), r"\ba [aeiou]")
-        self.assertEqual(W.everyday("draw a big red circle", random.Random(0), rate=0.0), "draw a big red circle")
-
-    def test_training_threads_use_everyday_words_in_user_messages_only(self):
-        rng = random.Random(5)
-        users, replies = [], []
-        for _ in range(400):
-            t = W.make_thread(rng, "train")
-            users += [q for q, _ in t.turns]
-            replies += [a for _, a in t.turns]
-        self.assertTrue(any(w in q.split() for q in users for w in ("huge", "tiny", "ball", "box", "violet")))
-        leaked = {w for a in replies for w in ("huge", "tiny", "ball", "violet", "rhombus") if w in a.split()}
-        self.assertEqual(leaked, set(), "the bot's replies keep the caption words")
-
 
 if __name__ == "__main__":
     unittest.main()
