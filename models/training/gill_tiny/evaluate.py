@@ -557,7 +557,7 @@ def stage_eval(ctx) -> None:
     if ctx.preset.name not in EVAL_CONFIGS:
         print(f"[eval] no evaluation for the {ctx.preset.name!r} preset", flush=True)
         return
-    stamp = {n: ctx.path(n).stat().st_mtime for n in ("lm", "clip", "vae", "unet", "gill", "decision")}
+    stamp = {n: ctx.path(n).stat().st_mtime for n in ("lm", "chat", "clip", "vae", "unet", "gill", "retrieval", "decision")}
     if ctx.done("eval") and ctx.load("eval")["stamp"] == stamp:
         r = ctx.load("eval")["report"]
         print("[eval] models unchanged since the last evaluation; re-rendering EVAL.md only", flush=True)
