@@ -365,6 +365,30 @@ describe.skipIf(!chromiumUp)('playground in a browser', () => {
     expect((await tooWide.json()).error).toContain('5000×4000 pixels');
     const foreign = await fetch(`${playground.url}api/messages`, { method: 'POST', body: new FormData() });
     expect(foreign.status).toBe(403);
+    // A script that leaves out clientKey (or sends a malformed one) is told which field and its format.
+    for (const clientKey of [null, 'short', 'has spaces in it']) {
+      const form = new FormData();
+      form.set('text', 'hello');
+      form.set('userId', 'tester');
+      if (clientKey !== null) form.set('clientKey', clientKey);
+      const keyless = await fetch(`${playground.url}api/messages`, {
+        method: 'POST',
+        headers: { 'x-gill-playground': '1' },
+        body: form,
+      });
+      expect(keyless.status).toBe(400);
+      expect((await keyless.json()).error).toMatch(/no valid clientKey \(8 to 64 letters, digits, _ or -/);
+    }
+    const anonymous = new FormData();
+    anonymous.set('text', 'hello');
+    anonymous.set('clientKey', randomUUID());
+    const noUser = await fetch(`${playground.url}api/messages`, {
+      method: 'POST',
+      headers: { 'x-gill-playground': '1' },
+      body: anonymous,
+    });
+    expect(noUser.status).toBe(400);
+    expect((await noUser.json()).error).toMatch(/no valid userId \(1 to 64 letters/);
   });
 
   it('shows user text as text, never as markup', async () => {

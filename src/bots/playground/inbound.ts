@@ -72,14 +72,19 @@ export interface InboundDeps {
 
 export function checkUser(user: { id?: unknown; name?: unknown }): PageUser {
   const id = typeof user.id === 'string' ? user.id : '';
-  if (!USER_ID.test(id)) throw new PlaygroundRefusal('The page sent no valid user id; reload it.');
+  if (!USER_ID.test(id))
+    throw new PlaygroundRefusal(
+      'The request has no valid userId (1 to 64 letters, digits, _ or -); if you are on the page, reload it.',
+    );
   const name = typeof user.name === 'string' ? user.name.replace(/\s+/g, ' ').trim().slice(0, 40) : '';
   return { id, name: name || 'you' };
 }
 
 export function checkClientKey(key: unknown): string {
   if (typeof key !== 'string' || !CLIENT_KEY.test(key))
-    throw new PlaygroundRefusal('The page sent no valid request id; reload it.');
+    throw new PlaygroundRefusal(
+      'The request has no valid clientKey (8 to 64 letters, digits, _ or -, one per message); if you are on the page, reload it.',
+    );
   return key;
 }
 
