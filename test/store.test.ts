@@ -869,6 +869,67 @@ describe.skipIf(!postgresUp)('Postgres', () => {
   });
 });
 
+describe.skipIf(!postgresUp)('closing a Postgres store while a community index builds', () => {
+  it('cancels its own build instead of waiting for it; the next call drops the invalid index and builds again', async () => {
+    const db = await createTempDatabase('gill_store_close');
+    const config = { DATABASE_URL: db.url, dataDir: os.tmpdir() };
+    try {
+      await (await connect(config)).close(); // migrates
+      const watcher = await openDatabase(config);
+      const builder = await openDatabase(config);
+      const [{ id: community } = { id: '' }] = await watcher.query<{ id: string }>(
+        "INSERT INTO communities (platform, external_id) VALUES ('discord', 'busy') RETURNING id::text AS id",
+      );
+      await watcher.query("INSERT INTO blobs (hash, bytes, mime) VALUES ($1, '\\x00', 'image/png')", [
+        'b'.repeat(64),
+      ]);
+      // Enough 256-d rows that the build is still running when close() is called.
+      await watcher.query(
+        `INSERT INTO images (community_id, hash, mime, width, height, message_id, embedding)
+         SELECT $1, $2, 'image/png', 8, 8, 'm' || n,
+                l2_normalize(ARRAY(SELECT random() - 0.5 FROM generate_series(1, 256) WHERE n > 0)::vector)
+         FROM generate_series(1, 20000) AS n`,
+        [community, 'b'.repeat(64)],
+      );
+      const name = communityIndexName(256, community);
+      // Settled as a value at once: the cancellation comes while close() is awaited.
+      const build = ensureCommunityIndex(builder, 256, community).then(
+        () => null,
+        (error: Error) => error,
+      );
+      const building = async () =>
+        (
+          await watcher.query(
+            `SELECT 1 FROM pg_stat_progress_create_index p JOIN pg_class c ON c.oid = p.index_relid
+             WHERE c.relname = $1`,
+            [name],
+          )
+        ).length > 0;
+      await expect.poll(building, { timeout: 30_000, interval: 20 }).toBe(true);
+      await builder.close();
+      expect((await build)?.message).toMatch(/cancel/i);
+      const [left] = await watcher.query<{ valid: boolean }>(
+        'SELECT indisvalid AS valid FROM pg_index WHERE indexrelid = to_regclass($1)',
+        [name],
+      );
+      expect(left).toEqual({ valid: false });
+      // Smaller now, so the rebuild is quick: the invalid index is dropped and a valid one built.
+      await watcher.query(
+        "DELETE FROM images WHERE message_id <> ALL (SELECT 'm' || n FROM generate_series(1, 300) AS n)",
+      );
+      expect(await ensureCommunityIndex(watcher, 256, community)).toBe(true);
+      const [rebuilt] = await watcher.query<{ valid: boolean }>(
+        'SELECT indisvalid AS valid FROM pg_index WHERE indexrelid = to_regclass($1)',
+        [name],
+      );
+      expect(rebuilt).toEqual({ valid: true });
+      await watcher.close();
+    } finally {
+      await db.drop();
+    }
+  });
+});
+
 /** Migrates up to before image visibility, indexes an image the old way, then migrates the rest. */
 async function imageFromBeforeVisibility(client: SqlClient) {
   const all = await loadMigrations();

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import { PGlite } from '@electric-sql/pglite';
 import { vector } from '@electric-sql/pglite-pgvector';
@@ -33,8 +34,11 @@ export interface PostgresClientOptions {
 }
 
 export function postgresClient(url: string, options: PostgresClientOptions = {}): SqlClient {
+  // Names this pool's sessions, so that close() can find its own index builds among the server's sessions.
+  const applicationName = `gill-${randomUUID()}`;
   const pool = new pg.Pool({
     connectionString: url,
+    application_name: applicationName,
     max: options.max ?? 10,
     connectionTimeoutMillis: options.connectionTimeoutMillis ?? 10_000,
   });
@@ -67,7 +71,19 @@ export function postgresClient(url: string, options: PostgresClientOptions = {})
         client.release();
       }
     },
-    close: () => pool.end(),
+    async close() {
+      // A community's own index (CREATE INDEX CONCURRENTLY) can take minutes to build, and pool.end() waits
+      // for every statement. Cancelled, the build leaves an invalid index, which the next
+      // ensureCommunityIndex drops and builds again.
+      await pool
+        .query(
+          `SELECT pg_cancel_backend(pid) FROM pg_stat_activity
+           WHERE application_name = $1 AND pid <> pg_backend_pid() AND query ILIKE 'CREATE INDEX CONCURRENTLY%'`,
+          [applicationName],
+        )
+        .catch(() => {});
+      await pool.end();
+    },
   };
 }
 
