@@ -64,7 +64,8 @@ def replay_set(split: str, count: int, seed: int, threads: bool = False) -> dict
         turns = []
         for i, (q, _) in enumerate(d.turns):
             reply = d.reply_mentions[i] if d.reply_mentions else [o.colour] if types[i] == "statement" else []
-            turns.append({"text": q, "mention": i == 0 or i % 2 == 1, "image": types[i] == "request", "reply": reply})
+            turns.append({"text": q, "mention": i == 0 or i % 2 == 1, "image": types[i] == "request", "reply": reply,
+                          "type": types[i]})
         expected = {"colour": o.colour, "shape": o.shape, "size": o.size, "position": o.position}
         conversations.append({"id": f"{split}-{n:04d}", "kind": d.kind, "turns": turns,
                               "expected": {a: v for a, v in expected.items() if a not in d.unstated}})

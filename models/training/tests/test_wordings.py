@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gill_tiny import data as D  # noqa: E402
 from gill_tiny import wordings as W  # noqa: E402
+from gill_tiny.dialogue_turns import replay_set  # noqa: E402
 from gill_tiny.threads import held_out_threads  # noqa: E402
 
 
@@ -56,6 +57,16 @@ class WordingsTest(unittest.TestCase):
             self.assertEqual(len(c["turns"]), len(c["reply_mentions"]))
         open_position = [c for c in doc["conversations"] if c["expected"]["position"] is None]
         self.assertTrue(all(c["kind"] == "favourite" for c in open_position))
+
+    def test_validation_replay_sets_say_what_each_turn_is(self):
+        # eval:threads splits its scores by turn type only where the set names it (story sentences apart
+        # from statements); a request is the only type that asks for an image, and every set ends with one.
+        for threads in (False, True):
+            for c in replay_set("val", 40, 7, threads)["conversations"]:
+                types = [t["type"] for t in c["turns"]]
+                self.assertTrue(set(types) <= {"request", "statement", "chat", "story"}, types)
+                self.assertEqual([t["image"] for t in c["turns"]], [t == "request" for t in types])
+                self.assertEqual(types[-1], "request")
 
 
 if __name__ == "__main__":
