@@ -873,10 +873,10 @@ describe.skipIf(!postgresUp)('closing a Postgres store while a community index b
   it('cancels its own build instead of waiting for it; the next call drops the invalid index and builds again', async () => {
     const db = await createTempDatabase('gill_store_close');
     const config = { DATABASE_URL: db.url, dataDir: os.tmpdir() };
+    await (await connect(config)).close(); // migrates
+    const watcher = await openDatabase(config);
+    const builder = await openDatabase(config);
     try {
-      await (await connect(config)).close(); // migrates
-      const watcher = await openDatabase(config);
-      const builder = await openDatabase(config);
       const [{ id: community } = { id: '' }] = await watcher.query<{ id: string }>(
         "INSERT INTO communities (platform, external_id) VALUES ('discord', 'busy') RETURNING id::text AS id",
       );
@@ -923,8 +923,9 @@ describe.skipIf(!postgresUp)('closing a Postgres store while a community index b
         [name],
       );
       expect(rebuilt).toEqual({ valid: true });
-      await watcher.close();
     } finally {
+      await builder.close().catch(() => {}); // already closed unless an assertion failed before
+      await watcher.close();
       await db.drop();
     }
   });

@@ -74,14 +74,17 @@ export function postgresClient(url: string, options: PostgresClientOptions = {})
     async close() {
       // A community's own index (CREATE INDEX CONCURRENTLY) can take minutes to build, and pool.end() waits
       // for every statement. Cancelled, the build leaves an invalid index, which the next
-      // ensureCommunityIndex drops and builds again.
-      await pool
-        .query(
-          `SELECT pg_cancel_backend(pid) FROM pg_stat_activity
-           WHERE application_name = $1 AND pid <> pg_backend_pid() AND query ILIKE 'CREATE INDEX CONCURRENTLY%'`,
-          [applicationName],
-        )
-        .catch(() => {});
+      // ensureCommunityIndex drops and builds again. Only asked when a statement is in flight, so closing
+      // an idle pool (or one whose server is down) does not open a connection.
+      if (pool.totalCount > pool.idleCount) {
+        await pool
+          .query(
+            `SELECT pg_cancel_backend(pid) FROM pg_stat_activity
+             WHERE application_name = $1 AND pid <> pg_backend_pid() AND query ILIKE 'CREATE INDEX CONCURRENTLY%'`,
+            [applicationName],
+          )
+          .catch(() => {});
+      }
       await pool.end();
     },
   };
