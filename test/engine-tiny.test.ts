@@ -171,6 +171,31 @@ describe.skipIf(!TRAINED)('the trained tiny bundle end to end', () => {
     expect(misses.length).toBeLessThanOrEqual(4);
   });
 
+  it('reads a mistyped word as the word the model knows (the bundle lexicon)', async () => {
+    // Two neighbouring letters swapped, as people type: "pruple", "geren".
+    const typo = (word: string) => word.charAt(0) + word.charAt(2) + word.charAt(1) + word.slice(3);
+    const differing: string[] = [];
+    for (const colour of Object.keys(PALETTE).filter((c) => c.length >= 4)) {
+      const run = async (word: string) => {
+        const result = await engine.run(
+          parsePayload({
+            kind: 'chat',
+            community,
+            context: [{ type: 'text', role: 'user', text: `Draw a big ${word} circle in the middle.` }],
+            imageMode: 'generate',
+            seed: 5,
+          }),
+          ctx(),
+        );
+        return { text: result.text, image: result.images[0]?.hash };
+      };
+      const [typed, clean] = [await run(typo(colour)), await run(colour)];
+      if (typed.text !== clean.text || typed.image !== clean.image)
+        differing.push(`${typo(colour)}: ${typed.text}`);
+    }
+    expect(differing).toEqual([]);
+  });
+
   it('uses a colour stated earlier in the conversation', async () => {
     const misses: string[] = [];
     for (const colour of Object.keys(PALETTE)) {

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gill_tiny import evaluate, fixtures, gill_train, stages  # noqa: E402
 from gill_tiny.export import Backbones, export_bundle  # noqa: E402
+from gill_tiny.lexicon import training_lexicon  # noqa: E402
 from gill_tiny.presets import PRESETS, gill_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +34,8 @@ def stage_export(ctx: stages.Context) -> None:
     b = Backbones(tok, ctx.lm(), ctx.clip(), ctx.vae(), ctx.unet())
     floor = ctx.load("decision").get("metrics", {}).get("min_retrieve_similarity") if ctx.done("decision") else None
     # also writes the trained [IMG] rows into b.lm
-    checks = export_bundle(ctx.out, b, gill_train.export_heads(ctx, b), min_retrieve_similarity=floor)
+    lexicon = training_lexicon(ctx.load("data")["docs"]["train"], ctx.preset.seed + 3)
+    checks = export_bundle(ctx.out, b, gill_train.export_heads(ctx, b), min_retrieve_similarity=floor, lexicon=lexicon)
     checks_path = ctx.work / "export_checks.json"
     checks_path.write_text(json.dumps(checks))
     size = sum(p.stat().st_size for p in ctx.out.iterdir() if p.is_file())

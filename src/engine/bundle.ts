@@ -3,6 +3,7 @@ import path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { type VerifyReport, verifyBundleFiles } from './bundle-files.ts';
 import { float16Bits } from './float16.ts';
+import { loadSpellingRepair, type SpellingRepair } from './gill/spelling.ts';
 import { BundleError, type Manifest, type ManifestV2, readManifest } from './manifest.ts';
 import { inputType } from './tensors.ts';
 
@@ -39,6 +40,8 @@ export interface Bundle {
   /** Parsed tokenizer.json of the LM and of the diffusion text encoder. */
   lmTokenizerJson: Record<string, unknown>;
   textTokenizerJson: Record<string, unknown>;
+  /** Typo repair against the manifest's `lm.lexicon`; null when the bundle has none. */
+  spelling: SpellingRepair | null;
   executionProvider: 'cpu' | 'cuda';
   threads: number | undefined;
   /**
@@ -343,6 +346,10 @@ export async function loadBundle(dirInput: string, options: LoadBundleOptions = 
     'diffusion.textTokenizer',
   );
 
+  const spelling = manifest.lm.lexicon
+    ? await loadSpellingRepair(await requireFile(dir, manifest.lm.lexicon, 'lm.lexicon'), 'lm.lexicon')
+    : null;
+
   const opened: ort.InferenceSession[] = [];
   const closeAll = async () => {
     const sessions = opened.splice(0);
@@ -366,6 +373,7 @@ export async function loadBundle(dirInput: string, options: LoadBundleOptions = 
       sessions,
       lmTokenizerJson,
       textTokenizerJson,
+      spelling,
       executionProvider: provider,
       threads: options.threads,
       decisionUsesRetrievalScore:

@@ -45,6 +45,11 @@ const lmV1 = z.object({
   newlineId: tokenId,
   addBos: z.boolean(),
   imgTokenIds: z.array(tokenId).min(1),
+  /**
+   * The words the LM was trained on, with counts (gill-lexicon/1): user text is typo-repaired against it
+   * (src/engine/gill/spelling.ts). For a small LM with a closed vocabulary; absent: text is read as typed.
+   */
+  lexicon: file.optional(),
 });
 
 const vision = z.object({

@@ -93,10 +93,11 @@ def _run(module: nn.Module, args: tuple) -> list[torch.Tensor]:
 
 
 def export_bundle(out: Path, b: Backbones, heads: GillHeads, name: str = "gill-tiny",
-                  min_retrieve_similarity: float | None = None) -> dict:
+                  min_retrieve_similarity: float | None = None, lexicon: dict | None = None) -> dict:
     """Write the bundle into `out`; returns {graph file: {"inputs": {...}, "outputs": {...}}} reference values.
     `min_retrieve_similarity`: the manifest's floor under a self-chosen "retrieve" (the decision stage derives it
-    from its labelled prompts); None leaves it out."""
+    from its labelled prompts); None leaves it out. `lexicon`: the LM's training words (gill_tiny.lexicon), written
+    as lexicon.json for the engine's typo repair; None leaves it out."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     modules = [b.lm, b.clip, b.vae, b.unet, heads]
@@ -226,6 +227,9 @@ def export_bundle(out: Path, b: Backbones, heads: GillHeads, name: str = "gill-t
     }
     if min_retrieve_similarity is not None:
         manifest["defaults"]["minRetrieveSimilarity"] = min_retrieve_similarity
+    if lexicon is not None:
+        (out / "lexicon.json").write_text(json.dumps(lexicon, separators=(",", ":")) + "\n")
+        manifest["lm"]["lexicon"] = "lexicon.json"
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     total = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
     if total > MAX_BUNDLE_BYTES:

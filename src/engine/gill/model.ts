@@ -94,6 +94,11 @@ export class GillModel {
     return this.bundle.manifest;
   }
 
+  /** What a person typed, typos repaired when the bundle ships a lexicon. */
+  private repairUserText(text: string): string {
+    return this.bundle.spelling ? this.bundle.spelling.repair(text) : text;
+  }
+
   /** Encoder input of an image [3, S, S], decoded and resized per the manifest. */
   async pixels(bytes: Uint8Array): Promise<Float32Array> {
     return (await imageToPixelValues(bytes, this.manifest.vision)).pixels;
@@ -121,7 +126,7 @@ export class GillModel {
   async queryEmbedding(query: string): Promise<{ embedding: Float32Array; truncated: boolean }> {
     const { maxPositions, hiddenSize } = this.manifest.lm;
     const r = this.tokenizer.imgIds.length;
-    let ids = this.tokenizer.encodeText(query, { bos: true });
+    let ids = this.tokenizer.encodeText(this.repairUserText(query), { bos: true });
     const truncated = ids.length + r > maxPositions;
     if (truncated) ids = ids.slice(0, maxPositions - r);
     ids.push(...this.tokenizer.imgIds);
@@ -222,7 +227,9 @@ export class GillModel {
     const hasContent = items.some((i) => i.content.type === 'image' || i.content.text.trim().length > 0);
     if (!hasContent)
       throw new UserInputError('There is nothing to answer: the message is empty.', 'empty_input');
-    const pieces = dialoguePieces(items, this.manifest.defaults.dialogueTemplate);
+    const pieces = dialoguePieces(items, this.manifest.defaults.dialogueTemplate, (text) =>
+      this.repairUserText(text),
+    );
     const fitted = fitPrompt(pieces, this.tokenizer, budget);
     // The cap keeps the newest maxImages images, exactly the decoded ones.
     const segments = fitted.segments.filter(

@@ -17,9 +17,14 @@ export interface ConversationItem<I> {
 /**
  * The dialogue layout GILL's notebook uses and the tiny bundle is trained on: each user turn is the
  * manifest's template (e.g. "Q: {text}\nA:"), each earlier reply follows as " {text}\n". Consecutive
- * items of one role form one turn: texts joined by a space, images placed where they were posted.
+ * items of one role form one turn: texts joined by a space, images placed where they were posted. `repairUserText`
+ * (the bundle's typo repair) is applied to what people wrote, not to the model's own replies.
  */
-export function dialoguePieces<I>(items: ConversationItem<I>[], template: string): PromptPiece<I>[] {
+export function dialoguePieces<I>(
+  items: ConversationItem<I>[],
+  template: string,
+  repairUserText: (text: string) => string = (text) => text,
+): PromptPiece<I>[] {
   const [before, after = ''] = template.split('{text}') as [string, string?];
   const pieces: PromptPiece<I>[] = [];
   let i = 0;
@@ -32,7 +37,8 @@ export function dialoguePieces<I>(items: ConversationItem<I>[], template: string
         turn.push(content);
         continue;
       }
-      const text = plainText(content.text).trim();
+      const typed = plainText(content.text).trim();
+      const text = role === 'user' ? repairUserText(typed) : typed;
       if (!text) continue;
       const last = turn.at(-1);
       if (last?.type === 'text') last.text += ` ${text}`;

@@ -1,0 +1,111 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { dialoguePieces } from '../src/engine/gill/prompt.ts';
+import { loadSpellingRepair, SpellingRepair } from '../src/engine/gill/spelling.ts';
+import { BundleError } from '../src/engine/manifest.ts';
+
+const lexicon = new Map([
+  ['purple', 40],
+  ['large', 30],
+  ['change', 5],
+  ['could', 20],
+  ['cloud', 2],
+  ['circle', 9],
+  ['this', 50],
+]);
+const english = new Set([
+  'purple',
+  'large',
+  'change',
+  'could',
+  'cloud',
+  'circle',
+  'this',
+  'huge',
+  'mote',
+  'more',
+]);
+const spelling = new SpellingRepair(lexicon, english);
+
+describe('typo repair against the bundle lexicon', () => {
+  it('repairs a word one edit from a lexicon word: swapped, dropped, doubled, added or replaced letters', () => {
+    expect(spelling.repair('a purlpe circle')).toBe('a purple circle');
+    expect(spelling.repair('a lage circel')).toBe('a large circle');
+    expect(spelling.repair('thhis')).toBe('this');
+    expect(spelling.repair('vhange it')).toBe('change it');
+  });
+
+  it('keeps the casing the person typed', () => {
+    expect(spelling.repair('A ALRGE PURLPE CIRCLE')).toBe('A LARGE PURPLE CIRCLE');
+    expect(spelling.repair('Vhange it')).toBe('Change it');
+  });
+
+  it('picks the most frequent lexicon word when several are one edit away', () => {
+    // Both are one edit from "could" (20) and from "cloud" (2).
+    expect(spelling.repair('coud')).toBe('could');
+    expect(spelling.repair('clould')).toBe('could');
+  });
+
+  it('leaves English words, short words, and words with no lexicon word one edit away as typed', () => {
+    expect(spelling.repair('a huge mote')).toBe('a huge mote');
+    expect(spelling.repair('redd lol')).toBe('redd lol');
+    expect(spelling.repair('xylophonist zzzz')).toBe('xylophonist zzzz');
+    expect(spelling.repair('purple, :) 42!')).toBe('purple, :) 42!');
+  });
+
+  it('repairs what people wrote, not the model’s own replies', () => {
+    const pieces = dialoguePieces(
+      [
+        { role: 'user', content: { type: 'text', text: 'draw a purlpe circle' } },
+        { role: 'assistant', content: { type: 'text', text: 'here is a purlpe circle.' } },
+      ],
+      'Q: {text}\nA:',
+      (text) => spelling.repair(text),
+    );
+    expect(pieces).toEqual([
+      { type: 'text', text: 'Q: draw a purple circle\nA: here is a purlpe circle.\n' },
+    ]);
+  });
+});
+
+describe('the lexicon file', () => {
+  let dir: string;
+  beforeAll(async () => {
+    dir = await mkdtemp(path.join(tmpdir(), 'gill-lexicon-'));
+  });
+  afterAll(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  const write = async (name: string, content: string) => {
+    const file = path.join(dir, name);
+    await writeFile(file, content);
+    return file;
+  };
+
+  it('loads the committed bundle’s lexicon and repairs with it', async () => {
+    const repair = await loadSpellingRepair('models/gill-tiny/lexicon.json', 'lm.lexicon');
+    expect(repair.repair('Could you draw a LAGRE purlpe sttar?')).toBe('Could you draw a LARGE purple star?');
+  });
+
+  it('refuses a file that is not a gill-lexicon/1, naming the field and the problem', async () => {
+    const cases: [string, RegExp][] = [
+      ['{"words": {}}', /lm\.lexicon .* is not a gill-lexicon\/1 file \(format is undefined\)/],
+      ['not json', /lm\.lexicon .* is not a gill-lexicon\/1 file/],
+      ['{"format": "gill-lexicon/1"}', /has no "words" object/],
+      ['{"format": "gill-lexicon/1", "words": {"Big": 3}}', /"Big" should be a lower-case word/],
+      [
+        '{"format": "gill-lexicon/1", "words": {"big": 0.5}}',
+        /"big" should be a lower-case word with a positive integer count/,
+      ],
+    ];
+    for (const [i, [content, message]] of cases.entries()) {
+      const file = await write(`bad-${i}.json`, content);
+      const error = await loadSpellingRepair(file, 'lm.lexicon').catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(BundleError);
+      expect((error as Error).message).toMatch(message);
+    }
+  });
+});
