@@ -145,6 +145,7 @@ try {
         ownImagesInContext: manifest.defaults.ownImagesInContext ?? true,
         minRetrieveSimilarity: manifest.defaults.minRetrieveSimilarity ?? null,
         lmNormalizer: tokenizer.normalizer ?? null,
+        lexicon: manifest.lm.lexicon ?? null,
       },
       wallSeconds: Math.round(wall),
       contextsIdenticalOnAllPlatforms: same.samePlatforms,

@@ -27,7 +27,14 @@ const english = new Set([
   'mote',
   'more',
 ]);
-const spelling = new SpellingRepair(lexicon, english);
+const spelling = new SpellingRepair(
+  lexicon,
+  english,
+  new Map([
+    ['huge', 'large'],
+    ['wee', 'large'],
+  ]),
+);
 
 describe('typo repair against the bundle lexicon', () => {
   it('repairs a word one edit from a lexicon word: swapped, dropped, doubled, added or replaced letters', () => {
@@ -35,6 +42,12 @@ describe('typo repair against the bundle lexicon', () => {
     expect(spelling.repair('a lage circel')).toBe('a large circle');
     expect(spelling.repair('thhis')).toBe('this');
     expect(spelling.repair('vhange it')).toBe('change it');
+  });
+
+  it('reads a word the LM never saw as its synonym from the lexicon, short ones and English ones included', () => {
+    expect(spelling.repair('a HUGE circle')).toBe('a LARGE circle');
+    expect(spelling.repair('Huge')).toBe('Large');
+    expect(spelling.repair('wee')).toBe('large');
   });
 
   it('keeps the casing the person typed', () => {
@@ -48,8 +61,8 @@ describe('typo repair against the bundle lexicon', () => {
     expect(spelling.repair('clould')).toBe('could');
   });
 
-  it('leaves English words, short words, and words with no lexicon word one edit away as typed', () => {
-    expect(spelling.repair('a huge mote')).toBe('a huge mote');
+  it('leaves English words without a synonym, short words, and words with no lexicon word one edit away as typed', () => {
+    expect(spelling.repair('a mote of dust')).toBe('a mote of dust');
     expect(spelling.repair('redd lol')).toBe('redd lol');
     expect(spelling.repair('xylophonist zzzz')).toBe('xylophonist zzzz');
     expect(spelling.repair('purple, :) 42!')).toBe('purple, :) 42!');
@@ -88,17 +101,32 @@ describe('the lexicon file', () => {
   it('loads the committed bundle’s lexicon and repairs with it', async () => {
     const repair = await loadSpellingRepair('models/gill-tiny/lexicon.json', 'lm.lexicon');
     expect(repair.repair('Could you draw a LAGRE purlpe sttar?')).toBe('Could you draw a LARGE purple star?');
+    expect(repair.repair('a huge crimson circle, then a tiny one')).toBe(
+      'a big red circle, then a small one',
+    );
   });
 
   it('refuses a file that is not a gill-lexicon/1, naming the field and the problem', async () => {
     const cases: [string, RegExp][] = [
       ['{"words": {}}', /lm\.lexicon .* is not a gill-lexicon\/1 file \(format is undefined\)/],
       ['not json', /lm\.lexicon .* is not a gill-lexicon\/1 file/],
-      ['{"format": "gill-lexicon/1"}', /has no "words" object/],
+      ['{"format": "gill-lexicon/1"}', /: no "words" object/],
       ['{"format": "gill-lexicon/1", "words": {"Big": 3}}', /"Big" should be a lower-case word/],
       [
         '{"format": "gill-lexicon/1", "words": {"big": 0.5}}',
         /"big" should be a lower-case word with a positive integer count/,
+      ],
+      [
+        '{"format": "gill-lexicon/1", "words": {"big": 5}, "synonyms": {"huge": "giant"}}',
+        /synonym "huge" should be .* naming a lexicon word/,
+      ],
+      [
+        '{"format": "gill-lexicon/1", "words": {"big": 5}, "synonyms": {"big": "big"}}',
+        /synonym "big" should be a lower-case word outside the lexicon/,
+      ],
+      [
+        '{"format": "gill-lexicon/1", "words": {"big": 5}, "synonyms": "big"}',
+        /"synonyms" should be an object/,
       ],
     ];
     for (const [i, [content, message]] of cases.entries()) {

@@ -171,27 +171,33 @@ describe.skipIf(!TRAINED)('the trained tiny bundle end to end', () => {
     expect(misses.length).toBeLessThanOrEqual(4);
   });
 
-  it('reads a mistyped word as the word the model knows (the bundle lexicon)', async () => {
-    // Two neighbouring letters swapped, as people type: "pruple", "geren".
+  it('reads a mistyped word or an everyday synonym as the word the model knows (the bundle lexicon)', async () => {
+    // Two neighbouring letters swapped, as people type ("pruple", "geren"), and words the LM never read.
     const typo = (word: string) => word.charAt(0) + word.charAt(2) + word.charAt(1) + word.slice(3);
+    const pairs: [string, string][] = [
+      ...Object.keys(PALETTE)
+        .filter((c) => c.length >= 4)
+        .map((c): [string, string] => [`big ${typo(c)}`, `big ${c}`]),
+      ['huge crimson', 'big red'],
+      ['tiny blue', 'small blue'],
+    ];
+    const run = async (words: string) => {
+      const result = await engine.run(
+        parsePayload({
+          kind: 'chat',
+          community,
+          context: [{ type: 'text', role: 'user', text: `Draw a ${words} circle in the middle.` }],
+          imageMode: 'generate',
+          seed: 5,
+        }),
+        ctx(),
+      );
+      return { text: result.text, image: result.images[0]?.hash };
+    };
     const differing: string[] = [];
-    for (const colour of Object.keys(PALETTE).filter((c) => c.length >= 4)) {
-      const run = async (word: string) => {
-        const result = await engine.run(
-          parsePayload({
-            kind: 'chat',
-            community,
-            context: [{ type: 'text', role: 'user', text: `Draw a big ${word} circle in the middle.` }],
-            imageMode: 'generate',
-            seed: 5,
-          }),
-          ctx(),
-        );
-        return { text: result.text, image: result.images[0]?.hash };
-      };
-      const [typed, clean] = [await run(typo(colour)), await run(colour)];
-      if (typed.text !== clean.text || typed.image !== clean.image)
-        differing.push(`${typo(colour)}: ${typed.text}`);
+    for (const [typed, known] of pairs) {
+      const [a, b] = [await run(typed), await run(known)];
+      if (a.text !== b.text || a.image !== b.image) differing.push(`${typed}: ${a.text}`);
     }
     expect(differing).toEqual([]);
   });

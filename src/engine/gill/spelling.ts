@@ -3,12 +3,13 @@ import { createRequire } from 'node:module';
 import { BundleError } from '../manifest.ts';
 
 /**
- * Typo repair for an LM with a closed vocabulary. A model of GILL's size has read misspellings in pretraining;
- * a small one that never saw "purlpe" or "ALRGE" reads them as unrelated pieces. The bundle's lexicon lists
- * the words its LM was trained on, with their counts. A word of four letters or more that is neither in the
- * lexicon nor an English word becomes the most frequent lexicon word one edit away (a letter dropped,
- * doubled or added, two neighbours swapped, one letter replaced), keeping the writer's casing. Anything
- * else, English words the model never saw included, stays as typed.
+ * Word repair for an LM with a closed vocabulary. A model of GILL's size has read misspellings and everyday
+ * synonyms in pretraining; a small one that never saw "purlpe", "ALRGE" or "huge" reads them as unrelated pieces.
+ * The bundle's lexicon lists the words its LM was trained on, with their counts, and synonyms of words it knows
+ * well (huge → big, crimson → red). A word the LM never read becomes its synonym when the lexicon has one; else,
+ * when it has four letters or more and is not English either, the most frequent lexicon word of four letters or
+ * more one edit away (a letter dropped, doubled or added, two neighbours swapped, one letter replaced). The
+ * writer's casing is kept. Anything else, English words without a synonym included, stays as typed.
  */
 export class SpellingRepair {
   private readonly memo = new Map<string, string | null>();
@@ -16,17 +17,21 @@ export class SpellingRepair {
   constructor(
     private readonly lexicon: ReadonlyMap<string, number>,
     private readonly english: ReadonlySet<string>,
+    private readonly synonyms: ReadonlyMap<string, string> = new Map(),
   ) {}
 
   repair(text: string): string {
-    return text.replace(/[A-Za-z]{4,}/g, (word) => {
+    return text.replace(/[A-Za-z]+/g, (word) => {
       const fixed = this.fix(word.toLowerCase());
       return fixed === null ? word : withCasing(fixed, word);
     });
   }
 
   private fix(word: string): string | null {
-    if (this.lexicon.has(word) || this.english.has(word)) return null;
+    if (this.lexicon.has(word)) return null;
+    const synonym = this.synonyms.get(word);
+    if (synonym !== undefined) return synonym;
+    if (word.length < 4 || this.english.has(word)) return null;
     const cached = this.memo.get(word);
     if (cached !== undefined) return cached;
     let best: string | null = null;
@@ -80,29 +85,36 @@ function englishWordList(): Promise<ReadonlySet<string>> {
 }
 
 /**
- * The bundle's lexicon file (`{"format": "gill-lexicon/1", "words": {"word": count, …}}`) as a SpellingRepair.
- * `field` names the manifest field in errors.
+ * The bundle's lexicon file (`{"format": "gill-lexicon/1", "words": {"word": count, …}, "synonyms": {"word":
+ * "lexicon word", …}}`, synonyms optional) as a SpellingRepair. `field` names the manifest field in errors.
  */
 export async function loadSpellingRepair(file: string, field: string): Promise<SpellingRepair> {
-  let words: unknown;
+  let json: { format?: unknown; words?: unknown; synonyms?: unknown };
   try {
-    const json = JSON.parse(await readFile(file, 'utf8')) as { format?: unknown; words?: unknown };
+    json = JSON.parse(await readFile(file, 'utf8'));
     if (json.format !== 'gill-lexicon/1') throw new Error(`format is ${JSON.stringify(json.format)}`);
-    words = json.words;
   } catch (error) {
     throw new BundleError(
       `model bundle: ${field} ${file} is not a gill-lexicon/1 file (${(error as Error).message})`,
     );
   }
-  if (typeof words !== 'object' || words === null)
-    throw new BundleError(`model bundle: ${field} ${file} has no "words" object`);
+  const problem = (what: string) => new BundleError(`model bundle: ${field} ${file}: ${what}`);
+  const { words, synonyms = {} } = json;
+  if (typeof words !== 'object' || words === null) throw problem('no "words" object');
   const lexicon = new Map<string, number>();
   for (const [word, count] of Object.entries(words)) {
     if (!/^[a-z]+$/.test(word) || !Number.isInteger(count) || (count as number) < 1)
-      throw new BundleError(
-        `model bundle: ${field} ${file}: "${word}" should be a lower-case word with a positive integer count`,
-      );
+      throw problem(`"${word}" should be a lower-case word with a positive integer count`);
     lexicon.set(word, count as number);
   }
-  return new SpellingRepair(lexicon, await englishWordList());
+  if (typeof synonyms !== 'object' || synonyms === null) throw problem('"synonyms" should be an object');
+  const synonymMap = new Map<string, string>();
+  for (const [word, known] of Object.entries(synonyms)) {
+    if (!/^[a-z]+$/.test(word) || lexicon.has(word) || typeof known !== 'string' || !lexicon.has(known))
+      throw problem(
+        `synonym "${word}" should be a lower-case word outside the lexicon naming a lexicon word`,
+      );
+    synonymMap.set(word, known);
+  }
+  return new SpellingRepair(lexicon, await englishWordList(), synonymMap);
 }
