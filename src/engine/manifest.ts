@@ -70,6 +70,11 @@ const gill = z.object({
   logitScale: z.number(),
   mapper: file,
   decision: file,
+  /**
+   * Optional: hidden [B,H] at a reply's last token -> logit [B,1], positive when a reply the LM wrote without an
+   * [IMG] block should end with one (src/engine/gill/decode.ts).
+   */
+  replyImage: file.optional(),
 });
 
 const diffusion = z.object({
@@ -241,6 +246,7 @@ export function graphFiles(m: Manifest): Record<string, string> {
     'gill.textRetrieval': m.gill.textRetrieval,
     'gill.mapper': m.gill.mapper,
     'gill.decision': m.gill.decision,
+    ...(m.gill.replyImage ? { 'gill.replyImage': m.gill.replyImage } : {}),
     'diffusion.textEncoder': m.diffusion.textEncoder,
     'diffusion.unet': m.diffusion.unet,
     'diffusion.vaeDecoder': m.diffusion.vaeDecoder,

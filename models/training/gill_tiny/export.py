@@ -93,11 +93,13 @@ def _run(module: nn.Module, args: tuple) -> list[torch.Tensor]:
 
 
 def export_bundle(out: Path, b: Backbones, heads: GillHeads, name: str = "gill-tiny",
-                  min_retrieve_similarity: float | None = None, lexicon: dict | None = None) -> dict:
+                  min_retrieve_similarity: float | None = None, lexicon: dict | None = None,
+                  reply_image: nn.Module | None = None) -> dict:
     """Write the bundle into `out`; returns {graph file: {"inputs": {...}, "outputs": {...}}} reference values.
     `min_retrieve_similarity`: the manifest's floor under a self-chosen "retrieve" (the decision stage derives it
     from its labelled prompts); None leaves it out. `lexicon`: the LM's training words (gill_tiny.lexicon), written
-    as lexicon.json for the engine's typo repair; None leaves it out."""
+    as lexicon.json for the engine's typo repair; None leaves it out. `reply_image`: the reply-image head
+(gill_tiny.reply_image), written as reply_image.onnx; None leaves it out."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     modules = [b.lm, b.clip, b.vae, b.unet, heads]
@@ -164,6 +166,9 @@ def export_bundle(out: Path, b: Backbones, heads: GillHeads, name: str = "gill-t
               {"hidden": {0: "batch"}, "retrieval_score": {0: "batch"}, "logits": {0: "batch"}})
     else:
         graph("decision.onnx", heads.decision, (hid,), ["hidden"], ["logits"], {"hidden": {0: "batch"}, "logits": {0: "batch"}})
+    if reply_image is not None:
+        graph("reply_image.onnx", reply_image.eval().cpu().float(), (hid,), ["hidden"], ["logit"],
+              {"hidden": {0: "batch"}, "logit": {0: "batch"}})
 
     # Diffusion.
     text_ids = torch.tensor([tok.encode_text_condition("a big red star on the left", L), tok.encode_text_condition("", L)])
@@ -227,6 +232,8 @@ def export_bundle(out: Path, b: Backbones, heads: GillHeads, name: str = "gill-t
     }
     if min_retrieve_similarity is not None:
         manifest["defaults"]["minRetrieveSimilarity"] = min_retrieve_similarity
+    if reply_image is not None:
+        manifest["gill"]["replyImage"] = "reply_image.onnx"
     if lexicon is not None:
         (out / "lexicon.json").write_text(json.dumps(lexicon, separators=(",", ":")) + "\n")
         manifest["lm"]["lexicon"] = "lexicon.json"

@@ -35,6 +35,13 @@ export interface DecodeOptions {
   imgScaleAbs?: boolean;
   /** Append an [IMG] block after the text when the model produced none (the user asked for an image). */
   forceImage: boolean;
+  /**
+   * With imgAtReplyStart: asked, when the reply ended without an image, whether it should end with one, from the
+   * hidden state at the reply's last token (the bundle's reply-image head). A reply to a request worded in a way
+   * the LM never read still reads like one ("here is a small green star."): the first token misses it, the
+   * reply's own words do not.
+   */
+  imageAfterReply?: (hiddenLast: Float32Array) => Promise<boolean>;
   signal?: AbortSignal;
 }
 
@@ -50,6 +57,8 @@ export interface DecodeResult {
   ids: number[];
   images: DecodedImageBlock[];
   forcedImage: boolean;
+  /** The image was added after the reply by `imageAfterReply`, not chosen at its first token. */
+  imageAfterReply?: boolean;
   stop: 'eos' | 'newline' | 'max_tokens' | 'context';
 }
 
@@ -121,9 +130,12 @@ export async function decode(
     (await from.feed(await embedTokens(bundle, [...imgIds]))).hidden.slice(0, r * H);
   if (atStart && !options.imgAfterText) images.push({ position: 0, hidden: await readBlock(atStart) });
 
+  /** Hidden state of the last token fed: the reply's last token once decoding stops. */
+  let lastHidden: Float32Array | null = null;
   const feed = async (tokens: number[]) => {
     const step = await sequence.feed(await embedTokens(bundle, tokens));
     logits = step.logits;
+    lastHidden = step.hidden.slice((tokens.length - 1) * H, tokens.length * H);
     return step.hidden;
   };
 
@@ -170,6 +182,20 @@ export async function decode(
         ids.unshift(...imgIds);
       }
     } else if (images.length) ids.unshift(...imgIds);
+    else if (
+      options.imageAfterReply &&
+      options.maxImages > 0 &&
+      ids.length > 0 &&
+      unfed === null &&
+      lastHidden !== null &&
+      (stop === 'eos' || stop === 'newline') &&
+      sequence.positions + r <= maxPositions &&
+      (await options.imageAfterReply(lastHidden))
+    ) {
+      images.push({ position: ids.length, hidden: await readBlock(sequence) });
+      ids.push(...imgIds);
+      return { ids, images, forcedImage, stop, imageAfterReply: true };
+    }
     return { ids, images, forcedImage, stop };
   }
   const needed = r + (unfed === null ? 0 : 1);

@@ -69,6 +69,17 @@ export async function textRetrievalEmbedding(
 }
 
 /**
+ * The reply-image head (the manifest's optional `gill.replyImage`): from the hidden state at the last token of a
+ * reply the LM wrote without an [IMG] block, the logit that the reply should end with one. Null when the bundle
+ * has no such head.
+ */
+export async function replyImageLogit(bundle: Bundle, hiddenLast: Float32Array): Promise<number | null> {
+  const session = bundle.sessions.replyImage;
+  if (!session) return null;
+  return (await runOne(session, { hidden: [hiddenLast, [1, bundle.manifest.lm.hiddenSize]] }, 'logit'))[0]!;
+}
+
+/**
  * Decision head logits [generate, retrieve] from the hidden state at [IMG0], and, for a graph that takes it
  * (`bundle.decisionUsesRetrievalScore`), the cosine of the best gallery match for that [IMG0].
  */

@@ -10,6 +10,7 @@ import {
   encodeImages,
   imageRetrievalEmbedding,
   mapperConditioning,
+  replyImageLogit,
   softmax2,
   textRetrievalEmbedding,
   visualPrefix,
@@ -260,6 +261,9 @@ export class GillModel {
       imgAfterText: d.imgAfterText ?? false,
       maxImages: 1,
       forceImage: wantsImage,
+      imageAfterReply: this.bundle.sessions.replyImage
+        ? async (hidden) => ((await replyImageLogit(this.bundle, hidden)) ?? 0) > 0
+        : undefined,
       signal: request.signal,
     });
     const text = this.tokenizer.decode(decoded.ids).trim();
