@@ -146,6 +146,7 @@ try {
         minRetrieveSimilarity: manifest.defaults.minRetrieveSimilarity ?? null,
         lmNormalizer: tokenizer.normalizer ?? null,
         lexicon: manifest.lm.lexicon ?? null,
+        replyImage: manifest.gill.replyImage ?? null,
       },
       wallSeconds: Math.round(wall),
       contextsIdenticalOnAllPlatforms: same.samePlatforms,

@@ -415,6 +415,7 @@ def with_thread_replay(report: str, bundle: Path, r: dict) -> str:
                 + (", its [IMG] block read after the reply's text" if b.get("imgAfterText") else "")
                 + (", a lowercasing LM tokenizer" if b["lmNormalizer"] else "")
                 + (", typos and everyday synonyms read through its lexicon" if b.get("lexicon") else "")
+                + (", a reply-image head after a reply that got no image at its first token" if b.get("replyImage") else "")
                 + (", its own earlier answers read as text" if b.get("ownImagesInContext") is False else "")
                 + (f", minRetrieveSimilarity {b['minRetrieveSimilarity']}" if b["minRetrieveSimilarity"] is not None else ""))
     L = ["## Thread replay", "",
