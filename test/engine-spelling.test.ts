@@ -37,36 +37,41 @@ const spelling = new SpellingRepair(
 );
 
 describe('typo repair against the bundle lexicon', () => {
-  it('repairs a word one edit from a lexicon word: swapped, dropped, doubled, added or replaced letters', () => {
-    expect(spelling.repair('a purlpe circle')).toBe('a purple circle');
-    expect(spelling.repair('a lage circel')).toBe('a large circle');
-    expect(spelling.repair('thhis')).toBe('this');
-    expect(spelling.repair('vhange it')).toBe('change it');
-  });
-
-  it('reads a word the LM never saw as its synonym from the lexicon, short ones and English ones included', () => {
-    expect(spelling.repair('a HUGE circle')).toBe('a LARGE circle');
-    expect(spelling.repair('Huge')).toBe('Large');
-    expect(spelling.repair('wee')).toBe('large');
-  });
-
-  it('keeps the casing the person typed', () => {
-    expect(spelling.repair('A ALRGE PURLPE CIRCLE')).toBe('A LARGE PURPLE CIRCLE');
-    expect(spelling.repair('Vhange it')).toBe('Change it');
-  });
-
-  it('picks the most frequent lexicon word when several are one edit away', () => {
+  // [what a person typed, what the model reads]
+  const cases: Record<string, [string, string][]> = {
+    'repairs a word one edit from a lexicon word: swapped, dropped, doubled, added or replaced letters': [
+      ['a purlpe circle', 'a purple circle'],
+      ['a lage circel', 'a large circle'],
+      ['thhis', 'this'],
+      ['vhange it', 'change it'],
+    ],
+    'reads a word the LM never saw as its synonym from the lexicon, short ones and English ones included': [
+      ['a HUGE circle', 'a LARGE circle'],
+      ['Huge', 'Large'],
+      ['wee', 'large'],
+    ],
+    'keeps the casing the person typed': [
+      ['A ALRGE PURLPE CIRCLE', 'A LARGE PURPLE CIRCLE'],
+      ['Vhange it', 'Change it'],
+    ],
     // Both are one edit from "could" (20) and from "cloud" (2).
-    expect(spelling.repair('coud')).toBe('could');
-    expect(spelling.repair('clould')).toBe('could');
-  });
-
-  it('leaves English words without a synonym, short words, and words with no lexicon word one edit away as typed', () => {
-    expect(spelling.repair('a mote of dust')).toBe('a mote of dust');
-    expect(spelling.repair('redd lol')).toBe('redd lol');
-    expect(spelling.repair('xylophonist zzzz')).toBe('xylophonist zzzz');
-    expect(spelling.repair('purple, :) 42!')).toBe('purple, :) 42!');
-  });
+    'picks the most frequent lexicon word when several are one edit away': [
+      ['coud', 'could'],
+      ['clould', 'could'],
+    ],
+    'leaves English words without a synonym, short words, and words with no lexicon word one edit away as typed':
+      [
+        ['a mote of dust', 'a mote of dust'],
+        ['redd lol', 'redd lol'],
+        ['xylophonist zzzz', 'xylophonist zzzz'],
+        ['purple, :) 42!', 'purple, :) 42!'],
+      ],
+  };
+  for (const [name, pairs] of Object.entries(cases)) {
+    it(name, () => {
+      expect(pairs.map(([typed]) => spelling.repair(typed))).toEqual(pairs.map(([, read]) => read));
+    });
+  }
 
   it('repairs what people wrote, not the model’s own replies', () => {
     const pieces = dialoguePieces(

@@ -37,12 +37,11 @@ def thread_replies(split: str, n: int, seed: int, misread: float = 0.0) -> tuple
     for _ in range(n):
         d = make_thread(rng, split)
         for i, ((q, a), kind) in enumerate(zip(d.turns, d.turn_types)):
-            before = "".join(f"Q: {qq}\nA: {aa}\n" for qq, aa in d.turns[:i])
             replies = [a]
             if kind != "request" and rng.random() < misread:
                 replies.append(D.here_is(D.sample_scene(rng, split, 1), rng))
             for reply in replies:
-                texts.append(f"{before}Q: {q}\nA: {reply}")
+                texts.append(D.Dialogue(d.turns[:i] + [(q, reply)], d.final_scene, d.kind).text())
                 labels.append(1.0 if kind == "request" else 0.0)
                 types.append(kind if reply == a else f"{kind}, misread")
     return texts, labels, types
@@ -76,7 +75,8 @@ def picture_answers(pipe: GillPipeline, split: str, n: int, seed: int) -> torch.
 def fit_probe(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-3) -> nn.Linear:
     """Logistic regression (L-BFGS), the decision boundary at logit 0."""
     head = nn.Linear(x.shape[1], 1)
-    nn.init.zeros_(head.weight), nn.init.zeros_(head.bias)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
     opt = torch.optim.LBFGS(head.parameters(), max_iter=500, line_search_fn="strong_wolfe")
 
     def closure():
@@ -107,7 +107,7 @@ def stage_reply_image(ctx) -> None:
     x = torch.cat([last_hidden(model, texts, max_len), picture_answers(pipe, "train", n_pictures, seed + 1)])
     y = torch.cat([torch.tensor(labels), torch.zeros(n_pictures)])
     head = fit_probe(x, y)
-    val_texts, val_labels, val_types = thread_replies("val", max(20, n_threads // 6), seed + 2, misread=MISREAD)
+    val_texts, _, val_types = thread_replies("val", max(20, n_threads // 6), seed + 2, misread=MISREAD)
     xv, types = last_hidden(model, val_texts, max_len), np.array(val_types)
     metrics = {f"val_{k.replace(', ', '_')}_with_image": share_positive(head, xv[torch.from_numpy(types == k)])
                for k in ("request", "statement", "chat", "story", "statement, misread", "chat, misread", "story, misread")}

@@ -57,8 +57,6 @@ export interface DecodeResult {
   ids: number[];
   images: DecodedImageBlock[];
   forcedImage: boolean;
-  /** The image was added after the reply by `imageAfterReply`, not chosen at its first token. */
-  imageAfterReply?: boolean;
   stop: 'eos' | 'newline' | 'max_tokens' | 'context';
 }
 
@@ -194,7 +192,6 @@ export async function decode(
     ) {
       images.push({ position: ids.length, hidden: await readBlock(sequence) });
       ids.push(...imgIds);
-      return { ids, images, forcedImage, stop, imageAfterReply: true };
     }
     return { ids, images, forcedImage, stop };
   }

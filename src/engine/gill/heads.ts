@@ -70,12 +70,11 @@ export async function textRetrievalEmbedding(
 
 /**
  * The reply-image head (the manifest's optional `gill.replyImage`): from the hidden state at the last token of a
- * reply the LM wrote without an [IMG] block, the logit that the reply should end with one. Null when the bundle
- * has no such head.
+ * reply the LM wrote without an [IMG] block, the logit that the reply should end with one.
  */
-export async function replyImageLogit(bundle: Bundle, hiddenLast: Float32Array): Promise<number | null> {
+export async function replyImageLogit(bundle: Bundle, hiddenLast: Float32Array): Promise<number> {
   const session = bundle.sessions.replyImage;
-  if (!session) return null;
+  if (!session) throw new Error('the bundle has no reply-image head (gill.replyImage)');
   return (await runOne(session, { hidden: [hiddenLast, [1, bundle.manifest.lm.hiddenSize]] }, 'logit'))[0]!;
 }
 

@@ -262,7 +262,7 @@ export class GillModel {
       maxImages: 1,
       forceImage: wantsImage,
       imageAfterReply: this.bundle.sessions.replyImage
-        ? async (hidden) => ((await replyImageLogit(this.bundle, hidden)) ?? 0) > 0
+        ? async (hidden) => (await replyImageLogit(this.bundle, hidden)) > 0
         : undefined,
       signal: request.signal,
     });
