@@ -106,7 +106,7 @@ describe('the lexicon file', () => {
   it('loads the committed bundle’s lexicon and repairs with it', async () => {
     const repair = await loadSpellingRepair('models/gill-tiny/lexicon.json', 'lm.lexicon');
     expect(repair.repair('Could you draw a LAGRE purlpe sttar?')).toBe('Could you draw a LARGE purple star?');
-    expect(repair.repair('a huge crimson circle, then a tiny one')).toBe(
+    expect(repair.repair('a gigantic crimson circle, then a teeny one')).toBe(
       'a big red circle, then a small one',
     );
   });

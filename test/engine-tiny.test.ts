@@ -178,8 +178,8 @@ describe.skipIf(!TRAINED)('the trained tiny bundle end to end', () => {
       ...Object.keys(PALETTE)
         .filter((c) => c.length >= 4)
         .map((c): [string, string] => [`big ${typo(c)}`, `big ${c}`]),
-      ['huge crimson', 'big red'],
-      ['tiny blue', 'small blue'],
+      ['gigantic crimson', 'big red'],
+      ['teeny blue', 'small blue'],
     ];
     const run = async (words: string) => {
       const result = await engine.run(

@@ -28,7 +28,7 @@ import { openEngineStore } from './support/engine-store.ts';
  */
 
 /** The stated bound: a community that always wants retrieval for a prompt kind flips it within this many events. */
-const FLIP_WITHIN_EVENTS = 6;
+const FLIP_WITHIN_EVENTS = 9;
 /** A prompt the committed bundle answers by generating (it retrieves for most others: EVAL.md). */
 const PROMPT = 'draw a big red circle';
 

@@ -8,7 +8,9 @@ emoticons, and the bot's replies as it writes them (acknowledgements that restat
 for pictures).
 
 A thread is a `data.Dialogue` whose turns carry a type ("request", "statement", "chat", "story"); only a request
-asks for a picture. The final turn is always a request for `final_scene`.
+asks for a picture. The final turn is always a request for `final_scene`. In a quarter of the training threads
+that edit a picture, the last request changes two attributes at once ("make it red and smaller", kind
+"compound"); the held-out set keeps to one change per request, so its random stream is unchanged.
 """
 
 from __future__ import annotations
@@ -54,51 +56,101 @@ TRAIN = Bank(
          "make {cap}", "make me {cap}", "create {cap}", "i want {cap}", "i need {cap}", "give me {cap}",
          "draw me {cap} please", "can i get {cap}?", "can i have {cap}?", "generate {cap}", "please make {cap}",
          "would you draw {cap}?", "how about drawing {cap}?", "i would love to see {cap}", "draw {cap} for me",
-         "hey, draw {cap}", "ok draw {cap}", "quick one: {cap}", "request: {cap}"),
+         "hey, draw {cap}", "ok draw {cap}", "quick one: {cap}", "request: {cap}", "could you make {cap}?",
+         "i'd love {cap}", "show {cap}", "can we get {cap}?", "i want to see {cap}", "maybe {cap}?", "{cap} please",
+         "can you do {cap}?", "pls draw {cap}", "plz make {cap}", "draw {cap} pls", "make a picture of {cap}",
+         "a picture of {cap} please", "an image of {cap}", "render {cap}", "illustrate {cap}", "whip up {cap}",
+         "could i see {cap}?", "gimme {cap}", "one {cap} please", "do me {cap}", "new picture: {cap}"),
     favourite=("my favourite colour is {c}", "i really love the colour {c}", "{c} is my favourite colour",
-               "i like {c} the most", "my fave colour is {c}", "i'm a big fan of {c}", "the colour i love most is {c}",
-               "i adore {c}", "you should know i love {c}", "by the way, i like {c} a lot", "{c} is the best colour",
-               "remember that my favourite colour is {c}", "btw my favourite colour is {c}",
-               "i prefer {c} to any other colour", "{c} is my colour", "if you ask me, {c} is the nicest colour"),
-    ask_favourite=("draw a {sz} {sh} {pos} in my favourite colour", "can you make a {sz} {sh} {pos} in my favourite colour?",
-                   "make me a {sz} {sh} {pos} in the colour i like", "please draw a {sz} {sh} {pos} in my favourite colour",
-                   "i want a {sz} {sh} {pos} in my favourite colour", "show me a {sz} {sh} {pos} in my favourite colour",
+               "i like {c} the most", "my fave colour is {c}", "i'm a big fan of {c}",
+               "the colour i love most is {c}", "i adore {c}", "you should know i love {c}",
+               "by the way, i like {c} a lot", "{c} is the best colour", "remember that my favourite colour is {c}",
+               "btw my favourite colour is {c}", "i prefer {c} to any other colour", "{c} is my colour",
+               "if you ask me, {c} is the nicest colour", "i love {c}", "{c} is the colour i like", "i'm into {c}",
+               "my colour is {c}", "{c} all the way", "i've always liked {c}", "i really like {c}",
+               "{c}, that's my favourite", "my favourite is {c}", "the best colour is {c} imo", "i'm all about {c}",
+               "note: i love {c}", "i like {c} best", "favourite colour: {c}", "for me it's {c}, always"),
+    ask_favourite=("draw a {sz} {sh} {pos} in my favourite colour",
+                   "can you make a {sz} {sh} {pos} in my favourite colour?",
+                   "make me a {sz} {sh} {pos} in the colour i like",
+                   "please draw a {sz} {sh} {pos} in my favourite colour",
+                   "i want a {sz} {sh} {pos} in my favourite colour",
+                   "show me a {sz} {sh} {pos} in my favourite colour",
                    "draw a {sz} {sh} {pos} with my favourite colour", "create a {sz} {sh} {pos} in that colour",
                    "give me a {sz} {sh} {pos} in my colour", "now draw a {sz} {sh} {pos} in my favourite colour",
-                   "draw a {sz} {sh} {pos} in the colour i love", "can i get a {sz} {sh} {pos} in my favourite colour?"),
+                   "draw a {sz} {sh} {pos} in the colour i love",
+                   "can i get a {sz} {sh} {pos} in my favourite colour?", "draw a {sz} {sh} {pos} in my fave colour",
+                   "make a {sz} {sh} {pos} using the colour i like", "do a {sz} {sh} {pos} in my favourite colour",
+                   "can you draw a {sz} {sh} {pos} in the colour i told you?",
+                   "a {sz} {sh} {pos}, in my favourite colour", "use my favourite colour for a {sz} {sh} {pos}",
+                   "draw a {sz} {sh} {pos} in the colour i mentioned", "a {sz} {sh} {pos} in my colour please"),
     recolour=("now make it {c}", "change the colour to {c}", "make it {c} instead", "{c} this time",
               "same thing but {c}", "can it be {c}?", "colour it {c}", "do it in {c}", "i want it {c}",
               "make that {c}", "redo it in {c}", "change it to {c}", "again but in {c}", "now in {c}",
-              "can you make it {c}?", "give it a {c} colour"),
+              "can you make it {c}?", "give it a {c} colour", "make it {c} please", "{c} please", "let's do {c}",
+              "let's go with {c}", "go with {c}", "use {c} instead", "what if it was {c}?", "could it be {c}?",
+              "{c} instead", "make it {c} now", "colour it in {c}", "fill it with {c}", "set the colour to {c}",
+              "change its colour to {c}", "make the colour {c}", "let's make it {c}", "actually, {c}",
+              "nah, make it {c}", "a {c} one please", "now a {c} one"),
     bigger=("make it bigger", "the same shape but bigger", "bigger please", "can you make it larger?", "make it big",
             "make it a bit bigger", "grow it", "i want it bigger", "draw it bigger", "larger", "the same but big",
-            "make it large"),
+            "make it large", "make it larger", "bigger", "a bigger one please", "enlarge it", "can you enlarge it?",
+            "expand it", "blow it up", "make it grow", "i want a big one", "make it a big one", "go bigger",
+            "even bigger", "a larger one", "make it huge", "make it giant", "it's too small",
+            "too small, make it bigger", "bump up the size", "make the size big", "change the size to big",
+            "could you make it bigger?"),
     smaller=("make it smaller", "the same shape but smaller", "smaller please", "can you make it small?",
              "make it a bit smaller", "shrink it", "i want it smaller", "draw it smaller", "make it little",
-             "the same but small", "reduce it"),
+             "the same but small", "reduce it", "make it smaller please", "smaller", "a smaller one please",
+             "can you shrink it?", "make it tiny", "go smaller", "even smaller", "make it a small one",
+             "it's too big", "too big, make it smaller", "make the size small", "change the size to small",
+             "reduce the size", "cut it down in size", "could you make it smaller?", "make it little please",
+             "a little one"),
     reshape=("now make it a {sh}", "the same colour but a {sh}", "make it a {sh} instead", "change it to a {sh}",
              "i want a {sh} instead", "draw a {sh} instead", "same but as a {sh}", "can it be a {sh}?",
-             "use a {sh} shape", "make the shape a {sh}"),
+             "use a {sh} shape", "make the shape a {sh}", "make it a {sh} please", "a {sh} please", "{sh} instead",
+             "now a {sh}", "i want it as a {sh}", "change it into a {sh}", "could you make it a {sh}?",
+             "let's do a {sh}", "go with a {sh}", "a {sh} would be better", "replace it with a {sh}",
+             "use a {sh} instead", "redo it as a {sh}", "make that a {sh}", "what if it was a {sh}?",
+             "reshape it into a {sh}", "i prefer a {sh}"),
     move=("move it {mv}", "now move it {mv}", "can you move it {mv}?", "shift it {mv}", "push it {mv}",
-          "put it {pos}", "draw it {pos} now", "same but {pos}", "move the shape {mv}"),
-    chat=(*D.SMALL_TALK, ("hi", "hi! what shall we draw?"),
-          ("hey", "hey! what shall we draw?"), ("thank you so much", "you are welcome!"),
-          ("nice work", "thank you!"), ("wow", "glad you like it!"), ("awesome", "glad you like it!"),
-          ("love it", "glad you like it!"), ("haha", "glad you like it!"), ("great job", "thank you!"),
-          ("perfect", "great!"), ("not bad", "thank you!"), ("beautiful", "thank you!"),
+          "put it {pos}", "draw it {pos} now", "same but {pos}", "move the shape {mv}", "put it {pos} please",
+          "can you put it {pos}?", "i want it {pos}", "it should be {pos}", "have it {pos}", "let's put it {pos}",
+          "move it {mv} please", "nudge it {mv}", "bring it {mv}", "position it {pos}", "now {pos}", "{pos} please",
+          "same thing {pos}", "shift it over {mv}", "can it go {pos}?"),
+    chat=(*D.SMALL_TALK, ("hi", "hi! what shall we draw?"), ("hey", "hey! what shall we draw?"),
+          ("thank you so much", "you are welcome!"), ("nice work", "thank you!"), ("wow", "glad you like it!"),
+          ("awesome", "glad you like it!"), ("love it", "glad you like it!"), ("haha", "glad you like it!"),
+          ("great job", "thank you!"), ("perfect", "great!"), ("not bad", "thank you!"), ("beautiful", "thank you!"),
           ("who are you?", "i am a bot that draws shapes."), ("what is your name?", "i am gill, i draw shapes."),
-          ("good night", "good night!"), ("you are fun", "thank you!"), ("yes", "great!"),
-          ("amazing", "thank you!"), ("interesting", "thank you!")),
+          ("good night", "good night!"), ("you are fun", "thank you!"), ("yes", "great!"), ("amazing", "thank you!"),
+          ("interesting", "thank you!"), ("ok", "ok!"), ("sounds good", "great!"), ("got it", "great!"),
+          ("sure", "great!"), ("nice one", "thank you!"), ("thx", "you are welcome!"), ("ty", "you are welcome!"),
+          ("cheers", "you are welcome!"), ("lol", "glad you like it!"), ("hmm", "take your time!"),
+          ("one sec", "take your time!"), ("brb", "take your time!"), ("good evening", "good evening!"),
+          ("hello", "hello! what shall we draw?"), ("how are you?", "i am fine, thanks!"),
+          ("that's great", "glad you like it!"), ("looks good", "thank you!"), ("so cool", "glad you like it!"),
+          ("neat", "thank you!"), ("nice", "thank you!"), ("ok thanks", "you are welcome!"), ("i see", "great!"),
+          ("hmm ok", "great!"), ("what can you do?", "i draw shapes and find pictures."), ("cute", "thank you!"),
+          ("omg", "glad you like it!"), ("well done", "thank you!"), ("ok great", "great!"), ("that works", "great!"),
+          ("yay", "glad you like it!")),
     story_open=("once there was {cap}", "there was {cap}", "first i saw {cap}", "imagine {cap}", "there is {cap}",
-                "it starts with {cap}", "here is a story: there was {cap}"),
+                "it starts with {cap}", "here is a story: there was {cap}", "once upon a time there was {cap}",
+                "let me tell you a story: {cap}", "story time: there was {cap}", "there once was {cap}"),
     story_colour=("then it turned {c}", "then it became {c}", "next it changed to {c}", "and then it turned {c}",
-                  "soon it was {c}"),
-    story_bigger=("then it grew bigger", "next it got bigger", "and then it grew", "soon it was big"),
-    story_smaller=("then it shrank", "then it got smaller", "next it became small", "soon it was small"),
-    story_shape=("then it changed into a {sh}", "next it became a {sh}", "and then it was a {sh}"),
-    story_move=("then it moved {mv}", "next it went {mv}", "and then it went {mv}"),
+                  "soon it was {c}", "suddenly it turned {c}", "then it got {c}", "then its colour became {c}"),
+    story_bigger=("then it grew bigger", "next it got bigger", "and then it grew", "soon it was big",
+                  "then it got big", "suddenly it grew", "then it became large"),
+    story_smaller=("then it shrank", "then it got smaller", "next it became small", "soon it was small",
+                   "then it became little", "then it shrank a lot", "suddenly it got small"),
+    story_shape=("then it changed into a {sh}", "next it became a {sh}", "and then it was a {sh}",
+                 "suddenly it became a {sh}", "then it changed shape into a {sh}"),
+    story_move=("then it moved {mv}", "next it went {mv}", "and then it went {mv}", "then it rolled {mv}",
+                "then it flew {mv}", "it then moved {mv}"),
     story_ask=("draw how it looks now", "show me how it ended", "draw the last scene", "can you draw it now?",
-               "draw it as it is now", "now draw it", "show me the final shape"),
+               "draw it as it is now", "now draw it", "show me the final shape", "draw what it looks like now",
+               "show me the end", "show me what it became", "draw the final one", "can you show me how it looks now?",
+               "and what about now? draw it"),
 )
 
 # The held-out wordings of models/gill-tiny/eval/threads.json: no training path uses these templates.
@@ -214,6 +266,49 @@ def _story(rng: random.Random, split: str, b: Bank) -> tuple[list[str], D.Obj]:
             return sentences, obj
 
 
+EDITS = ("recolour", "resize", "reshape", "move")
+COMPOUND_RATE = 0.25  # training threads whose last request changes two attributes ("make it red and smaller")
+COMPOUND_JOINS = (" and ", ", and ", " and also ", ", then ", ". also ", " + ")
+# the changed attributes in one phrase: {desc} is a caption of only what changed ("small red one", "blue star")
+COMPOUND_DESCRIBED = ("now a {desc}", "make it a {desc} instead", "i want a {desc} now", "can it be a {desc}?",
+                      "same but a {desc}", "let's have a {desc}", "a {desc} please", "redo it as a {desc}")
+
+
+def _changed(obj: D.Obj, edit: str, rng: random.Random) -> D.Obj:
+    """`obj` with the attribute `edit` names set to another value."""
+    if edit == "recolour":
+        return replace(obj, colour=rng.choice([c for c in D.COLOURS if c != obj.colour]))
+    if edit == "resize":
+        return replace(obj, size="small" if obj.size == "big" else "big")
+    if edit == "reshape":
+        return replace(obj, shape=rng.choice([s for s in D.SHAPES if s != obj.shape]))
+    return replace(obj, position=rng.choice([p for p in D.POSITIONS if p != obj.position]))
+
+
+def _edit_templates(b: Bank, edit: str, final: D.Obj) -> tuple[str, ...]:
+    return {"recolour": b.recolour, "reshape": b.reshape, "move": b.move,
+            "resize": b.bigger if final.size == "big" else b.smaller}[edit]
+
+
+def _edit_request(b: Bank, edits: list[str], final: D.Obj, v: dict[str, str], rng: random.Random) -> str:
+    """The message asking for `final` by naming what changes: one edit's template, or for two edits either both
+    templates joined or one phrase describing only the changed attributes."""
+    if len(edits) == 1:
+        return rng.choice(_edit_templates(b, edits[0], final)).format(**v)
+    if "move" not in edits and rng.random() < 0.5:
+        words = [v["sz"] if "resize" in edits else "", final.colour if "recolour" in edits else "",
+                 final.shape if "reshape" in edits else "one"]
+        return rng.choice(COMPOUND_DESCRIBED).format(desc=" ".join(w for w in words if w))
+    parts = [rng.choice(_edit_templates(b, e, final)).format(**v) for e in edits]
+    return parts[0].rstrip("?") + rng.choice(COMPOUND_JOINS) + parts[1]
+
+
+def _said(edit: str, final: D.Obj) -> str:
+    """What a reply to the edit `edit` must name ("|" separates words that all count)."""
+    return {"recolour": final.colour, "reshape": final.shape, "resize": "|".join(D.SIZE_WORDS[final.size]),
+            "move": "|".join(w.split()[-1] for w in D.POSITION_PHRASES[final.position])}[edit]
+
+
 def make_thread(rng: random.Random, split: str, bank: str = "train", typo_rate: float = 0.04) -> D.Dialogue:
     """A thread whose last turn asks for `final_scene`, a single object of `split`, and only makes sense with
     the earlier turns. `Dialogue.turn_types` says what each turn is."""
@@ -258,23 +353,19 @@ def make_thread(rng: random.Random, split: str, bank: str = "train", typo_rate: 
         last = rng.choice(b.story_ask)
         said = [final.colour, final.shape]
     else:
-        first = {
-            "recolour": lambda: replace(final, colour=rng.choice([c for c in D.COLOURS if c != final.colour])),
-            "resize": lambda: replace(final, size="small" if final.size == "big" else "big"),
-            "reshape": lambda: replace(final, shape=rng.choice([s for s in D.SHAPES if s != final.shape])),
-            "move": lambda: replace(final, position=rng.choice([p for p in D.POSITIONS if p != final.position])),
-        }[kind]()
+        first = _changed(final, kind, rng)
+        edits = [kind]
+        if bank == "train" and rng.random() < COMPOUND_RATE:  # two changes in one message
+            edits.append(rng.choice([e for e in EDITS if e != kind]))
+            first = _changed(first, edits[1], rng)
+            kind = "compound"
         s0 = D.Scene((first,))
         turns.append((rng.choice(b.ask).format(cap=D.caption(s0, rng)), D.here_is(s0, rng)))
         types.append("request")
         mentions.append([first.colour, first.shape])
         chat(0.4)
-        template = {"recolour": b.recolour, "reshape": b.reshape, "move": b.move,
-                    "resize": b.bigger if final.size == "big" else b.smaller}[kind]
-        last = rng.choice(template).format(**v)
-        said = {"recolour": [final.colour], "reshape": [final.shape],
-                "resize": ["|".join(D.SIZE_WORDS[final.size])],
-                "move": ["|".join(w.split()[-1] for w in D.POSITION_PHRASES[final.position])]}[kind]
+        last = _edit_request(b, edits, final, v, rng)
+        said = [_said(e, final) for e in edits]
     final_scene = D.Scene((final,))
     turns.append((last, D.here_is(final_scene, rng)))
     types.append("request")
@@ -282,7 +373,7 @@ def make_thread(rng: random.Random, split: str, bank: str = "train", typo_rate: 
     us = rng.random() < 0.5
     turns = [(_end(roughen(q, rng, us, typo_rate), rng), a) for q, a in turns]
     drawn = [None] * (len(turns) - 1) + [final_scene]
-    if kind not in ("favourite", "story"):  # the first picture of an edit
+    if kind not in ("favourite", "story"):  # the first picture of an edit (or of two)
         drawn[types.index("request")] = s0
     return D.Dialogue(turns, final_scene, kind, types, unstated, mentions, drawn)
 

@@ -41,6 +41,24 @@ class WordingsTest(unittest.TestCase):
             if t.kind == "favourite":
                 self.assertIn(t.final_scene.objects[0].colour, t.turns[0][1] + " ".join(q for q, _ in t.turns[1:]))
 
+    def test_compound_edits_change_two_attributes_and_the_request_names_both(self):
+        rng = random.Random(11)
+        compound = [t for t in (W.make_thread(rng, "train", typo_rate=0.0) for _ in range(400)) if t.kind == "compound"]
+        self.assertGreater(len(compound), 40)
+        attributes = ("colour", "size", "shape", "position")
+        for t in compound:
+            first = t.turn_scenes[t.turn_types.index("request")].objects[0]
+            final = t.final_scene.objects[0]
+            self.assertEqual(sum(getattr(first, a) != getattr(final, a) for a in attributes), 2, t.turns)
+            self.assertEqual(len(t.reply_mentions[-1]), 2)
+            for said in t.reply_mentions[-1]:  # each change is named in the reply ("big|large": either word)
+                self.assertTrue(any(w in t.turns[-1][1] for w in said.split("|")), (said, t.turns[-1]))
+
+    def test_held_out_threads_draw_no_compound_edits(self):
+        # the held-out set is fixed by its seed: training-only options must not consume its random stream
+        kinds = {c["kind"] for c in held_out_threads(120, 20261207)["conversations"]}
+        self.assertEqual(kinds, {"favourite", "recolour", "resize", "reshape", "move", "story"})
+
     def test_typos_keep_word_count_and_us_spelling_applies(self):
         rng = random.Random(0)
         text = "please draw my favourite colour in the centre"

@@ -13,12 +13,13 @@ import { authorKey, type InboundTurn } from './turn.ts';
 
 /**
  * Logit added per event (before the bound): three agreeing events outweigh a 90/10 decision (2.2 logits),
- * six a 99/1 one (4.6). The tiny bundle's decision head gives most scenes it generates 98–99.6%
- * (EVAL.md), so a smaller step or bound would leave the community's taste no say on them.
+ * six a 99/1 one (4.6), nine a 99.8/0.2 one (6.2). The tiny bundle's decision head gives scenes it
+ * generates up to 99.75% ("draw a big red circle": 6.0 logits), so a smaller step or bound would leave
+ * the community's taste no say on them.
  */
 export const FEEDBACK_STEP = 1;
 /** The learned bias stays within ±FEEDBACK_MAX logits (the admin's bias can go to ±10). */
-export const FEEDBACK_MAX = 6;
+export const FEEDBACK_MAX = 8;
 /** An event counts half after this long. */
 export const FEEDBACK_HALF_LIFE_MS = 14 * 24 * 3600_000;
 
