@@ -244,28 +244,6 @@ def _place(obj: D.Obj, rng: random.Random) -> dict[str, str]:
             "pos": rng.choice(D.POSITION_PHRASES[obj.position]), "mv": D.MOVE_PHRASES[obj.position]}
 
 
-def _story(rng: random.Random, split: str, b: Bank) -> tuple[list[str], D.Obj]:
-    """Sentences of a story about one object whose final state belongs to `split`, and that state."""
-    while True:
-        obj = D.sample_scene(rng, "train" if split == "train" else rng.choice(D.SPLITS), 1).objects[0]
-        sentences = [rng.choice(b.story_open).format(cap=D.caption(D.Scene((obj,)), rng))]
-        for what in [rng.choice(("colour", "size", "shape", "position")) for _ in range(rng.randint(1, 3))]:
-            if what == "colour":
-                obj = replace(obj, colour=rng.choice([c for c in D.COLOURS if c != obj.colour]))
-                sentences.append(rng.choice(b.story_colour).format(c=obj.colour))
-            elif what == "size":
-                obj = replace(obj, size="small" if obj.size == "big" else "big")
-                sentences.append(rng.choice(b.story_bigger if obj.size == "big" else b.story_smaller))
-            elif what == "shape":
-                obj = replace(obj, shape=rng.choice([s for s in D.SHAPES if s != obj.shape]))
-                sentences.append(rng.choice(b.story_shape).format(sh=obj.shape))
-            else:
-                obj = replace(obj, position=rng.choice([p for p in D.POSITIONS if p != obj.position]))
-                sentences.append(rng.choice(b.story_move).format(mv=D.MOVE_PHRASES[obj.position]))
-        if D.split_of(D.Scene((obj,)).key()) == split:
-            return sentences, obj
-
-
 EDITS = ("recolour", "resize", "reshape", "move")
 COMPOUND_RATE = 0.25  # training threads whose last request changes two attributes ("make it red and smaller")
 COMPOUND_JOINS = (" and ", ", and ", " and also ", ", then ", ". also ", " + ")
@@ -283,6 +261,23 @@ def _changed(obj: D.Obj, edit: str, rng: random.Random) -> D.Obj:
     if edit == "reshape":
         return replace(obj, shape=rng.choice([s for s in D.SHAPES if s != obj.shape]))
     return replace(obj, position=rng.choice([p for p in D.POSITIONS if p != obj.position]))
+
+
+def _story(rng: random.Random, split: str, b: Bank) -> tuple[list[str], D.Obj]:
+    """Sentences of a story about one object whose final state belongs to `split`, and that state."""
+    while True:
+        obj = D.sample_scene(rng, "train" if split == "train" else rng.choice(D.SPLITS), 1).objects[0]
+        sentences = [rng.choice(b.story_open).format(cap=D.caption(D.Scene((obj,)), rng))]
+        for edit in [rng.choice(EDITS) for _ in range(rng.randint(1, 3))]:
+            obj = _changed(obj, edit, rng)
+            sentences.append({
+                "recolour": lambda: rng.choice(b.story_colour).format(c=obj.colour),
+                "resize": lambda: rng.choice(b.story_bigger if obj.size == "big" else b.story_smaller),
+                "reshape": lambda: rng.choice(b.story_shape).format(sh=obj.shape),
+                "move": lambda: rng.choice(b.story_move).format(mv=D.MOVE_PHRASES[obj.position]),
+            }[edit]())
+        if D.split_of(D.Scene((obj,)).key()) == split:
+            return sentences, obj
 
 
 def _edit_templates(b: Bank, edit: str, final: D.Obj) -> tuple[str, ...]:
