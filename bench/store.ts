@@ -5,7 +5,7 @@
  * --reuse measures queries on a kept database without reloading it (and keeps it); --sweep adds forced-index and
  * forced-exact runs beside the store's own choice, for every case; --only <text> runs the cases whose
  * label contains it; --ef and --fetch override hnsw.ef_search and the index-scan rows per result;
- * --server-dir DIR [--shared-buffers 4GB] runs it on a Postgres cluster of its own in DIR (see ownServer).
+ * --server-dir DIR [--shared-buffers 4GB] [--huge-pages try] runs it on a Postgres cluster of its own in DIR (see ownServer).
  *
  * Loads `rows` unit embeddings drawn from a mixture of about rows/50 Gaussian clusters ("topics") on the
  * sphere, the within-cluster spread half the between-cluster spread (the structure of real image
@@ -21,7 +21,7 @@
  */
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -39,6 +39,7 @@ import {
   indexName,
   nearest,
   planner,
+  SEARCH_SESSION_SETTINGS,
   type SearchPlan,
   ensureCommunityIndex,
   wantsOwnIndex,
@@ -61,6 +62,7 @@ const { values: args } = parseArgs({
     fetch: { type: 'string' },
     'server-dir': { type: 'string' },
     'shared-buffers': { type: 'string', default: '4GB' },
+    'huge-pages': { type: 'string', default: 'try' },
   },
 });
 
@@ -78,6 +80,10 @@ const K = 10;
 const EF = args.ef === undefined ? undefined : positiveInt('ef', args.ef, 1000);
 const FETCH = args.fetch === undefined ? undefined : positiveInt('fetch', args.fetch, 100);
 const CLUSTERS = Math.max(1, Math.round(N / 50));
+/** The store's connection settings, with --ef in place of its ef_search: a search is one statement either way. */
+const SESSION_SETTINGS = { ...SEARCH_SESSION_SETTINGS, ...(EF && { 'hnsw.ef_search': String(EF) }) };
+/** The bench's pool, kept open throughout as the store keeps its own (connect.ts). */
+const CONNECTIONS = 2;
 const BIG_FRACTION = 0.1;
 const SMALL_FRACTION = 0.001;
 const PRIVATE_FRACTION = 0.05;
@@ -197,13 +203,25 @@ const pgTool = (tool: string, toolArgs: string[]) =>
     ? run('runuser', ['-u', 'postgres', '--', `${PG_BIN}/${tool}`, ...toolArgs])
     : run(`${PG_BIN}/${tool}`, toolArgs);
 
+/** Huge pages the machine holds in use or promised (/proc/meminfo), to tell whether the server got its own. */
+async function hugePagesTaken(): Promise<number | null> {
+  const info = await readFile('/proc/meminfo', 'utf8').catch(() => '');
+  const field = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(info)?.[1] ?? Number.NaN);
+  const taken = field('HugePages_Total') - field('HugePages_Free') + field('HugePages_Rsvd');
+  return Number.isNaN(taken) ? null : taken;
+}
+
 /**
  * --server-dir: a Postgres cluster of the bench's own in `dir` (initdb on first use, kept for --reuse),
  * started for the run on a free port and stopped after it, for server settings a shared Postgres may
  * not take: shared_buffers (--shared-buffers) large enough to hold the HNSW graphs, which a search
- * walks about 1,750 pages of at 1M rows (README, "Scaling: the gallery").
+ * walks about 1,750 pages of at 1M rows, and huge pages (--huge-pages, default try: used when the
+ * machine has enough reserved, `sysctl vm.nr_hugepages`). With 4 kB pages each backend's first touch of a
+ * shared buffer is a page fault, about 200 a search, and its first searches are 4x slower (README,
+ * "Scaling: the gallery").
  */
 async function ownServer(dir: string): Promise<{ url: string; stop(): Promise<void> }> {
+  if (!['on', 'off', 'try'].includes(args['huge-pages'])) throw new Error('--huge-pages must be on, off or try');
   const data = path.join(dir, 'data');
   await mkdir(dir, { recursive: true });
   if (process.getuid?.() === 0) await run('chown', ['postgres', dir]);
@@ -219,9 +237,13 @@ async function ownServer(dir: string): Promise<{ url: string; stop(): Promise<vo
   });
   const options = [
     `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1`,
-    `-c shared_buffers=${args['shared-buffers']} -c max_wal_size=8GB -c fsync=off`,
+    `-c shared_buffers=${args['shared-buffers']} -c huge_pages=${args['huge-pages']} -c max_wal_size=8GB -c fsync=off`,
   ].join(' ');
+  const hugeBefore = await hugePagesTaken();
   await pgTool('pg_ctl', ['-D', data, '-l', path.join(dir, 'log'), '-o', options, '-w', 'start']);
+  const hugeAfter = await hugePagesTaken();
+  const huge = hugeBefore === null || hugeAfter === null ? 'unknown' : `${(hugeAfter - hugeBefore) * 2} MB`;
+  log(`  own server: shared_buffers ${args['shared-buffers']}, huge_pages ${args['huge-pages']} (huge pages taken: ${huge})`);
   return {
     url: `postgres://postgres@127.0.0.1:${port}/postgres`,
     stop: async () => void (await pgTool('pg_ctl', ['-D', data, '-m', 'fast', '-w', 'stop'])),
@@ -232,7 +254,7 @@ async function openBenchDatabase(): Promise<{ client: SqlClient; where: string; 
   if (args.db === 'pglite') {
     const dir = await mkdtemp(path.join(os.tmpdir(), 'gill-bench-'));
     return {
-      client: await pgliteClient(path.join(dir, 'pglite')),
+      client: await pgliteClient(path.join(dir, 'pglite'), { sessionSettings: SESSION_SETTINGS }),
       where: `PGlite in ${dir}`,
       cleanup: () => rm(dir, { recursive: true, force: true }),
     };
@@ -259,7 +281,7 @@ async function openBenchDatabase(): Promise<{ client: SqlClient; where: string; 
   await admin(`ALTER DATABASE ${name} SET max_parallel_maintenance_workers = 1`);
   const url = new URL(base);
   url.pathname = `/${name}`;
-  const client = postgresClient(url.toString(), { max: 2 });
+  const client = postgresClient(url.toString(), { max: CONNECTIONS, min: CONNECTIONS, sessionSettings: SESSION_SETTINGS });
   return {
     client,
     where: `Postgres ${url.hostname}:${url.port || 5432}/${name}`,

@@ -20,7 +20,12 @@ import { loadMigrations, migrate } from '../src/store/migrations.ts';
 import { pgliteClient, type SqlClient } from '../src/store/sql-client.ts';
 import { createStore } from '../src/store/store.ts';
 import { DEFAULT_COMMUNITY_CONFIG, type Store, type ViewerScope } from '../src/store/types.ts';
-import { communityIndexName, ensureCommunityIndex, nearest } from '../src/store/vector-search.ts';
+import {
+  communityIndexName,
+  ensureCommunityIndex,
+  nearest,
+  SEARCH_SESSION_SETTINGS,
+} from '../src/store/vector-search.ts';
 import { createTempDatabase, probePostgres, serviceAvailable } from './support/services.ts';
 
 const postgresUp = await serviceAvailable('Postgres with pgvector (TEST_DATABASE_URL)', probePostgres);
@@ -387,6 +392,40 @@ function contractSuite(name: string, setup: () => Promise<Backend>, embedded: bo
           [`[${randomUnit(random, DIM).join(',')}]`],
         );
         expect(JSON.stringify(plan)).toContain(communityIndexName(DIM, big));
+      });
+
+      it('searches in one statement at the connection settings, and a search at another ef_search leaves them as they were', async () => {
+        await withSql(async (client) => {
+          const show = async () =>
+            (
+              await client.query<{ ef: string; scan: string }>(
+                "SELECT current_setting('hnsw.ef_search') AS ef, current_setting('hnsw.iterative_scan') AS scan",
+              )
+            )[0];
+          expect(client.sessionSettings).toEqual(SEARCH_SESSION_SETTINGS);
+          expect(await show()).toEqual({
+            ef: SEARCH_SESSION_SETTINGS['hnsw.ef_search'],
+            scan: 'relaxed_order',
+          });
+          const query = randomUnit(random, DIM);
+          const search = (efSearch?: number) =>
+            nearest<{ id: string; score: number; communityId: string }>(
+              client,
+              'id::text AS id, community_id::text AS "communityId"',
+              { communityId: big, embedding: query, k: 10, plan: 'hnsw', forced: true, efSearch },
+            );
+          const atSession = await search();
+          const atOwn = await search(400);
+          expect(atSession).toHaveLength(10);
+          expect(atSession.every((r) => r.communityId === big)).toBe(true);
+          // Both walks find (nearly) the exact top 10 of 4,000 rows: the same search either way.
+          const shared = atOwn.filter((r) => atSession.some((s) => s.id === r.id));
+          expect(shared.length).toBeGreaterThanOrEqual(9);
+          expect(await show()).toEqual({
+            ef: SEARCH_SESSION_SETTINGS['hnsw.ef_search'],
+            scan: 'relaxed_order',
+          });
+        });
       });
 
       it('returns k results from one community that is 1% of the rows, best first, with cosine scores', async () => {
@@ -957,6 +996,17 @@ async function imageFromBeforeVisibility(client: SqlClient) {
     await store.close();
   }
 }
+
+describe('session settings', () => {
+  it('refuses a setting that is not a plain name and value, before connecting', async () => {
+    await expect(
+      pgliteClient(undefined, { sessionSettings: { 'hnsw.ef_search = 1; DROP TABLE x; --': '1' } }),
+    ).rejects.toThrow(/bad setting name/);
+    await expect(
+      pgliteClient(undefined, { sessionSettings: { 'hnsw.ef_search': "1'; DROP TABLE x; --" } }),
+    ).rejects.toThrow(/bad value/);
+  });
+});
 
 describe('images indexed before visibility was recorded', () => {
   it('are public, in their channel, on PGlite', async () => {

@@ -6,6 +6,7 @@ import { migrate } from './migrations.ts';
 import { pgliteClient, postgresClient, type SqlClient } from './sql-client.ts';
 import { createStore } from './store.ts';
 import type { Store } from './types.ts';
+import { SEARCH_SESSION_SETTINGS } from './vector-search.ts';
 
 /**
  * Opening the store: Postgres when DATABASE_URL is set, else the embedded PGlite under the data dir.
@@ -14,6 +15,9 @@ import type { Store } from './types.ts';
  */
 
 export type StoreConfig = Pick<Config, 'DATABASE_URL' | 'dataDir'>;
+
+/** Idle Postgres connections a process keeps (PostgresClientOptions.min): searches run on warm backends. */
+const KEPT_CONNECTIONS = 2;
 
 export class StoreConnectionError extends Error {
   constructor(
@@ -83,6 +87,8 @@ async function openPostgres(
   logger?: Logger,
 ): Promise<SqlClient> {
   const client = postgresClient(config.DATABASE_URL, {
+    sessionSettings: SEARCH_SESSION_SETTINGS,
+    min: KEPT_CONNECTIONS,
     onIdleError: (error) => logger?.warn({ err: reason(error).text }, 'idle database connection failed'),
   });
   try {
@@ -101,7 +107,7 @@ async function openPostgres(
 export async function openDatabase(config: StoreConfig, logger?: Logger): Promise<SqlClient> {
   if (config.DATABASE_URL) return openPostgres({ ...config, DATABASE_URL: config.DATABASE_URL }, logger);
   try {
-    return await pgliteClient(pgliteDir(config));
+    return await pgliteClient(pgliteDir(config), { sessionSettings: SEARCH_SESSION_SETTINGS });
   } catch (error) {
     throw new StoreConnectionError(`cannot open ${describeDatabase(config)}: ${reason(error).text}`, false, {
       cause: error,

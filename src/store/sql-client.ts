@@ -21,30 +21,66 @@ export interface SqlQuery {
 
 export interface SqlClient extends SqlQuery {
   readonly kind: 'postgres' | 'pglite';
+  /** Settings every one of this client's sessions starts with (SET at connect); see ClientOptions. */
+  readonly sessionSettings: Readonly<Record<string, string>>;
   /** Runs fn in one transaction on one connection; commits when it resolves, rolls back when it throws. */
   transaction<T>(fn: (tx: SqlQuery) => Promise<T>): Promise<T>;
   close(): Promise<void>;
 }
 
-export interface PostgresClientOptions {
+export interface ClientOptions {
+  /**
+   * Settings (`SET name = value`) made once per connection rather than per statement, so that a statement
+   * that needs them runs alone: the vector search's (src/store/vector-search.ts) save it four round trips.
+   * Names are dotted identifiers and values plain words or numbers; anything else is refused.
+   */
+  sessionSettings?: Record<string, string>;
+}
+
+export interface PostgresClientOptions extends ClientOptions {
   max?: number;
+  /**
+   * Connections kept open while idle (the others close after 10 s idle). A kept backend has already
+   * mapped the shared buffers a search reads (about 1,750 pages of graph at a million images); a new one
+   * pays a page fault for each on its first searches, and its connection set-up (README, "Scaling").
+   */
+  min?: number;
   connectionTimeoutMillis?: number;
   /** Errors of idle pooled connections (a server restart); without a listener they would crash the process. */
   onIdleError?: (error: Error) => void;
 }
 
+/** The SET statements for `settings`, checked: they are interpolated into SQL. */
+function setStatements(settings: Record<string, string>): string {
+  return Object.entries(settings)
+    .map(([name, value]) => {
+      if (!/^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$/.test(name))
+        throw new RangeError(`bad setting name "${name}"`);
+      if (!/^[A-Za-z0-9_.-]{1,64}$/.test(value))
+        throw new RangeError(`bad value "${value}" for setting ${name}`);
+      return `SET ${name} = '${value}'`;
+    })
+    .join('; ');
+}
+
 export function postgresClient(url: string, options: PostgresClientOptions = {}): SqlClient {
   // Names this pool's sessions, so that close() can find its own index builds among the server's sessions.
   const applicationName = `gill-${randomUUID()}`;
+  const sessionSettings = { ...options.sessionSettings };
+  const settings = setStatements(sessionSettings);
   const pool = new pg.Pool({
     connectionString: url,
     application_name: applicationName,
     max: options.max ?? 10,
+    min: options.min ?? 0,
     connectionTimeoutMillis: options.connectionTimeoutMillis ?? 10_000,
+    // Run before the pool hands the connection out; a failure ends it and fails that checkout.
+    onConnect: settings ? async (client) => void (await client.query(settings)) : undefined,
   });
   pool.on('error', (error) => options.onIdleError?.(error));
   return {
     kind: 'postgres',
+    sessionSettings,
     async query<T extends Row>(text: string, params?: unknown[]) {
       return (await pool.query(text, params)).rows as T[];
     },
@@ -91,29 +127,35 @@ export function postgresClient(url: string, options: PostgresClientOptions = {})
 }
 
 /** PGlite with pgvector; `dataDir` undefined keeps the database in memory. */
-export async function pgliteClient(dataDir?: string): Promise<SqlClient> {
+export async function pgliteClient(dataDir?: string, options: ClientOptions = {}): Promise<SqlClient> {
+  const sessionSettings = { ...options.sessionSettings };
+  const settings = setStatements(sessionSettings);
   let unlock = async () => {};
   if (dataDir) {
     await mkdir(dataDir, { recursive: true });
     unlock = await lockDirectory(dataDir);
   }
-  let db: PGlite;
+  let db: PGlite | undefined;
   try {
     db = await PGlite.create({ dataDir, extensions: { vector } });
+    if (settings) await db.exec(settings);
   } catch (error) {
+    await db?.close().catch(() => {});
     await unlock();
     throw error;
   }
+  const open = db;
   return {
     kind: 'pglite',
+    sessionSettings,
     async query<T extends Row>(text: string, params?: unknown[]) {
-      return (await db.query<T>(text, params)).rows;
+      return (await open.query<T>(text, params)).rows;
     },
     async exec(sql) {
-      await db.exec(sql);
+      await open.exec(sql);
     },
     transaction: (fn) =>
-      db.transaction((tx) =>
+      open.transaction((tx) =>
         fn({
           query: async <T extends Row>(text: string, params?: unknown[]) =>
             (await tx.query<T>(text, params)).rows,
@@ -124,7 +166,7 @@ export async function pgliteClient(dataDir?: string): Promise<SqlClient> {
       ),
     async close() {
       try {
-        await db.close();
+        await open.close();
       } finally {
         await unlock();
       }

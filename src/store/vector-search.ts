@@ -21,7 +21,7 @@ import { isRowId, requireRowId } from './validate.ts';
  * - its own index ('community'): on Postgres, a community of more than COMMUNITY_INDEX_MIN_ROWS holding
  *   less than half the table gets a partial HNSW index of its own (built in the background once it
  *   grows past that), so its searches walk its own graph instead of discarding the other communities'
- *   rows. The plan is 'community' once that index is valid (its own ef_search, COMMUNITY_EF_SEARCH);
+ *   rows. The plan is 'community' once that index is valid;
  *   the SQL is the shared plan's, and the planner picks the partial index because the community's
  *   literal id matches its predicate (bench:store EXPLAINs it).
  * - the shared index otherwise, with pgvector 0.8's iterative scans (Postgres and PGlite both bundle
@@ -35,18 +35,23 @@ import { isRowId, requireRowId } from './validate.ts';
 export const MAX_INDEXED_DIM = 2000;
 
 /**
- * From `npm run bench:store` (README, "Scaling: the gallery"): at 1M × 256 clustered rows, ef_search 100
- * gives recall@10 0.965 over the whole table and 0.973 in a community of 90% of it. Taking 4k
- * index-scan rows and keeping the best k recovers neighbours relaxed_order returns late.
+ * hnsw.ef_search, on the shared index and on a community's own. From `npm run bench:store` (README,
+ * "Scaling: the gallery"): at 1M × 256 clustered rows, 100 gave recall@10 0.910–0.965 over the whole
+ * table depending on the build (random levels), 200 gives 0.979 there and 0.982 in a community of 90% of
+ * it, at p95 11 ms; on a 10% community's own index 0.998. One value for both, so that every search runs
+ * at the connection's setting. Taking 4k index-scan rows and keeping the best k recovers neighbours
+ * relaxed_order returns late.
  */
-export const DEFAULT_EF_SEARCH = 100;
+export const DEFAULT_EF_SEARCH = 200;
 /**
- * hnsw.ef_search on a community's own index (the 'community' plan). 100 gives recall@10 0.996 for a
- * 10% community's queries about its own topics (README). Queries about topics it never posted, whose
- * top 10 are near-ties at low cosine, need far more (0.60 at 100, 0.78 at 200, 0.92 at 400, at 1×, 3×,
- * 5× the latency): not worth paying on every search for results nobody will find similar.
+ * What the store's connections start with (connect.ts), so that a search at these settings is one
+ * statement, not a transaction of five (BEGIN, two SET LOCAL, the query, COMMIT): each round trip is a
+ * wake-up of both processes on a busy machine. A search at any other ef_search sets it for itself.
  */
-export const COMMUNITY_EF_SEARCH = 100;
+export const SEARCH_SESSION_SETTINGS: Readonly<Record<string, string>> = {
+  'hnsw.ef_search': String(DEFAULT_EF_SEARCH),
+  'hnsw.iterative_scan': 'relaxed_order',
+};
 /** Index-scan rows per result kept (see NearestOptions.candidates). */
 export const DEFAULT_CANDIDATES = 4;
 /** Communities with at most this many live images are searched exactly (see the top of this file). */
@@ -292,13 +297,16 @@ export async function nearest<T extends NearestRow>(
 
   const plan = options.plan ?? (communityId === undefined ? 'hnsw' : await planFor(client, communityId));
   if (plan === 'exact') return exact('exact');
-  const efDefault = plan === 'community' ? COMMUNITY_EF_SEARCH : DEFAULT_EF_SEARCH;
-  const ef = Math.min(1000, Math.max(Math.trunc(options.efSearch ?? efDefault), candidates)); // pgvector allows 1..1000
-  const rows = await client.transaction(async (tx) => {
-    await tx.query(`SET LOCAL hnsw.ef_search = ${ef}`);
-    await tx.query('SET LOCAL hnsw.iterative_scan = relaxed_order');
-    return tx.query<T>(sqlFor(indexedDistance), params);
-  });
+  const ef = Math.min(1000, Math.max(Math.trunc(options.efSearch ?? DEFAULT_EF_SEARCH), candidates)); // pgvector allows 1..1000
+  const session = client.sessionSettings;
+  const rows =
+    session['hnsw.ef_search'] === String(ef) && session['hnsw.iterative_scan'] === 'relaxed_order'
+      ? await client.query<T>(sqlFor(indexedDistance), params)
+      : await client.transaction(async (tx) => {
+          await tx.query(`SET LOCAL hnsw.ef_search = ${ef}`);
+          await tx.query('SET LOCAL hnsw.iterative_scan = relaxed_order');
+          return tx.query<T>(sqlFor(indexedDistance), params);
+        });
   if (rows.length >= k || communityId === undefined || options.forced) {
     options.onPlan?.(plan);
     return clean(rows);
