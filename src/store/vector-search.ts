@@ -56,8 +56,12 @@ export const SEARCH_SESSION_SETTINGS: Readonly<Record<string, string>> = {
 export const DEFAULT_CANDIDATES = 4;
 /** Communities with at most this many live images are searched exactly (see the top of this file). */
 export const EXACT_SCAN_MAX_ROWS = 5_000;
-/** Communities with more live images than this, if less than half the table, get their own index. */
-export const COMMUNITY_INDEX_MIN_ROWS = 50_000;
+/**
+ * Communities with more live images than this, if less than half the table, get their own index: every
+ * community too large for the exact scan. On the shared index a community of 2% of a million images
+ * searched at p95 60 ms and recall@10 0.935, its filtered walk discarding 98% of what it visits (README).
+ */
+export const COMMUNITY_INDEX_MIN_ROWS = EXACT_SCAN_MAX_ROWS;
 
 export function indexName(dim: number): string {
   return `images_embedding_ip_${dim}`;
