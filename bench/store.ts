@@ -85,7 +85,7 @@ const SESSION_SETTINGS = { ...SEARCH_SESSION_SETTINGS, ...(EF && { 'hnsw.ef_sear
 /** The bench's pool, kept open throughout as the store keeps its own (connect.ts). */
 const CONNECTIONS = 2;
 const BIG_FRACTION = 0.1;
-/** Between the exact scan's and the own index's sizes: searched on the shared index, filtered. */
+/** Between the exact scan's limit and the 10% community: the size a filtered walk of the shared index does worst. */
 const MID_FRACTION = 0.02;
 const SMALL_FRACTION = 0.001;
 const PRIVATE_FRACTION = 0.05;

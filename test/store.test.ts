@@ -408,14 +408,24 @@ function contractSuite(name: string, setup: () => Promise<Backend>, embedded: bo
             scan: 'relaxed_order',
           });
           const query = randomUnit(random, DIM);
+          let transactions = 0;
+          const counting: SqlClient = {
+            ...client,
+            transaction: (fn) => {
+              transactions++;
+              return client.transaction(fn);
+            },
+          };
           const search = (efSearch?: number) =>
             nearest<{ id: string; score: number; communityId: string }>(
-              client,
+              counting,
               'id::text AS id, community_id::text AS "communityId"',
               { communityId: big, embedding: query, k: 10, plan: 'hnsw', forced: true, efSearch },
             );
           const atSession = await search();
+          expect(transactions).toBe(0);
           const atOwn = await search(400);
+          expect(transactions).toBe(1);
           expect(atSession).toHaveLength(10);
           expect(atSession.every((r) => r.communityId === big)).toBe(true);
           // Both walks find (nearly) the exact top 10 of 4,000 rows: the same search either way.

@@ -18,7 +18,7 @@ import { isRowId, requireRowId } from './validate.ts';
  * - exact: a community with at most EXACT_SCAN_MAX_ROWS live images is scanned whole (B-tree on
  *   community_id): exact, and at that size about as fast as a graph walk. A filtered walk of the shared
  *   graph is what HNSW does worst for a small community: most of what it visits is other rows.
- * - its own index ('community'): on Postgres, a community of more than COMMUNITY_INDEX_MIN_ROWS holding
+ * - its own index ('community'): on Postgres, a community of more than EXACT_SCAN_MAX_ROWS holding
  *   less than half the table gets a partial HNSW index of its own (built in the background once it
  *   grows past that), so its searches walk its own graph instead of discarding the other communities'
  *   rows. The plan is 'community' once that index is valid;
@@ -54,14 +54,13 @@ export const SEARCH_SESSION_SETTINGS: Readonly<Record<string, string>> = {
 };
 /** Index-scan rows per result kept (see NearestOptions.candidates). */
 export const DEFAULT_CANDIDATES = 4;
-/** Communities with at most this many live images are searched exactly (see the top of this file). */
-export const EXACT_SCAN_MAX_ROWS = 5_000;
 /**
- * Communities with more live images than this, if less than half the table, get their own index: every
- * community too large for the exact scan. On the shared index a community of 2% of a million images
- * searched at p95 60 ms and recall@10 0.935, its filtered walk discarding 98% of what it visits (README).
+ * Communities with at most this many live images are searched exactly (see the top of this file); larger
+ * ones holding less than half the table get their own index. On the shared index a community of 2% of a
+ * million images searched at p95 60 ms and recall@10 0.935, its filtered walk discarding 98% of what it
+ * visits (README).
  */
-export const COMMUNITY_INDEX_MIN_ROWS = EXACT_SCAN_MAX_ROWS;
+export const EXACT_SCAN_MAX_ROWS = 5_000;
 
 export function indexName(dim: number): string {
   return `images_embedding_ip_${dim}`;
@@ -204,14 +203,20 @@ async function planFor(client: SqlClient, communityId: string): Promise<SearchPl
 }
 
 /**
- * Whether a community should have its own index: on Postgres, at least COMMUNITY_INDEX_MIN_ROWS live
- * images and less than half of the table (a 1% sample of its pages): in its own graph a community's
- * search walks only its own images, where the shared graph's filtered walk discards the others'.
+ * Whether a community should have its own index: on Postgres, too large for the exact scan and less than
+ * half of the table: in its own graph a community's search walks only its own images, where the shared
+ * graph's filtered walk discards the others'.
  */
 export async function wantsOwnIndex(client: SqlClient, communityId: string): Promise<boolean> {
-  if (client.kind !== 'postgres') return false;
-  if ((await liveImages(client, communityId, COMMUNITY_INDEX_MIN_ROWS)) <= COMMUNITY_INDEX_MIN_ROWS)
-    return false;
+  return (
+    client.kind === 'postgres' &&
+    (await planFor(client, communityId)) === 'hnsw' &&
+    (await holdsUnderHalf(client, communityId))
+  );
+}
+
+/** Whether a community holds less than half of the live images (a 1% sample of the table's pages). */
+async function holdsUnderHalf(client: SqlClient, communityId: string): Promise<boolean> {
   const [sample] = await client.query<{ share: number | null }>(
     `SELECT (count(*) FILTER (WHERE community_id = $1))::float8 / NULLIF(count(*), 0) AS share
      FROM images TABLESAMPLE SYSTEM (1) WHERE deleted_at IS NULL`,
@@ -250,8 +255,9 @@ export function planner(
     let plan = await planFor(client, communityId);
     if (plan === 'hnsw' && (await hasOwnIndex(client, dim, communityId))) plan = 'community';
     known.set(key, { plan, until: now + ttlMs });
-    if (plan === 'hnsw') {
-      void wantsOwnIndex(client, communityId)
+    if (plan === 'hnsw' && client.kind === 'postgres') {
+      // Already counted past EXACT_SCAN_MAX_ROWS: only the share is left of wantsOwnIndex.
+      void holdsUnderHalf(client, communityId)
         .then((wanted) => wanted && ensureCommunityIndex(client, dim, communityId))
         .catch(() => {});
     }
@@ -304,7 +310,8 @@ export async function nearest<T extends NearestRow>(
   const ef = Math.min(1000, Math.max(Math.trunc(options.efSearch ?? DEFAULT_EF_SEARCH), candidates)); // pgvector allows 1..1000
   const session = client.sessionSettings;
   const rows =
-    session['hnsw.ef_search'] === String(ef) && session['hnsw.iterative_scan'] === 'relaxed_order'
+    session['hnsw.ef_search'] === String(ef) &&
+    session['hnsw.iterative_scan'] === SEARCH_SESSION_SETTINGS['hnsw.iterative_scan']
       ? await client.query<T>(sqlFor(indexedDistance), params)
       : await client.transaction(async (tx) => {
           await tx.query(`SET LOCAL hnsw.ef_search = ${ef}`);
